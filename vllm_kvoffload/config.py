@@ -1,0 +1,146 @@
+"""The one validated configuration of KV offloading.
+
+It arrives as ``additional_config["kv_offload"]`` (from ``--kv-offload*`` flags,
+``--additional-config`` or ``vllm.LLM(additional_config=...)``) and is parsed
+once per process with :func:`KVOffloadConfig.from_additional_config`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIG_KEY = "kv_offload"
+
+
+class KVOffloadConfigError(ValueError):
+    """A bad ``kv_offload`` setting. The message names the value and what is accepted."""
+
+
+class KVOffloadConfig(BaseModel):
+    """Settings of two-tier KV offloading. ``scorer="none"`` leaves vLLM stock."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scorer: str = "none"
+    """Name of the scorer that ranks cold tokens (``none`` disables offload)."""
+
+    budget: float = 0.03
+    """Cold tokens attended per decode step and KV head: a fraction of the
+    context in (0, 1], or a whole token count >= 1 when greater than 1."""
+
+    sink_tokens: int = Field(default=4, ge=0)
+    """Tokens at the start of the sequence that always stay on the device;
+    rounded up to whole blocks."""
+
+    window_tokens: int = Field(default=256, ge=1)
+    """The most recent tokens that always stay on the device (the local window)."""
+
+    granularity: Literal["token", "block"] = "token"
+    """Select single tokens, or whole blocks scored by their best token."""
+
+    host_blocks: int | None = Field(default=None, ge=1)
+    """Capacity of the host pool in blocks; default sizes it from ``host_gb``."""
+
+    host_gb: float = Field(default=4.0, gt=0)
+    """Host-pool size in GiB when ``host_blocks`` is not given."""
+
+    topp: float | None = Field(default=None, gt=0, le=1)
+    """Adaptive budget: keep tokens until their estimated attention mass reaches
+    this share (bounded above by ``budget``)."""
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, name: str) -> str:
+        from vllm_kvoffload.scorers import available
+
+        names = ["none", *available()]
+        if name not in names:
+            raise ValueError(f"unknown scorer {name!r}; accepted: {', '.join(names)}")
+        return name
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _valid_budget(cls, value: Any) -> float:
+        try:
+            budget = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"budget {value!r} is not a number; accepted: a fraction in (0, 1] "
+                "or a whole token count >= 1"
+            ) from None
+        if not math.isfinite(budget) or budget <= 0:
+            raise ValueError(
+                f"budget {value!r} must be positive; accepted: a fraction in (0, 1] "
+                "or a whole token count >= 1"
+            )
+        if budget > 1 and budget != int(budget):
+            raise ValueError(
+                f"budget {value!r} is above 1 but not a whole token count; accepted: "
+                "a fraction in (0, 1] or a whole token count >= 1"
+            )
+        return budget
+
+    @property
+    def enabled(self) -> bool:
+        return self.scorer != "none"
+
+    def budget_tokens(self, context_len: int) -> int:
+        """Cold tokens to select for a sequence of ``context_len`` tokens."""
+        if self.budget <= 1:
+            return max(1, math.ceil(self.budget * context_len))
+        return int(self.budget)
+
+    def sink_blocks(self, block_size: int) -> int:
+        return -(-self.sink_tokens // block_size)
+
+    def check_against_model(self, max_model_len: int) -> None:
+        """Checks that need the model: the resident span must leave room to offload."""
+        if self.window_tokens >= max_model_len:
+            raise KVOffloadConfigError(
+                f"kv_offload window_tokens={self.window_tokens} is not smaller than the "
+                f"model's context ({max_model_len} tokens); accepted: 1..{max_model_len - 1}"
+            )
+        if self.sink_tokens >= max_model_len:
+            raise KVOffloadConfigError(
+                f"kv_offload sink_tokens={self.sink_tokens} is not smaller than the "
+                f"model's context ({max_model_len} tokens); accepted: 0..{max_model_len - 1}"
+            )
+
+    @classmethod
+    def parse(cls, raw: Any) -> "KVOffloadConfig":
+        """Validate a dict (or a scorer name) and raise one clear error."""
+        if raw is None:
+            return cls()
+        if isinstance(raw, str):
+            raw = {"scorer": raw}
+        if not isinstance(raw, dict):
+            raise KVOffloadConfigError(
+                f"kv_offload config must be a JSON object, got {type(raw).__name__}: {raw!r}"
+            )
+        try:
+            return cls(**raw)
+        except ValidationError as err:
+            raise KVOffloadConfigError(_explain(err)) from None
+
+    @classmethod
+    def from_additional_config(cls, additional_config: Any) -> "KVOffloadConfig":
+        if not additional_config:
+            return cls()
+        return cls.parse(dict(additional_config).get(CONFIG_KEY))
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "kv_offload"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            known = ", ".join(KVOffloadConfig.model_fields)
+            msg = f"unknown setting; accepted settings: {known}"
+        elif "input" in e and not msg.startswith(("unknown scorer", "budget")):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"kv_offload {field}: {msg}")
+    return "invalid KV offload configuration: " + "; ".join(lines)

@@ -1,0 +1,55 @@
+"""Worker side of the host tier: the block store and the compact summaries.
+
+One host slot holds one block of every offloaded layer:
+    kv[slot, layer, 0 | 1, kv_head, token, dim]   (0 = keys, 1 = values)
+and ``summaries[layer][slot]`` is the scorer's compact summary of that block,
+kept in the device tier. Slots are assigned by the scheduler's
+``HostSlotAllocator``; this class only stores and reads.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_kvoffload.scorers.base import Scorer
+
+
+class HostPool:
+    def __init__(self, num_slots: int, num_layers: int, num_kv_heads: int, block_size: int,
+                 head_dim: int, dtype: torch.dtype, scorer: Scorer, device: torch.device):
+        pin = device.type == "cuda"
+        # empty, not zeros: pages are touched only as slots fill
+        self.kv = torch.empty(num_slots, num_layers, 2, num_kv_heads, block_size, head_dim,
+                              dtype=dtype, pin_memory=pin)
+        shape, summary_dtype = scorer.summary_spec()
+        self.summaries = [torch.empty(num_slots, *shape, dtype=summary_dtype, device=device)
+                          for _ in range(num_layers)]
+        self.scorer = scorer
+        self.block_size = block_size
+
+    @property
+    def num_slots(self) -> int:
+        return self.kv.shape[0]
+
+    def store(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """keys/values: [n, kv_heads, block_size, dim] of the blocks going cold."""
+        host_slots = slots.to(self.kv.device)
+        self.kv[host_slots, layer, 0] = keys.to(self.kv.device, non_blocking=True)
+        self.kv[host_slots, layer, 1] = values.to(self.kv.device, non_blocking=True)
+        self.summaries[layer][slots.to(self.summaries[layer].device)] = self.scorer.summarize(keys)
+
+    def gather(self, layer: int, slots: torch.Tensor, token_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cold tokens chosen per KV head. slots: [n_cold_blocks] (the request's
+        cold blocks in order); token_idx: [kv_heads, k] indices into its cold range.
+        Returns keys, values: [kv_heads, k, dim]."""
+        heads = torch.arange(token_idx.shape[0], device=token_idx.device)[:, None]
+        slot = slots[token_idx // self.block_size]
+        offset = token_idx % self.block_size
+        idx = (slot.cpu(), heads.cpu(), offset.cpu())
+        keys = self.kv[:, layer, 0][idx]
+        values = self.kv[:, layer, 1][idx]
+        return keys, values
+
+    def read_blocks(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole blocks back, [n, kv_heads, block_size, dim] each (tests, oracle)."""
+        return self.kv[slots.cpu(), layer, 0], self.kv[slots.cpu(), layer, 1]

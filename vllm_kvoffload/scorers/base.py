@@ -1,0 +1,71 @@
+"""The scorer interface: rank cold tokens from a compact per-block summary.
+
+A scorer owns two things:
+  * ``summarize``: turns the keys of blocks that just went cold into a compact
+    summary kept in the device tier (one fixed-shape row per host block);
+  * ``score``: estimates, from those summaries, how much attention mass the
+    current query puts on every cold token, aggregated over each GQA group.
+
+Selection (top-k / top-p, token or block granularity) is shared and lives in
+``vllm_kvoffload.ops.select``. A new scorer is one file: subclass ``Scorer``,
+set ``name``, decorate with ``@register``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """Shape of one layer's paged KV as the scorers see it."""
+
+    num_kv_heads: int
+    num_q_heads: int
+    head_dim: int
+    block_size: int
+    dtype: torch.dtype
+
+    @property
+    def group_size(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+
+class Scorer(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, geometry: KVGeometry):
+        self.geometry = geometry
+
+    @abstractmethod
+    def summary_spec(self) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape (without the leading block dim) and dtype of one block's summary."""
+
+    @abstractmethod
+    def summarize(self, keys: torch.Tensor) -> torch.Tensor:
+        """keys: [num_blocks, num_kv_heads, block_size, head_dim] (post-RoPE)
+        -> summaries: [num_blocks, *summary_spec()[0]]."""
+
+    @abstractmethod
+    def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
+        """query: [num_q_heads, head_dim]; summaries: [num_blocks, ...]
+        -> estimated attention mass per cold token, [num_kv_heads, num_blocks * block_size],
+        non-negative, each row summing to the group size (one unit per query head)."""
+
+    def summary_bytes_per_token(self) -> float:
+        shape, dtype = self.summary_spec()
+        numel = 1
+        for s in shape:
+            numel *= s
+        return numel * torch.empty((), dtype=dtype).element_size() / self.geometry.block_size
+
+
+def group_softmax_mass(logits: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """logits: [num_q_heads, n] -> softmax per query head, summed over each GQA group:
+    [num_kv_heads, n]. Query heads h*g..h*g+g-1 share KV head h (vLLM's layout)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs.view(num_kv_heads, -1, probs.shape[-1]).sum(dim=1)
