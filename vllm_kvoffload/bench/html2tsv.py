@@ -1,0 +1,96 @@
+"""LongProc-style html-to-TSV: a long HTML page lists records among unrelated markup; the
+model writes one TSV row per record. Row-level F1 (rows compared whole, cells trimmed)."""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+from collections import Counter
+
+from vllm_kvoffload.bench import synth
+
+_HEAD = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>\n"
+         "<style>body{{font-family:sans-serif}} .item{{border:1px solid #ccc;margin:8px}}</style>\n"
+         "<script>window.dataLayer=window.dataLayer||[];function track(e){{dataLayer.push(e)}}</script>\n"
+         "</head><body>\n<nav><a href=\"/\">Home</a> | <a href=\"/news\">News</a> | "
+         "<a href=\"/about\">About us</a></nav>\n<main>\n")
+_FOOT = "\n</main>\n<footer><p>&copy; City Gazette. All rights reserved.</p></footer></body></html>"
+
+_PROMPT = """[TASK]
+Extract information from the HTML webpage below and output it as a TSV table.
+
+[INPUT WEBPAGE]
+```html
+{page}
+```
+
+[TARGET INFORMATION]
+The webpage above lists {kind}. For every one of them, in the order they appear, extract: {props}.
+
+[OUTPUT FORMAT]
+Output TSV: one row per item, properties separated by a tab, no HTML tags, nothing else:
+```tsv
+{header}
+{{your rows}}
+```"""
+
+
+def _card(e: dict[str, str], fields: tuple[str, str]) -> str:
+    esc = lambda s: html.escape(s, quote=False)  # noqa: E731
+    lis = "".join(f"<li><b>{f.capitalize()}:</b> <span class=\"{f}\">{esc(e[f])}</span></li>" for f in fields)
+    return f"<div class=\"item\"><h3 class=\"name\">{esc(e['name'])}</h3><ul>{lis}</ul></div>"
+
+
+def generate(n: int, context_tokens: int, seed: int, count, *, rows: tuple[int, int] = (3, 20)) -> list[dict]:
+    """``n`` pages of ``context_tokens`` tokens, each listing ``rows`` records of one kind
+    (count capped so record cards fill at most half the context)."""
+    out = []
+    for i in range(n):
+        rng = random.Random(f"html2tsv/{seed}/{i}")
+        kind = list(synth.KINDS)[i % len(synth.KINDS)]
+        fields = synth.KINDS[kind][0]
+        ents = synth.entities(kind, rng.randint(*rows), rng)
+        cards = [_card(e, fields) for e in ents]
+        while len(cards) > 1 and count("\n".join(cards)) > context_tokens // 2:
+            ents, cards = ents[:-1], cards[:-1]
+        depths = sorted(rng.random() for _ in cards)  # page order == gold row order
+        header = "\t".join(("name", *fields))
+        props = "; ".join(f"({j + 1}) {f}" for j, f in enumerate(("name", *fields)))
+
+        def build(filler, cards=cards, depths=depths, kind=kind, header=header, props=props):
+            body = synth.place([f"<p>{s}</p>" for s in filler], list(zip(depths, cards)))
+            page = _HEAD.format(title=f"{kind.capitalize()} - City Gazette") + "\n".join(body) + _FOOT
+            return _PROMPT.format(page=page, kind=kind, props=props, header=header)
+
+        prompt = synth.fit(count, context_tokens, build, rng, what=f"html2tsv page {i}")
+        gold = header + "\n" + "\n".join("\t".join(e[f] for f in ("name", *fields)) for e in ents)
+        out.append({"id": f"{seed}-{i}", "prompt": prompt, "gold": gold})
+    return out
+
+
+def parse_rows(text: str) -> list[tuple[str, ...]]:
+    """TSV rows of an answer: the first ```tsv (or ```) block if any, else the whole text;
+    blank lines dropped, cells trimmed with inner whitespace collapsed."""
+    m = re.search(r"```(?:tsv)?[^\n]*\n(.*?)(?:```|$)", text, re.S)
+    body = m.group(1) if m else text
+    return [tuple(" ".join(c.split()) for c in line.split("\t")) for line in body.splitlines() if line.strip()]
+
+
+def row_f1(output: str, gold: str) -> dict:
+    """Precision, recall and F1 of predicted rows against gold rows (multisets; header excluded)."""
+    head, *want = parse_rows(gold)
+    got = [r for r in parse_rows(output) if tuple(c.lower() for c in r) != tuple(c.lower() for c in head)]
+    hit = sum((Counter(got) & Counter(want)).values())
+    p = hit / len(got) if got else 0.0
+    r = hit / len(want) if want else 1.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def score_one(output: str, sample: dict) -> dict:
+    return row_f1(output, sample["gold"])
+
+
+def summarize(records: list[dict]) -> dict:
+    n = len(records)
+    return {k: 100 * sum(r[k] for r in records) / n for k in ("f1", "precision", "recall")}
