@@ -1,0 +1,40 @@
+"""Helpers shared by the kernels."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8  # interpreter: few programs keep it fast
+
+
+@triton.jit
+def mma(a, b, F32: tl.constexpr):
+    """tl.dot with fp32 accumulation. F32=True casts operands to fp32 first: the
+    Triton 3.9 interpreter computes bf16 x bf16 dots wrongly (it reinterprets the
+    bits), so the dispatchers set F32 under TRITON_INTERPRET=1 only."""
+    if F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b)

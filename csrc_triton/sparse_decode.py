@@ -1,0 +1,197 @@
+"""Batched sparse paged decode attention, split-K (flash-decoding). Reference:
+``vllm_kvoffload/ops/sparse_decode_ref.py`` (same arguments and layouts).
+
+Each request attends, per KV head h, to its resident tokens (paged in the device
+KV cache through its block table) followed by its selected cold tokens (already
+gathered into sel_k/sel_v). The token axis of every (request, KV head) is cut into
+chunks of CHUNK tokens: chunks [0, NRC) cover the resident range, chunks
+[NRC, NC) the selected range, so each program reads one kind of memory.
+
+Kernel 1, grid (NC, Hkv, B): one program = one (request, KV head, chunk) for the
+  whole GQA group: the G query heads of KV head h (h*G .. h*G+G-1) are the M dim
+  of tl.dot, padded to G_PAD >= 16. It writes per query head the partial
+  max m (log2 domain), sum l and unnormalised acc [D] of its chunk (fp32).
+  An empty chunk (past the lengths) writes m=-1e30, l=0, acc=0.
+Kernel 2, grid (Hq, B): merges the NC partials of one query head.
+
+Tile constraints: D in {64, 128} (any power of two >= 16); BLOCK_N a multiple of
+16; CHUNK a multiple of BLOCK_N; block_size any power of two. Lengths are
+arbitrary (masked). Accumulation is fp32; probabilities enter the PV dot in
+the value dtype (bf16), as in FlashAttention.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms
+
+NEG = -1.0e30  # finite "minus infinity": exp2(NEG - m) == 0 and NEG - NEG == 0 (no NaN)
+
+
+@triton.jit
+def _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
+    # q [G_PAD, D], k/v [BLOCK_N, D], tmask [BLOCK_N]; m_i/l_i [G_PAD], acc [G_PAD, D]
+    s = mma(q, tl.trans(k), F32) * qk_scale  # log2 domain
+    s = tl.where(tmask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, F32)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _sparse_decode_partial(
+    q_ptr, kv_ptr, bt_ptr, res_len_ptr, sk_ptr, sv_ptr, sel_len_ptr, valid_ptr,
+    m_ptr, l_ptr, acc_ptr,
+    qk_scale,
+    s_qb, s_qh,                      # query [B, Hq, D], D contiguous
+    s_kv, s_kblk, s_ktok, s_kh,      # kv_cache [2, nblocks, BS, Hkv, D], D contiguous
+    s_btb,                           # block_table [B, max_blocks]
+    s_sb, s_sh, s_st,                # sel_k and sel_v [B, Hkv, K, D], same strides, D contiguous
+    s_vb, s_vh,                      # sel_valid [B, Hkv, K] (HAS_VALID)
+    Hq, K_SEL, NRC, NC,
+    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, HAS_VALID: tl.constexpr, F32: tl.constexpr,
+):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_g = tl.arange(0, G_PAD)
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BLOCK_N)
+    gmask = offs_g < G
+    qh = h * G + offs_g
+    q = tl.load(q_ptr + b * s_qb + qh[:, None] * s_qh + offs_d[None, :], mask=gmask[:, None], other=0.0)
+
+    m_i = tl.full([G_PAD], NEG, tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D], tl.float32)
+    if c < NRC:
+        # resident chunk: token t -> block_table[b, t // BS], slot t % BS
+        n = tl.load(res_len_ptr + b)
+        lo = c * CHUNK
+        hi = tl.minimum(lo + CHUNK, n)
+        for start in range(lo, hi, BLOCK_N):
+            t = start + offs_n
+            tmask = t < hi
+            blk = tl.load(bt_ptr + b * s_btb + t // BS, mask=tmask, other=0).to(tl.int64)
+            row = blk * s_kblk + (t % BS) * s_ktok + h * s_kh
+            k = tl.load(kv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
+            v = tl.load(kv_ptr + s_kv + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
+            m_i, l_i, acc = _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
+    else:
+        # selected chunk: contiguous rows of sel_k/sel_v[b, h]
+        n = tl.load(sel_len_ptr + b * (Hq // G) + h)
+        lo = (c - NRC) * CHUNK
+        hi = tl.minimum(lo + CHUNK, tl.minimum(n, K_SEL))
+        base = b.to(tl.int64) * s_sb + h * s_sh
+        for start in range(lo, hi, BLOCK_N):
+            t = start + offs_n
+            tmask = t < hi
+            if HAS_VALID:
+                tmask = tmask & (tl.load(valid_ptr + b * s_vb + h * s_vh + t, mask=tmask, other=0) != 0)
+            row = base + t.to(tl.int64) * s_st
+            k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
+            v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
+            m_i, l_i, acc = _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
+
+    # partials [B, Hq, NC] and [B, Hq, NC, D], fp32 contiguous
+    ws = (b * Hq + qh) * NC + c
+    tl.store(m_ptr + ws, m_i, mask=gmask)
+    tl.store(l_ptr + ws, l_i, mask=gmask)
+    tl.store(acc_ptr + ws[:, None].to(tl.int64) * D + offs_d[None, :], acc, mask=gmask[:, None])
+
+
+@triton.jit
+def _sparse_decode_merge(
+    m_ptr, l_ptr, acc_ptr, out_ptr, s_ob, s_oh, Hq, NC,
+    D: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    h = tl.program_id(0)
+    b = tl.program_id(1)
+    base = (b * Hq + h) * NC
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, D)
+    m_max = tl.full([BLOCK_C], NEG, tl.float32)
+    for c0 in range(0, NC, BLOCK_C):
+        cm = c0 + offs_c < NC
+        m_max = tl.maximum(m_max, tl.load(m_ptr + base + c0 + offs_c, mask=cm, other=NEG))
+    mx = tl.max(m_max, 0)
+    l_sum = tl.zeros([BLOCK_C], tl.float32)
+    acc = tl.zeros([D], tl.float32)
+    for c0 in range(0, NC, BLOCK_C):
+        cm = c0 + offs_c < NC
+        w = tl.exp2(tl.load(m_ptr + base + c0 + offs_c, mask=cm, other=NEG) - mx)
+        w = tl.where(cm, w, 0.0)
+        l_sum += w * tl.load(l_ptr + base + c0 + offs_c, mask=cm, other=0.0)
+        a = tl.load(acc_ptr + (base + c0 + offs_c)[:, None].to(tl.int64) * D + offs_d[None, :], mask=cm[:, None], other=0.0)
+        acc += tl.sum(a * w[:, None], 0)
+    den = tl.sum(l_sum, 0)
+    out = tl.where(den > 0, acc / den, 0.0)
+    tl.store(out_ptr + b * s_ob + h * s_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+
+
+def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: int) -> int:
+    """CHUNK (tokens per program): about 4 programs per SM over the batch, at most 2048."""
+    pairs = B * Hkv
+    splits = max(1, cdiv(4 * num_sms(device), pairs))
+    chunk = cdiv(max(max_res + K, 1), splits)
+    return min(2048, max(block_n, cdiv(chunk, block_n) * block_n))
+
+
+def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale,
+                  sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=2):
+    """Same contract as ``sparse_decode_ref``; returns out [B, Hq, D] in query's dtype.
+    No host synchronisation: the grid is sized from block_table.shape and K."""
+    B, Hq, D = query.shape
+    _, _, BS, Hkv, Dk = kv_cache.shape
+    K = sel_k.shape[2]
+    assert Dk == D and Hq % Hkv == 0 and D == next_pow2(D) and BS == next_pow2(BS)
+    assert query.stride(-1) == 1 and kv_cache.stride(-1) == 1 and sel_k.stride(-1) == 1
+    assert sel_k.stride() == sel_v.stride()
+    G = Hq // Hkv
+    G_PAD = max(16, next_pow2(G))
+    block_n = block_n or (64 if D >= 128 else 128)
+    max_res = block_table.shape[1] * BS
+    chunk = chunk or plan(B, Hkv, max_res, K, query.device, block_n)
+    assert chunk % block_n == 0
+    NRC, NSC = cdiv(max_res, chunk), cdiv(K, chunk)
+    NC = max(1, NRC + NSC)
+    f32 = dict(device=query.device, dtype=torch.float32)
+    m = torch.empty(B, Hq, NC, **f32)
+    l = torch.empty(B, Hq, NC, **f32)
+    acc = torch.empty(B, Hq, NC, D, **f32)
+    valid = sel_valid if sel_valid is not None else sel_lens
+    s_v = (sel_valid.stride(0), sel_valid.stride(1)) if sel_valid is not None else (0, 0)
+    sel_lens = sel_lens.contiguous()
+    _sparse_decode_partial[(NC, Hkv, B)](
+        query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, valid,
+        m, l, acc, scale * LOG2E,
+        query.stride(0), query.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        block_table.stride(0),
+        sel_k.stride(0), sel_k.stride(1), sel_k.stride(2), *s_v,
+        Hq, K, NRC, NC,
+        G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n,
+        HAS_VALID=sel_valid is not None, F32=interpreting(),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    out = torch.empty_like(query) if out is None else out
+    _sparse_decode_merge[(Hq, B)](m, l, acc, out, out.stride(0), out.stride(1), Hq, NC,
+                                  D=D, BLOCK_C=16, num_warps=4)
+    return out
+
+
+def bytes_touched(query, kv_cache, res_lens, sel_k, sel_lens) -> int:
+    """HBM bytes the attention must read/write: q, out, resident and selected K and V
+    rows actually attended (the split-K partials are extra, reported apart)."""
+    B, Hq, D = query.shape
+    Hkv = kv_cache.shape[3]
+    es = kv_cache.element_size()
+    tokens_kv = int(res_lens.sum()) * Hkv + int(sel_lens.clamp_max(sel_k.shape[2]).sum())
+    return 2 * tokens_kv * D * es + 2 * query.numel() * query.element_size()

@@ -1,0 +1,48 @@
+"""Loader of the Triton kernels in ``<repo>/csrc_triton`` (a top-level folder that
+the installed package does not ship): imports it by path as the package
+``csrc_triton`` and re-exports the dispatch functions. Works from a checkout or an
+editable install; raises ImportError elsewhere (or without triton)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+_DIR = Path(__file__).resolve().parents[2] / "csrc_triton"
+
+
+def _package():
+    if "csrc_triton" in sys.modules:
+        return sys.modules["csrc_triton"]
+    init = _DIR / "__init__.py"
+    if not init.is_file():
+        raise ImportError(f"csrc_triton not found at {_DIR} (not shipped in the wheel; use a checkout)")
+    spec = importlib.util.spec_from_file_location("csrc_triton", init, submodule_search_locations=[str(_DIR)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["csrc_triton"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load(name: str):
+    """csrc_triton.<name>, e.g. load("sparse_decode")."""
+    _package()
+    return importlib.import_module(f"csrc_triton.{name}")
+
+
+def __getattr__(attr: str):
+    # lazy re-exports: importing this module does not import triton
+    where = {
+        "sparse_decode": "sparse_decode",
+        "score_mass": "score",
+        "quantize_fp8": "quantize",
+        "dequantize_fp8": "quantize",
+        "topk_select": "topk",
+        "gather_uva": "gather",
+        "gather_copy_engine": "gather",
+    }
+    if attr in where:
+        return getattr(load(where[attr]), attr)
+    raise AttributeError(attr)
