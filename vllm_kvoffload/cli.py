@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vllm_kvoffload.config import CONFIG_KEY, KVOffloadConfig, KVOffloadConfigError
+from vllm_kvoffload.config import CONFIG_KEY, INVALID, KVOffloadConfig, KVOffloadConfigError
 from vllm_kvoffload.scorers import available
 
 # flag suffix -> config field
@@ -29,7 +29,7 @@ def _field_type(field: str):
         try:
             return getattr(KVOffloadConfig.parse({field: text}), field)
         except KVOffloadConfigError as err:
-            raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+            raise argparse.ArgumentTypeError(str(err).removeprefix(INVALID)) from None
 
     parse.__name__ = field  # argparse names the type in its messages
     return parse

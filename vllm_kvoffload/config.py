@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_KEY = "kv_offload"
+INVALID = "invalid KV offload configuration: "
 
 
 class KVOffloadConfigError(ValueError):
@@ -142,5 +143,5 @@ def _explain(err: ValidationError) -> str:
             msg = f"unknown setting; accepted settings: {known}"
         elif "input" in e and not msg.startswith(("unknown scorer", "budget")):
             msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"kv_offload {field}: {msg}")
-    return "invalid KV offload configuration: " + "; ".join(lines)
+        lines.append(msg if msg.startswith(field) else f"{field}: {msg}")
+    return INVALID + "; ".join(lines)

