@@ -10,26 +10,16 @@ from collections import Counter
 
 from vllm_kvoffload.bench import synth
 
-_HEAD = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>\n"
-         "<style>body{{font-family:sans-serif}} .item{{border:1px solid #ccc;margin:8px}}</style>\n"
-         "<script>window.dataLayer=window.dataLayer||[];function track(e){{dataLayer.push(e)}}</script>\n"
-         "</head><body>\n<nav><a href=\"/\">Home</a> | <a href=\"/news\">News</a> | "
-         "<a href=\"/about\">About us</a></nav>\n<main>\n")
-_FOOT = "\n</main>\n<footer><p>&copy; City Gazette. All rights reserved.</p></footer></body></html>"
+_HEAD = ("<html><head><title>{title}</title><script>function track(e){{log.push(e)}}</script>"
+         "</head><body>\n<nav><a href=\"/\">Home</a> | <a href=\"/news\">News</a></nav>\n<main>\n")
+_FOOT = "\n</main>\n<footer>&copy; City Gazette</footer></body></html>"
 
-_PROMPT = """[TASK]
-Extract information from the HTML webpage below and output it as a TSV table.
-
-[INPUT WEBPAGE]
+_PROMPT = """Extract information from this HTML webpage as a TSV table.
 ```html
 {page}
 ```
-
-[TARGET INFORMATION]
-The webpage above lists {kind}. For every one of them, in the order they appear, extract: {props}.
-
-[OUTPUT FORMAT]
-Output TSV: one row per item, properties separated by a tab, no HTML tags, nothing else:
+The webpage lists {kind}. For each of them, in page order, extract: {props}.
+Output only TSV, one row per item, properties separated by a tab, no HTML tags:
 ```tsv
 {header}
 {{your rows}}
@@ -44,7 +34,7 @@ def _card(e: dict[str, str], fields: tuple[str, str]) -> str:
 
 def generate(n: int, context_tokens: int, seed: int, count, *, rows: tuple[int, int] = (3, 20)) -> list[dict]:
     """``n`` pages of ``context_tokens`` tokens, each listing ``rows`` records of one kind
-    (count capped so record cards fill at most half the context)."""
+    (count capped so the page without filler takes at most 80% of the context)."""
     out = []
     for i in range(n):
         rng = random.Random(f"html2tsv/{seed}/{i}")
@@ -52,8 +42,6 @@ def generate(n: int, context_tokens: int, seed: int, count, *, rows: tuple[int, 
         fields = synth.KINDS[kind][0]
         ents = synth.entities(kind, rng.randint(*rows), rng)
         cards = [_card(e, fields) for e in ents]
-        while len(cards) > 1 and count("\n".join(cards)) > context_tokens // 2:
-            ents, cards = ents[:-1], cards[:-1]
         depths = sorted(rng.random() for _ in cards)  # page order == gold row order
         header = "\t".join(("name", *fields))
         props = "; ".join(f"({j + 1}) {f}" for j, f in enumerate(("name", *fields)))
@@ -62,6 +50,9 @@ def generate(n: int, context_tokens: int, seed: int, count, *, rows: tuple[int, 
             body = synth.place([f"<p>{s}</p>" for s in filler], list(zip(depths, cards)))
             page = _HEAD.format(title=f"{kind.capitalize()} - City Gazette") + "\n".join(body) + _FOOT
             return _PROMPT.format(page=page, kind=kind, props=props, header=header)
+
+        while len(cards) > 1 and count(build([])) > 0.8 * context_tokens:  # leave room for filler
+            del ents[-1], cards[-1], depths[-1]
 
         prompt = synth.fit(count, context_tokens, build, rng, what=f"html2tsv page {i}")
         gold = header + "\n" + "\n".join("\t".join(e[f] for f in ("name", *fields)) for e in ents)

@@ -107,7 +107,7 @@ def generate(n: int, context_tokens: int, seed: int, count, *, min_entities: int
     """``n`` synthetic samples of ``context_tokens`` tokens (of ``count``) each.
 
     Kind cycles through the four kinds; entity count is uniform in [min, max], capped so
-    entity sentences fill at most half the context.
+    the prompt without distractor text takes at most 80% of the context.
     """
     if not 1 <= min_entities <= max_entities:
         raise ValueError(f"entities range [{min_entities}, {max_entities}] is empty")
@@ -119,13 +119,14 @@ def generate(n: int, context_tokens: int, seed: int, count, *, min_entities: int
         k = rng.randint(min_entities, max_entities)
         ents = synth.entities(kind, k, rng)
         lines = [synth.mention(kind, e, rng) for e in ents]
-        while len(lines) > min_entities and count(" ".join(lines)) > context_tokens // 2:
-            ents, lines = ents[:-1], lines[:-1]
         depths = sorted(rng.random() for _ in ents)
         head, tail = _INTRO.format(kind=kind), _TASK.format(kind=kind, a=a, b=b)
 
         def build(filler, lines=lines, depths=depths, head=head, tail=tail):
             return head + synth.paragraphs(synth.place(filler, list(zip(depths, lines)))) + tail
+
+        while len(lines) > min_entities and count(build([])) > 0.8 * context_tokens:
+            del ents[-1], lines[-1], depths[-1]  # leave room for distractor text
 
         prompt = synth.fit(count, context_tokens, build, rng, what=f"text2json sample {i}")
         out.append({"id": f"{seed}-{i}", "prompt": prompt, "gold": json.dumps(ents), "kind": kind})
