@@ -10,6 +10,12 @@ from vllm_kvoffload.scorers.base import KVGeometry, Scorer
 _MODULES = {
     "exact-topk": "vllm_kvoffload.scorers.exact_topk",
     "oracle": "vllm_kvoffload.scorers.oracle",
+    "qlandmark": "vllm_kvoffload.scorers.qlandmark",
+    "shadowkv": "vllm_kvoffload.scorers.shadowkv",
+    "quest": "vllm_kvoffload.scorers.quest",
+    "arkvale": "vllm_kvoffload.scorers.arkvale",
+    "infinigen": "vllm_kvoffload.scorers.infinigen",
+    "lrqk": "vllm_kvoffload.scorers.lrqk",
 }
 _REGISTRY: dict[str, type[Scorer]] = {}
 

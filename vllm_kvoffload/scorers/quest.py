@@ -1,0 +1,69 @@
+"""quest: per-page channel-wise min/max key bounds; the page score is the upper
+bound of q.k over the page.
+
+Quest (Tang et al., ICML 2024, mit-han-lab/Quest) keeps, per 16-token page and
+KV head, the element-wise min and max of the page's post-RoPE keys. For a query
+``q`` the page's criticality is ``sum_d max(q_d * min_d, q_d * max_d)``, an upper
+bound on ``q . k`` for every key of the page; the top pages are attended.
+
+Device summary of a block, per KV head and page (bf16): ``[min, max]`` keys,
+``2 * D`` values per page (``D / 4`` values per token for 16-token pages).
+The min is rounded down and the max up to bf16, so the bound stays an upper bound.
+
+Defaults (Quest paper/code): ``page_size=16``. Quest targets MHA; for GQA the
+bound is computed per query head, turned into a softmax over pages and summed
+over the group (the engine's mass convention), and a page's mass is spread
+evenly over its tokens. Quest's "first two layers dense" is the engine's
+per-layer configuration, not the scorer's.
+GPU path: a small Triton kernel (split positive/negative q, two GEMVs) -- the
+reference uses the identity ``ub = relu(q) . max + min(q, 0) . min``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_kvoffload.scorers import register
+from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
+
+
+def page_bounds(keys: torch.Tensor, page_size: int) -> torch.Tensor:
+    """keys [nb, H, bs, D] -> [nb, H, bs / page_size, 2, D] bf16 (min rounded down, max up)."""
+    nb, h, bs, d = keys.shape
+    assert bs % page_size == 0, (bs, page_size)
+    pages = keys.float().view(nb, h, bs // page_size, page_size, d)
+    lo, hi = pages.amin(3), pages.amax(3)
+    lo_b, hi_b = lo.to(torch.bfloat16), hi.to(torch.bfloat16)
+    inf = torch.tensor(float("inf"), dtype=torch.bfloat16)
+    lo_b = torch.where(lo_b.float() > lo, torch.nextafter(lo_b, -inf), lo_b)
+    hi_b = torch.where(hi_b.float() < hi, torch.nextafter(hi_b, inf), hi_b)
+    return torch.stack([lo_b, hi_b], 3)
+
+
+def upper_bound_logits(query: torch.Tensor, bounds: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """query [Hq, D], bounds [nb, Hkv, P, 2, D] -> max over each page of q.k, [Hq, nb * P]."""
+    hq, d = query.shape
+    b = bounds.transpose(0, 1).reshape(num_kv_heads, -1, 2, d).float()
+    q = query.float().view(num_kv_heads, hq // num_kv_heads, d)
+    ub = torch.einsum("hgd,hnd->hgn", q.clamp_min(0), b[:, :, 1]) + torch.einsum(
+        "hgd,hnd->hgn", q.clamp_max(0), b[:, :, 0])
+    return ub.reshape(hq, -1)
+
+
+@register
+class QuestScorer(Scorer):
+    name = "quest"
+    page_size = 16
+
+    def summary_spec(self):
+        g = self.geometry
+        return (g.num_kv_heads, g.block_size // self.page_size, 2, g.head_dim), torch.bfloat16
+
+    def summarize(self, keys: torch.Tensor) -> torch.Tensor:
+        return page_bounds(keys, self.page_size)
+
+    def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
+        g = self.geometry
+        logits = upper_bound_logits(query, summaries, g.num_kv_heads) * scale
+        mass = group_softmax_mass(logits, g.num_kv_heads)
+        return (mass / self.page_size).repeat_interleave(self.page_size, dim=-1)
