@@ -105,7 +105,7 @@ def test_compare_two_endpoints_table_and_plots(vllm_server, tmp_path, capsys):
                "--max-tokens", "8", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| target" in printed and "recall" in printed and "exact-topk:budget=0.3" in printed
+    assert "| target" in printed and "| recall" in printed and "exact-topk:budget=0.3" in printed
     rows = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in rows] == ["none", "exact-topk:budget=0.1", "exact-topk:budget=0.3"]
     assert (out / "score_vs_budget.png").stat().st_size > 1000

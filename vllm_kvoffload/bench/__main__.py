@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 
 from vllm_kvoffload.bench import html2tsv, needle, text2json, throughput, tokens

@@ -76,6 +76,7 @@ def _run_target(name: str, url: str, argv: list[str], args, rows: list[dict]) ->
 
 def table(rows: list[dict], metric: str) -> str:
     cols = ["target", "conc", "done", metric, "out tok/s", "TTFT p50 ms", "TPOT p50 ms"]
+    keep = [i for i, c in enumerate(cols) if not (metric == "output_tok_s" and i == 3)]
     lines = []
     for r in rows:
         s, t = r["summary"], r["summary"].get("timing", {})
@@ -84,6 +85,7 @@ def table(rows: list[dict], metric: str) -> str:
                       f"{t.get('output_tok_s', math.nan):.1f}",
                       f"{t.get('ttft_ms', {}).get('p50', math.nan):.1f}",
                       f"{t.get('tpot_ms', {}).get('p50', math.nan):.2f}"])
+    cols, lines = [cols[i] for i in keep], [[l[i] for i in keep] for l in lines]
     w = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)]
     fmt = lambda l: "| " + " | ".join(x.ljust(w[i]) for i, x in enumerate(l)) + " |"  # noqa: E731
     return "\n".join([fmt(cols), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(fmt, lines)])

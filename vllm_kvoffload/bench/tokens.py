@@ -26,4 +26,5 @@ def counter(name_or_path: str) -> Callable[[str], int]:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as err:  # noqa: BLE001 - re-raised with the name that failed
         raise ValueError(f"cannot load tokenizer {name_or_path!r}: {err}") from None
+    tok.model_max_length = 1 << 60  # counting only: no "longer than the maximum" warnings
     return lambda text: len(tok.encode(text, add_special_tokens=False))
