@@ -13,8 +13,8 @@ import triton.language as tl
 
 from ._common import cdiv, next_pow2
 
-FP8_MAX = 448.0
-SCALE_MIN = 1e-12
+FP8_MAX = tl.constexpr(448.0)
+SCALE_MIN = tl.constexpr(1e-12)
 
 
 @triton.jit

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms
 
-NEG = -1.0e30
+NEG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -35,8 +35,8 @@ def _score_logits(
     s_sslot, s_sh,                 # key_scale [S, Hkv, BS], BS contiguous (FP8)
     s_slb,                         # cold_slots [B, max_cold_blocks]
     Hq, N_MAX, NC,
-    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr, F32: tl.constexpr,
+    G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    CHUNK, BLOCK_N: tl.constexpr, FP8: tl.constexpr, F32: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -80,8 +80,8 @@ def _score_logits(
 def _score_mass(
     lg_ptr, pm_ptr, ps_ptr, len_ptr, mass_ptr,
     Hq, Hkv, N_MAX, NC,
-    G: tl.constexpr, G_PAD: tl.constexpr, NC_PAD: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+    G, G_PAD: tl.constexpr, NC_PAD: tl.constexpr,
+    CHUNK, BLOCK_N: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -131,7 +131,7 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     G = Hq // Hkv
     G_PAD = max(16, next_pow2(G))
     n_max = n_max or cold_slots.shape[1] * BS
-    block_n = block_n or 64
+    block_n = block_n or min(64, chunk or 64)
     chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
     NC = max(1, cdiv(n_max, chunk))
     dev = query.device

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms
 
-NEG = -1.0e30  # finite "minus infinity": exp2(NEG - m) == 0 and NEG - NEG == 0 (no NaN)
+NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": exp2(NEG - m) == 0 and NEG - NEG == 0 (no NaN)
 
 
 @triton.jit
@@ -55,8 +55,8 @@ def _sparse_decode_partial(
     s_sb, s_sh, s_st,                # sel_k and sel_v [B, Hkv, K, D], same strides, D contiguous
     s_vb, s_vh,                      # sel_valid [B, Hkv, K] (HAS_VALID)
     Hq, K_SEL, NRC, NC,
-    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, HAS_VALID: tl.constexpr, F32: tl.constexpr,
+    G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    CHUNK, BLOCK_N: tl.constexpr, HAS_VALID: tl.constexpr, F32: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -156,7 +156,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
     assert sel_k.stride() == sel_v.stride()
     G = Hq // Hkv
     G_PAD = max(16, next_pow2(G))
-    block_n = block_n or (64 if D >= 128 else 128)
+    block_n = block_n or min(64 if D >= 128 else 128, chunk or 128)
     max_res = block_table.shape[1] * BS
     chunk = chunk or plan(B, Hkv, max_res, K, query.device, block_n)
     assert chunk % block_n == 0
