@@ -14,6 +14,7 @@ from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
 logger = init_logger(__name__)
 SCHEDULER_CLS = "vllm_kvoffload.scheduler.OffloadScheduler"
 DEFAULT_SCHEDULER_CLS = "vllm.v1.core.sched.scheduler.Scheduler"
+CPU_BACKEND = "vllm_kvoffload.attention.backend.OffloadCPUBackend"
 GPU_BACKEND = "vllm_kvoffload.attention.backend_cuda.OffloadFlashAttentionBackend"
 _registered = False
 
@@ -93,12 +94,11 @@ def configure(vllm_config) -> None:
     if vllm_config.cache_config.enable_prefix_caching:
         logger.info("kv_offload: prefix caching is turned off (offloaded blocks leave the device)")
         vllm_config.cache_config.enable_prefix_caching = False
-    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-    if not current_platform.is_cpu():
-        from vllm.v1.attention.backends.registry import AttentionBackendEnum
-
-        vllm_config.attention_config.backend = AttentionBackendEnum.CUSTOM
+    # CUSTOM is our backend on every platform (and a distinct key in vLLM's
+    # backend-selection cache, so stock engines in the same process stay stock).
+    vllm_config.attention_config.backend = AttentionBackendEnum.CUSTOM
 
 
 def _patch_platform() -> None:
@@ -113,19 +113,20 @@ def _patch_platform() -> None:
 
     platform_cls.check_and_update_config = classmethod(check_and_update_config)
 
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
     if current_platform.is_cpu():
+        register_backend(AttentionBackendEnum.CUSTOM, CPU_BACKEND)
         # The CPU platform ignores CUSTOM and always answers CPU_ATTN: answer for it.
         get_backend = platform_cls.get_attn_backend_cls
 
         def get_attn_backend_cls(cls, selected_backend, attn_selector_config, *args, **kwargs):
-            if offload_config().enabled and not attn_selector_config.use_mla:
-                return "vllm_kvoffload.attention.backend.OffloadCPUBackend"
+            if selected_backend == AttentionBackendEnum.CUSTOM and not attn_selector_config.use_mla:
+                return CPU_BACKEND
             return get_backend(selected_backend, attn_selector_config, *args, **kwargs)
 
         platform_cls.get_attn_backend_cls = classmethod(get_attn_backend_cls)
     else:
-        from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
-
         register_backend(AttentionBackendEnum.CUSTOM, GPU_BACKEND)
 
 
