@@ -120,7 +120,7 @@ def plan(B: int, Hkv: int, n_max: int, device: torch.device, block_n: int) -> in
 
 
 def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None, out=None,
-               chunk=None, block_n=None, num_warps=4, num_stages=3):
+               chunk=None, block_n=None, num_warps=4, num_stages=None):
     """Same contract as ``score_mass_ref``. Returns mass [B, Hkv, n_max] fp32."""
     B, Hq, D = query.shape
     _, Hkv, BS, Dk = keys.shape
@@ -128,6 +128,7 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     assert keys.stride(-1) == 1 and query.stride(-1) == 1
     fp8 = keys.dtype == torch.float8_e4m3fn
     assert fp8 == (key_scale is not None)
+    num_stages = num_stages or (2 if fp8 else 3)  # tuned on H100 (examples/gpu_kernels.py sizes)
     G = Hq // Hkv
     G_PAD = max(16, next_pow2(G))
     n_max = n_max or cold_slots.shape[1] * BS

@@ -73,8 +73,9 @@ def _topk_rows(mass_ptr, len_ptr, idx_ptr, cnt_ptr, K, s_mb, s_mh, s_ib, s_ih, H
 
 
 def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, counts=None,
-                block=1024, num_warps=8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``topk_ref``: (idx [B, Hkv, k] int32 ascending, counts [B, Hkv] int32)."""
+                block=4096, num_warps=8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as ``topk_ref``: (idx [B, Hkv, k] int32 ascending, counts [B, Hkv] int32).
+    block=4096, num_warps=8 were fastest on H100 at 32K cold tokens (288 us for B=32, Hkv=8)."""
     B, Hkv, _ = mass.shape
     assert mass.dtype == torch.float32 and mass.stride(-1) == 1
     idx = torch.empty(B, Hkv, k, dtype=torch.int32, device=mass.device) if idx is None else idx
