@@ -2,7 +2,6 @@
 argument parsing, engine core, workers). With ``kv_offload`` off it only adds the
 CLI flags; every other hook checks the current config and steps aside."""
 
-from __future__ import annotations
 
 import dataclasses
 import functools
