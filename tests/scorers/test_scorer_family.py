@@ -43,6 +43,10 @@ def test_summary_and_mass_contract(name):
     assert (mass >= 0).all()
     torch.testing.assert_close(mass.sum(-1), torch.full((GEOM.num_kv_heads,), float(GEOM.group_size)))
     assert scorer.summary_bytes_per_token() > 0
+    # the runtime may hand over strided views of the paged cache ([n, bs, Hkv, D] storage)
+    strided = to_blocks(keys, GEOM.block_size).transpose(1, 2).contiguous().transpose(1, 2)
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(scorer.summarize(strided), summ)
 
 
 @pytest.mark.parametrize("granularity", ["token", "block"])

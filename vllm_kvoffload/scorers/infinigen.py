@@ -61,7 +61,7 @@ class InfiniGenScorer(Scorer):
         g = self.geometry
         idx = summaries[:, :, 0].long()                   # [nb, H, r]
         part = summaries[:, :, 1:].float()                # [nb, H, bs, r]
-        q = query.float().view(g.num_kv_heads, g.group_size, g.head_dim)
+        q = query.float().reshape(g.num_kv_heads, g.group_size, g.head_dim)
         nb = idx.shape[0]
         q_sel = q[None].expand(nb, -1, -1, -1).gather(-1, idx[:, :, None, :].expand(-1, -1, g.group_size, -1))
         logits = torch.einsum("bhgr,bhtr->hgbt", q_sel, part) * scale

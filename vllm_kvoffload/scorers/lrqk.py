@@ -58,9 +58,9 @@ class LRQKScorer(Scorer):
         r = min(self.rank, g.block_size, g.head_dim)
         nb = summaries.shape[0]
         s = summaries.float()
-        basis = s[..., : r * g.head_dim].view(nb, g.num_kv_heads, r, g.head_dim)
-        coeff = s[..., r * g.head_dim :].view(nb, g.num_kv_heads, g.block_size, r)
-        q = query.float().view(g.num_kv_heads, g.group_size, g.head_dim)
+        basis = s[..., : r * g.head_dim].reshape(nb, g.num_kv_heads, r, g.head_dim)
+        coeff = s[..., r * g.head_dim :].reshape(nb, g.num_kv_heads, g.block_size, r)
+        q = query.float().reshape(g.num_kv_heads, g.group_size, g.head_dim)
         proj = torch.einsum("hgd,bhrd->bhgr", q, basis)
         logits = torch.einsum("bhgr,bhtr->hgbt", proj, coeff) * scale
         return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)

@@ -161,6 +161,6 @@ class QLandmarkScorer(Scorer):
     def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
         g = self.geometry
         k_hat = self.landmarks(summaries)
-        q = (query.float() @ hadamard(g.head_dim).to(query.device)).view(g.num_kv_heads, g.group_size, g.head_dim)
+        q = (query.float() @ hadamard(g.head_dim).to(query.device)).reshape(g.num_kv_heads, g.group_size, g.head_dim)
         logits = torch.einsum("hgd,hnd->hgn", q, k_hat) * scale
         return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)

@@ -31,7 +31,7 @@ def page_bounds(keys: torch.Tensor, page_size: int) -> torch.Tensor:
     """keys [nb, H, bs, D] -> [nb, H, bs / page_size, 2, D] bf16 (min rounded down, max up)."""
     nb, h, bs, d = keys.shape
     assert bs % page_size == 0, (bs, page_size)
-    pages = keys.float().view(nb, h, bs // page_size, page_size, d)
+    pages = keys.float().reshape(nb, h, bs // page_size, page_size, d)
     lo, hi = pages.amin(3), pages.amax(3)
     lo_b, hi_b = lo.to(torch.bfloat16), hi.to(torch.bfloat16)
     inf = torch.tensor(float("inf"), dtype=torch.bfloat16)
@@ -44,7 +44,7 @@ def upper_bound_logits(query: torch.Tensor, bounds: torch.Tensor, num_kv_heads: 
     """query [Hq, D], bounds [nb, Hkv, P, 2, D] -> max over each page of q.k, [Hq, nb * P]."""
     hq, d = query.shape
     b = bounds.transpose(0, 1).reshape(num_kv_heads, -1, 2, d).float()
-    q = query.float().view(num_kv_heads, hq // num_kv_heads, d)
+    q = query.float().reshape(num_kv_heads, hq // num_kv_heads, d)
     ub = torch.einsum("hgd,hnd->hgn", q.clamp_min(0), b[:, :, 1]) + torch.einsum(
         "hgd,hnd->hgn", q.clamp_max(0), b[:, :, 0])
     return ub.reshape(hq, -1)

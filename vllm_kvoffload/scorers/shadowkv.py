@@ -56,7 +56,7 @@ class ShadowKVScorer(Scorer):
 
     def summarize(self, keys: torch.Tensor) -> torch.Tensor:
         nb, h, _, d = keys.shape
-        chunks = keys.float().view(nb, h, self.chunks_per_block, self.chunk_size, d)
+        chunks = keys.float().reshape(nb, h, self.chunks_per_block, self.chunk_size, d)
         landmark = chunks.mean(3)
         cos = torch.nn.functional.cosine_similarity(chunks, landmark[..., None, :], dim=-1).amin(-1)
         return torch.cat([landmark, cos[..., None]], -1).to(torch.bfloat16)
@@ -65,7 +65,7 @@ class ShadowKVScorer(Scorer):
         """[Hkv, num_chunks]: softmax over chunk landmarks, summed over the group."""
         g = self.geometry
         lm = summaries[..., : g.head_dim].transpose(0, 1).reshape(g.num_kv_heads, -1, g.head_dim).float()
-        q = query.float().view(g.num_kv_heads, g.group_size, g.head_dim)
+        q = query.float().reshape(g.num_kv_heads, g.group_size, g.head_dim)
         logits = torch.einsum("hgd,hnd->hgn", q, lm) * scale
         return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)
 
