@@ -10,7 +10,7 @@ Device summary of a block, per KV head and page (bf16): ``[min, max]`` keys,
 ``2 * D`` values per page (``D / 4`` values per token for 16-token pages).
 The min is rounded down and the max up to bf16, so the bound stays an upper bound.
 
-Defaults (Quest paper/code): ``page_size=16``. Quest targets MHA; for GQA the
+Defaults (Quest paper/code): ``page_size=16`` (capped at the engine block size). Quest targets MHA; for GQA the
 bound is computed per query head, turned into a softmax over pages and summed
 over the group (the engine's mass convention), and a page's mass is spread
 evenly over its tokens. Quest's "first two layers dense" is the engine's
@@ -53,7 +53,11 @@ def upper_bound_logits(query: torch.Tensor, bounds: torch.Tensor, num_kv_heads: 
 @register
 class QuestScorer(Scorer):
     name = "quest"
-    page_size = 16
+    default_page_size = 16
+
+    @property
+    def page_size(self) -> int:
+        return min(self.default_page_size, self.geometry.block_size)  # a page never spans blocks
 
     def summary_spec(self):
         g = self.geometry
