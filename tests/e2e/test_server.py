@@ -2,8 +2,6 @@
 openai client. Afterwards the server is healthy and no block is leaked."""
 
 import asyncio
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -47,11 +45,9 @@ def server(tiny_llama, tmp_path_factory):
             pytest.fail("server did not start:\n" + log.read_text()[-3000:])
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        from vllm_kvoffload.demo import stop
+
+        stop(proc)
 
 
 def client(url):
