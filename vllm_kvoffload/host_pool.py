@@ -34,8 +34,9 @@ class HostPool:
     def store(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """keys/values: [n, kv_heads, block_size, dim] of the blocks going cold."""
         host_slots = slots.to(self.kv.device)
-        self.kv[host_slots, layer, 0] = keys.to(self.kv.device, non_blocking=True)
-        self.kv[host_slots, layer, 1] = values.to(self.kv.device, non_blocking=True)
+        # Blocking copies: the device blocks are reused by vLLM right after this step.
+        self.kv[host_slots, layer, 0] = keys.to(self.kv.device)
+        self.kv[host_slots, layer, 1] = values.to(self.kv.device)
         self.summaries[layer][slots.to(self.summaries[layer].device)] = self.scorer.summarize(keys)
 
     def gather(self, layer: int, slots: torch.Tensor, token_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

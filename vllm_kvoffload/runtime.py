@@ -16,6 +16,7 @@ from vllm_kvoffload.config import KVOffloadConfig
 from vllm_kvoffload.host_pool import HostPool
 from vllm_kvoffload.ops.attention import sparse_decode_attention
 from vllm_kvoffload.ops.select import select_cold_tokens
+from vllm_kvoffload.profiling import TIMER, phase
 from vllm_kvoffload.scorers import KVGeometry, create_scorer
 
 logger = init_logger(__name__)
@@ -44,6 +45,7 @@ class OffloadRuntime:
         self.cold: dict[str, list[int]] = {}  # req id -> host slots in logical order
         self.runner = None  # the model runner, for the batch's request ids
         self.geometry: KVGeometry | None = None
+        self.batched: dict | None = None  # this step's device plan for the Triton path
 
     # ---- set-up -------------------------------------------------------------
     def add_layer(self, name: str, layer: torch.nn.Module) -> None:
@@ -84,6 +86,7 @@ class OffloadRuntime:
     def plan_decodes(self, num_decodes: int, seq_lens: torch.Tensor, block_table: torch.Tensor) -> list[DecodeRow]:
         req_ids = self.runner.input_batch.req_ids[:num_decodes]
         seq_lens = seq_lens[:num_decodes].tolist()
+        block_table = block_table[:num_decodes].cpu()  # one device sync per step, not per row
         rows = []
         for r, (req_id, seq_len) in enumerate(zip(req_ids, seq_lens)):
             nblocks = -(-seq_len // self.block_size)
@@ -101,6 +104,69 @@ class OffloadRuntime:
     def decode(self, layer_name: str, impl, query: torch.Tensor, kv_cache: torch.Tensor,
                rows: list[DecodeRow], output: torch.Tensor) -> None:
         """query: [num_decodes, Hq, D] -> output: [num_decodes, Hq, D]."""
+        if self.batched is not None and hasattr(impl, "kv5"):
+            return self._decode_batched(layer_name, impl, query, kv_cache, output)
+        return self._decode_rows(layer_name, impl, query, kv_cache, rows, output)
+
+    # ---- GPU: one launch per kernel for the whole decode batch --------------------------
+    def use_batched_kernels(self) -> bool:
+        """Triton path: scorers whose summary is the keys themselves, token top-k."""
+        return (torch.cuda.is_available() and self.config.scorer in ("exact-topk", "oracle")
+                and self.config.topp is None and self.config.granularity == "token")
+
+    def plan_batched(self, rows: list[DecodeRow], block_table: torch.Tensor) -> None:
+        """Device tensors shared by every layer of this step (plan once, run per layer)."""
+        self.batched = None
+        if not rows or not self.use_batched_kernels():
+            return
+        dev = block_table.device
+        B = len(rows)
+        bs = self.block_size
+        max_res = max(-(-r.resident_tokens // bs) for r in rows)
+        max_cold = max(1, max(r.cold_slots.numel() for r in rows))
+        res = torch.zeros(B, max_res, dtype=torch.int32)
+        cold = torch.zeros(B, max_cold, dtype=torch.int32)
+        for i, r in enumerate(rows):
+            res[i, : r.resident_blocks.numel()] = r.resident_blocks.cpu()
+            cold[i, : r.cold_slots.numel()] = r.cold_slots
+        cold_lens = torch.tensor([r.cold_slots.numel() * bs for r in rows], dtype=torch.int32)
+        budgets = torch.tensor([r.budget for r in rows], dtype=torch.int32)
+        k = max(1, min(int(budgets.max()), int(cold_lens.max())))
+        to = dict(device=dev, non_blocking=True)
+        self.batched = dict(
+            res_table=res.pin_memory().to(**to),
+            res_lens=torch.tensor([r.resident_tokens for r in rows], dtype=torch.int32).pin_memory().to(**to),
+            cold_slots=cold.pin_memory().to(**to), cold_lens=cold_lens.pin_memory().to(**to),
+            budgets=budgets.pin_memory().to(**to), k=k, any_cold=bool(cold_lens.max() > 0))
+
+    def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
+        from vllm_kvoffload.ops import triton_kernels as tk
+
+        b = self.batched
+        layer = self.layer_index[layer_name]
+        B, Hkv, D = query.shape[0], impl.num_kv_heads, impl.head_size
+        if b["any_cold"]:
+            with phase("score"):
+                mass = tk.score_mass(query, self.pool.summaries[layer], None, b["cold_slots"], b["cold_lens"],
+                                     impl.scale)
+            with phase("select"):
+                idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
+            with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
+                sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts)
+            if TIMER is not None:
+                TIMER.add_fetched(counts.sum() * (D * 2 * self.pool.kv.element_size()))
+        else:
+            sel_k = sel_v = query.new_zeros(B, Hkv, 1, D)
+            counts = torch.zeros(B, Hkv, dtype=torch.int32, device=query.device)
+        with phase("attend"):
+            tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], sel_k, sel_v, counts,
+                             impl.scale, out=output)
+        if TIMER is not None and layer == len(self.layer_index) - 1:
+            TIMER.step_done()
+
+    # ---- reference path: one request at a time, pure torch --------------------------------
+    def _decode_rows(self, layer_name: str, impl, query: torch.Tensor, kv_cache: torch.Tensor,
+                     rows: list[DecodeRow], output: torch.Tensor) -> None:
         layer = self.layer_index[layer_name]
         for r, row in enumerate(rows):
             keys, values = impl.kv_views(kv_cache, row.resident_blocks)

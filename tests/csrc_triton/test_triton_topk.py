@@ -45,3 +45,18 @@ def test_topk(device, B, Hkv, n_max, k, ties):
             sel = mass[b, h].gather(0, got).sort().values
             ref = mass[b, h].gather(0, ref_idx[b, h, :c].long()).sort().values
             assert torch.equal(sel, ref), seed
+
+
+@pytest.mark.parametrize("B,Hkv,n_max,k", CASES[:2])
+def test_topk_per_request_budgets(device, B, Hkv, n_max, k):
+    seed = torch.seed() % 2**31
+    mass, lens = make_mass(B, Hkv, n_max, device, seed, ties=False)
+    budgets = torch.randint(1, k + 1, (B,), dtype=torch.int32).to(device)
+    idx, cnt = topk_select(mass, lens, k, budgets=budgets, block=64 if INTERPRET else 1024)
+    ref_idx, ref_cnt = topk_ref(mass, lens, k, budgets=budgets)
+    assert torch.equal(cnt, ref_cnt), seed
+    assert (cnt <= budgets[:, None]).all(), seed
+    for b in range(B):
+        for h in range(Hkv):
+            c = int(cnt[b, h])
+            assert torch.equal(idx[b, h, :c].sort().values, ref_idx[b, h, :c].sort().values), seed

@@ -104,7 +104,9 @@ class OffloadBuilderMixin:
         if not isinstance(self.kv_cache_spec, OffloadAttentionSpec):  # layers left dense
             return stock_build(common_prefix_len, cm, fast_build)
         nd = count_leading_decodes(cm.query_start_loc_cpu)
-        rows = current_runtime().plan_decodes(nd, cm.seq_lens.cpu(), cm.block_table_tensor) if nd else []
+        runtime = current_runtime()
+        rows = runtime.plan_decodes(nd, cm.seq_lens.cpu(), cm.block_table_tensor) if nd else []
+        runtime.plan_batched(rows, cm.block_table_tensor)
         prefill = None
         if nd < cm.num_reqs:
             prefill = stock_build(common_prefix_len, slice_rows(cm, nd) if nd else cm, fast_build)

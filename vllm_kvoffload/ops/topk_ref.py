@@ -15,13 +15,14 @@ import torch
 from vllm_kvoffload.ops.select import select_cold_tokens
 
 
-def topk_ref(mass: torch.Tensor, cold_lens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_ref(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, budgets=None) -> tuple[torch.Tensor, torch.Tensor]:
     B, Hkv, _ = mass.shape
     idx = torch.zeros(B, Hkv, k, dtype=torch.int32, device=mass.device)
     counts = torch.zeros(B, Hkv, dtype=torch.int32, device=mass.device)
     for b in range(B):
         n = int(cold_lens[b])
-        sel, _ = select_cold_tokens(mass[b, :, :n], k)
+        kb = k if budgets is None else min(k, int(budgets[b]))
+        sel, _ = select_cold_tokens(mass[b, :, :n], kb)
         idx[b, :, : sel.shape[1]] = sel.int()
         counts[b] = sel.shape[1]
     return idx, counts

@@ -1,7 +1,6 @@
-"""Loader of the Triton kernels in ``<repo>/csrc_triton`` (a top-level folder that
-the installed package does not ship): imports it by path as the package
-``csrc_triton`` and re-exports the dispatch functions. Works from a checkout or an
-editable install; raises ImportError elsewhere (or without triton)."""
+"""Loader of the Triton kernels in ``csrc_triton`` (a top-level package installed
+beside ``vllm_kvoffload``; from a bare checkout it is found by path) and lazy
+re-export of their dispatch functions. Raises ImportError without triton."""
 
 from __future__ import annotations
 
@@ -16,6 +15,10 @@ _DIR = Path(__file__).resolve().parents[2] / "csrc_triton"
 def _package():
     if "csrc_triton" in sys.modules:
         return sys.modules["csrc_triton"]
+    try:  # installed beside the package (pyproject ships csrc_triton*)
+        return importlib.import_module("csrc_triton")
+    except ImportError:
+        pass
     init = _DIR / "__init__.py"
     if not init.is_file():
         raise ImportError(f"csrc_triton not found at {_DIR} (not shipped in the wheel; use a checkout)")

@@ -1,0 +1,59 @@
+"""Opt-in timing of the decode path: set VLLM_KVOFFLOAD_PROFILE=/path/profile.json.
+
+The worker brackets each phase (score, select, fetch, attend) with CUDA events and
+every 64 steps writes cumulative milliseconds, call counts and PCIe bytes to that
+file. Off (the default), ``phase`` costs one dict lookup."""
+
+import json
+import os
+from contextlib import contextmanager
+
+import torch
+
+PATH = os.environ.get("VLLM_KVOFFLOAD_PROFILE")
+
+
+class PhaseTimer:
+    def __init__(self, path: str):
+        self.path = path
+        self.pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self.ms: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.fetched = None  # device scalar: bytes read over PCIe (no host sync per layer)
+        self.steps = 0
+
+    def add_fetched(self, nbytes: torch.Tensor) -> None:
+        self.fetched = nbytes.double() if self.fetched is None else self.fetched + nbytes
+
+    @contextmanager
+    def phase(self, name: str):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self.pending.append((name, start, end))
+
+    def step_done(self) -> None:
+        self.steps += 1
+        if self.steps % 64:
+            return
+        torch.cuda.synchronize()
+        for name, start, end in self.pending:
+            self.ms[name] = self.ms.get(name, 0.0) + start.elapsed_time(end)
+            self.calls[name] = self.calls.get(name, 0) + 1
+        self.pending.clear()
+        with open(self.path, "w") as f:
+            json.dump({"steps": self.steps, "ms": self.ms, "calls": self.calls,
+                       "fetch_bytes": float(self.fetched) if self.fetched is not None else 0.0}, f)
+
+
+TIMER = PhaseTimer(PATH) if PATH and torch.cuda.is_available() else None
+
+
+@contextmanager
+def phase(name: str):
+    if TIMER is None:
+        yield
+    else:
+        with TIMER.phase(name):
+            yield
