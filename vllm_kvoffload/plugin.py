@@ -35,6 +35,7 @@ def register() -> None:
     _registered = True
     _patch_cli()
     _patch_platform()
+    _patch_model_runner_choice()
     from vllm_kvoffload.kv_spec import register_spec
 
     register_spec()
@@ -98,6 +99,22 @@ def configure(vllm_config) -> None:
     # CUSTOM is our backend on every platform (and a distinct key in vLLM's
     # backend-selection cache, so stock engines in the same process stay stock).
     vllm_config.attention_config.backend = AttentionBackendEnum.CUSTOM
+
+
+def _patch_model_runner_choice() -> None:
+    """Our worker hooks live in the V1 model runner: tell vLLM that Model Runner V2
+    does not support offload, so vLLM itself picks V1 and logs why."""
+    from vllm.config import VllmConfig
+
+    unsupported = VllmConfig._get_v2_model_runner_unsupported_features
+
+    def _get_v2_model_runner_unsupported_features(self):
+        features = list(unsupported(self))
+        if offload_config(self).enabled:
+            features.append("kv_offload")
+        return features
+
+    VllmConfig._get_v2_model_runner_unsupported_features = _get_v2_model_runner_unsupported_features
 
 
 def _patch_platform() -> None:
@@ -178,12 +195,13 @@ def _patch_model_runner() -> None:
 
     def _update_states(self, scheduler_output):
         runtime = current_runtime()
-        plan = getattr(scheduler_output, "kv_offload_plan", None)
-        if runtime is not None and plan is not None:
-            # Before vLLM may zero or overwrite the blocks the scheduler just freed.
+        if runtime is not None:
             runtime.runner = self
-            spec = self.kv_cache_config.kv_cache_groups[0].kv_cache_spec
-            runtime.apply_plan(plan, spec.host_blocks)
+            plan = getattr(scheduler_output, "kv_offload_plan", None)
+            if plan is not None:
+                # Before vLLM may zero or overwrite the blocks the scheduler just freed.
+                spec = self.kv_cache_config.kv_cache_groups[0].kv_cache_spec
+                runtime.apply_plan(plan, spec.host_blocks)
         return update_states(self, scheduler_output)
 
     GPUModelRunner._update_states = _update_states

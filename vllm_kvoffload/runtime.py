@@ -26,7 +26,7 @@ logger = init_logger(__name__)
 class DecodeRow:
     """One decode request of this step: where its tokens are."""
 
-    req_id: str
+    req_id: str | None
     seq_len: int                 # tokens including the one being decoded
     resident_blocks: torch.Tensor  # device block ids: sinks, then window..end
     resident_tokens: int         # valid tokens in those blocks, in that order
@@ -84,13 +84,15 @@ class OffloadRuntime:
 
     # ---- per step -------------------------------------------------------------
     def plan_decodes(self, num_decodes: int, seq_lens: torch.Tensor, block_table: torch.Tensor) -> list[DecodeRow]:
-        req_ids = self.runner.input_batch.req_ids[:num_decodes]
+        # Rows without a request (vLLM's dummy/profiling runs) have no cold blocks.
+        known = self.runner.input_batch.req_ids[:num_decodes] if self.runner is not None else []
+        req_ids = list(known) + [None] * (num_decodes - len(known))
         seq_lens = seq_lens[:num_decodes].tolist()
         block_table = block_table[:num_decodes].cpu()  # one device sync per step, not per row
         rows = []
         for r, (req_id, seq_len) in enumerate(zip(req_ids, seq_lens)):
             nblocks = -(-seq_len // self.block_size)
-            slots = self.cold.get(req_id, [])
+            slots = self.cold.get(req_id, []) if req_id is not None else []
             sink = min(self.sink_blocks, nblocks)
             logical = list(range(sink)) + list(range(sink + len(slots), nblocks))
             resident = block_table[r, logical]
