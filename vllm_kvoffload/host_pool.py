@@ -39,6 +39,15 @@ class HostPool:
         self.kv[host_slots, layer, 1] = values.to(self.kv.device)
         self.summaries[layer][slots.to(self.summaries[layer].device)] = self.scorer.summarize(keys)
 
+    def store_from_cache(self, layer: int, kv5: torch.Tensor, blocks: torch.Tensor, slots: torch.Tensor) -> None:
+        """GPU: device blocks of the cache view kv5 [2, blocks, bs, Hkv, D] straight into
+        their pinned slots with zero-copy stores (stream-ordered, no host sync)."""
+        from vllm_kvoffload.ops.triton_kernels import store_blocks_uva
+
+        store_blocks_uva(kv5, blocks, self.kv, layer, slots)
+        keys = kv5[0, blocks].transpose(1, 2)  # [n, Hkv, bs, D]
+        self.summaries[layer][slots] = self.scorer.summarize(keys)
+
     def gather(self, layer: int, slots: torch.Tensor, token_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cold tokens chosen per KV head. slots: [n_cold_blocks] (the request's
         cold blocks in order); token_idx: [kv_heads, k] indices into its cold range.

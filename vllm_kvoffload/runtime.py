@@ -76,11 +76,18 @@ class OffloadRuntime:
             slots = self.cold.setdefault(req_id, [])
             assert logical == self.sink_blocks + len(slots), "cold blocks must stay contiguous"
             slots.append(slot)
-        blocks = torch.tensor([c[2] for c in plan.copies], device=first.kv_cache.device)
+        device = first.kv_cache.device
+        blocks = torch.tensor([c[2] for c in plan.copies], device=device)
         slots = torch.tensor([c[3] for c in plan.copies])
+        on_gpu = hasattr(first.impl, "kv5")
+        if on_gpu:
+            slots = slots.to(device)
         for name, layer in self.layers.items():
-            keys, values = layer.impl.kv_views(layer.kv_cache, blocks)
-            pool.store(self.layer_index[name], slots, keys, values)
+            if on_gpu:
+                pool.store_from_cache(self.layer_index[name], layer.impl.kv5(layer.kv_cache), blocks, slots)
+            else:
+                keys, values = layer.impl.kv_views(layer.kv_cache, blocks)
+                pool.store(self.layer_index[name], slots, keys, values)
 
     # ---- per step -------------------------------------------------------------
     def plan_decodes(self, num_decodes: int, seq_lens: torch.Tensor, block_table: torch.Tensor) -> list[DecodeRow]:
@@ -134,12 +141,10 @@ class OffloadRuntime:
         cold_lens = torch.tensor([r.cold_slots.numel() * bs for r in rows], dtype=torch.int32)
         budgets = torch.tensor([r.budget for r in rows], dtype=torch.int32)
         k = max(1, min(int(budgets.max()), int(cold_lens.max())))
-        to = dict(device=dev, non_blocking=True)
+        res_lens = torch.tensor([r.resident_tokens for r in rows], dtype=torch.int32)
         self.batched = dict(
-            res_table=res.pin_memory().to(**to),
-            res_lens=torch.tensor([r.resident_tokens for r in rows], dtype=torch.int32).pin_memory().to(**to),
-            cold_slots=cold.pin_memory().to(**to), cold_lens=cold_lens.pin_memory().to(**to),
-            budgets=budgets.pin_memory().to(**to), k=k, any_cold=bool(cold_lens.max() > 0))
+            res_table=res.to(dev), res_lens=res_lens.to(dev), cold_slots=cold.to(dev),
+            cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=bool(cold_lens.max() > 0))
 
     def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
         from vllm_kvoffload.ops import triton_kernels as tk

@@ -1,0 +1,11 @@
+"""Reference of csrc_triton/offload.py: whole device blocks into host-pool slots.
+kv5 [2, num_blocks, block_size, Hkv, D] (device cache view); host_kv
+[num_slots, num_layers, 2, Hkv, block_size, D]; blocks and slots [n]."""
+
+import torch
+
+
+def store_blocks_ref(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Tensor, layer: int,
+                     slots: torch.Tensor) -> None:
+    tiles = kv5[:, blocks.long()].permute(1, 0, 3, 2, 4)  # [n, 2, Hkv, bs, D]
+    host_kv[slots.cpu().long(), layer] = tiles.to(host_kv.device)
