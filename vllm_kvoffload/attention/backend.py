@@ -67,9 +67,15 @@ def cpu_kv_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.
 
 
 class OffloadImplMixin:
-    """Shared by every platform's impl; ``kv_views`` comes from the platform."""
+    """Put first in the bases of a platform impl: it owns ``__init__`` and ``forward``
+    and reaches the stock impl through ``super()``. The platform class adds
+    ``kv_views`` (and on GPU ``kv5``)."""
 
-    def _init_offload(self, attn_type, sliding_window, alibi_slopes, sinks, logits_soft_cap) -> None:
+    def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
+                 kv_cache_dtype, logits_soft_cap=None, attn_type=AttentionType.DECODER,
+                 kv_sharing_target_layer_name=None, sinks=None) -> None:
+        super().__init__(num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
+                         kv_cache_dtype, logits_soft_cap, attn_type, kv_sharing_target_layer_name, sinks)
         reasons = []
         if attn_type != AttentionType.DECODER:
             reasons.append(f"attention type {attn_type}")
@@ -86,10 +92,14 @@ class OffloadImplMixin:
             logger.warning_once("kv_offload: a layer with %s runs dense attention (not offloaded)",
                                 ", ".join(reasons))
 
-    def _offload_forward(self, stock_forward, layer, query, key, value, kv_cache, m: OffloadMetadata, output):
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None):
+        m = attn_metadata
+        if not isinstance(m, OffloadMetadata):
+            return super().forward(layer, query, key, value, kv_cache, m, output, output_scale, output_block_scale)
         nt = m.num_decode_tokens
         if m.prefill is not None:
-            stock_forward(layer, query[nt:], key[nt:], value[nt:], kv_cache, m.prefill, output[nt:])
+            super().forward(layer, query[nt:], key[nt:], value[nt:], kv_cache, m.prefill, output[nt:])
         if m.num_decodes:
             out = output[:nt].view(nt, self.num_heads, self.head_size)
             q = query[:nt].view(nt, self.num_heads, self.head_size)
@@ -98,18 +108,22 @@ class OffloadImplMixin:
 
 
 class OffloadBuilderMixin:
+    """Put first in the bases of a platform builder: decode rows are planned here,
+    the rest goes to the stock builder through ``super().build``."""
+
     reorder_batch_threshold = 1  # decode rows first
 
-    def _offload_build(self, stock_build, common_prefix_len, cm, fast_build):
+    def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
+        cm = common_attn_metadata
         if not isinstance(self.kv_cache_spec, OffloadAttentionSpec):  # layers left dense
-            return stock_build(common_prefix_len, cm, fast_build)
+            return super().build(common_prefix_len, cm, fast_build)
         nd = count_leading_decodes(cm.query_start_loc_cpu)
         runtime = current_runtime()
         rows = runtime.plan_decodes(nd, cm.seq_lens.cpu(), cm.block_table_tensor) if nd else []
         runtime.plan_batched(rows, cm.block_table_tensor)
         prefill = None
         if nd < cm.num_reqs:
-            prefill = stock_build(common_prefix_len, slice_rows(cm, nd) if nd else cm, fast_build)
+            prefill = super().build(common_prefix_len, slice_rows(cm, nd) if nd else cm, fast_build)
         return OffloadMetadata(num_decodes=nd, num_decode_tokens=nd, decode_rows=rows, prefill=prefill)
 
 
@@ -122,24 +136,9 @@ class OffloadCPUImpl(OffloadImplMixin, CPUAttentionBackendImpl):
         isa = _get_attn_isa(kv_cache.dtype, bs, two_d // 2, self.kv_cache_dtype)
         return cpu_kv_views(kv_cache[blocks], isa)
 
-    def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
-                 kv_cache_dtype, logits_soft_cap=None, attn_type=AttentionType.DECODER,
-                 kv_sharing_target_layer_name=None, sinks=None) -> None:
-        super().__init__(num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
-                         kv_cache_dtype, logits_soft_cap, attn_type, kv_sharing_target_layer_name, sinks)
-        self._init_offload(attn_type, sliding_window, alibi_slopes, sinks, logits_soft_cap)
-
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                output_scale=None, output_block_scale=None):
-        if not isinstance(attn_metadata, OffloadMetadata):
-            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                                   output_scale, output_block_scale)
-        return self._offload_forward(super().forward, layer, query, key, value, kv_cache, attn_metadata, output)
-
 
 class OffloadCPUBuilder(OffloadBuilderMixin, CPUAttentionMetadataBuilder):
-    def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
-        return self._offload_build(super().build, common_prefix_len, common_attn_metadata, fast_build)
+    pass
 
 
 class OffloadCPUBackend(CPUAttentionBackend):

@@ -6,7 +6,7 @@ this backend reports no full-graph support and vLLM captures piecewise graphs
 around attention (attention itself runs eagerly). vLLM logs that fallback."""
 
 import torch
-from vllm.v1.attention.backend import AttentionCGSupport, AttentionType
+from vllm.v1.attention.backend import AttentionCGSupport
 from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionBackend,
     FlashAttentionImpl,
@@ -26,13 +26,6 @@ def flash_kv5(kv_cache: torch.Tensor, head_size: int) -> torch.Tensor:
 
 
 class OffloadFlashAttentionImpl(OffloadImplMixin, FlashAttentionImpl):
-    def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
-                 kv_cache_dtype, logits_soft_cap=None, attn_type=AttentionType.DECODER,
-                 kv_sharing_target_layer_name=None, sinks=None) -> None:
-        super().__init__(num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
-                         kv_cache_dtype, logits_soft_cap, attn_type, kv_sharing_target_layer_name, sinks)
-        self._init_offload(attn_type, sliding_window, alibi_slopes, sinks, logits_soft_cap)
-
     def kv5(self, kv_cache: torch.Tensor) -> torch.Tensor:
         return flash_kv5(kv_cache, self.head_size)
 
@@ -41,15 +34,6 @@ class OffloadFlashAttentionImpl(OffloadImplMixin, FlashAttentionImpl):
         kv = self.kv5(kv_cache)[:, blocks.to(kv_cache.device)]
         return kv[0].transpose(1, 2), kv[1].transpose(1, 2)
 
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                output_scale=None, output_block_scale=None):
-        from vllm_kvoffload.attention.metadata import OffloadMetadata
-
-        if not isinstance(attn_metadata, OffloadMetadata):
-            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                                   output_scale, output_block_scale)
-        return self._offload_forward(super().forward, layer, query, key, value, kv_cache, attn_metadata, output)
-
 
 class OffloadFlashAttentionBuilder(OffloadBuilderMixin, FlashAttentionMetadataBuilder):
     _cudagraph_support = AttentionCGSupport.NEVER
@@ -57,9 +41,6 @@ class OffloadFlashAttentionBuilder(OffloadBuilderMixin, FlashAttentionMetadataBu
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec):
         return AttentionCGSupport.NEVER
-
-    def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
-        return self._offload_build(super().build, common_prefix_len, common_attn_metadata, fast_build)
 
 
 class OffloadFlashAttentionBackend(FlashAttentionBackend):

@@ -30,26 +30,14 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.scorers import register
-from vllm_kvoffload.scorers.base import Scorer
-from vllm_kvoffload.scorers.quest import page_bounds, upper_bound_logits
+from vllm_kvoffload.scorers.quest import QuestScorer, upper_bound_logits
 
 
 @register
-class ArkValeScorer(Scorer):
+class ArkValeScorer(QuestScorer):  # same page digests (min/max bounds), its own scoring
     name = "arkvale"
     default_page_size = 32
     cache_pages_per_topk = 2  # page_budget / page_topk
-
-    @property
-    def page_size(self) -> int:
-        return min(self.default_page_size, self.geometry.block_size)
-
-    def summary_spec(self):
-        g = self.geometry
-        return (g.num_kv_heads, g.block_size // self.page_size, 2, g.head_dim), torch.bfloat16
-
-    def summarize(self, keys: torch.Tensor) -> torch.Tensor:
-        return page_bounds(keys, self.page_size)
 
     def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
         g = self.geometry
