@@ -30,7 +30,7 @@ from ._common import cdiv, interpreting
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['layer', 'K', 's_slb', 's_ib', 's_ih', 's_ob', 's_oh'])  # per-step sizes: no recompiles
 def _gather_rows(
     kv_arg, slots_ptr, idx_ptr, cnt_ptr, ok_ptr, ov_ptr,
     layer, K, Hkv,

@@ -19,7 +19,7 @@ from ._common import interpreting
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['layer'])  # per-step sizes: no recompiles
 def _store_blocks(src_ptr, blk_ptr, dst_ptr, slot_ptr, layer,
                   s_kv, s_blk, s_tok, s_h,             # kv5 strides (D contiguous)
                   d_slot, d_layer, d_kv, d_h, d_tok,   # host_kv strides (D contiguous)

@@ -26,7 +26,7 @@ from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms
 NEG = tl.constexpr(-1.0e30)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['s_slb', 'N_MAX', 'NC', 'CHUNK'])  # per-step sizes: no recompiles
 def _score_logits(
     q_ptr, k_ptr, ks_ptr, slots_ptr, len_ptr, lg_ptr, pm_ptr, ps_ptr,
     qk_scale,
@@ -76,7 +76,7 @@ def _score_logits(
     tl.store(ps_ptr + ws, s_i, mask=gmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N_MAX', 'NC', 'CHUNK'])  # per-step sizes: no recompiles
 def _score_mass(
     lg_ptr, pm_ptr, ps_ptr, len_ptr, mass_ptr,
     Hq, Hkv, N_MAX, NC,

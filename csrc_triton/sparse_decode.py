@@ -44,7 +44,7 @@ def _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
     return m_new, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['s_btb', 's_sb', 's_sh', 's_vb', 's_vh', 'K_SEL', 'NRC', 'NC', 'CHUNK'])  # per-step sizes: no recompiles
 def _sparse_decode_partial(
     q_ptr, kv_ptr, bt_ptr, res_len_ptr, sk_ptr, sv_ptr, sel_len_ptr, valid_ptr,
     m_ptr, l_ptr, acc_ptr,
@@ -107,7 +107,7 @@ def _sparse_decode_partial(
     tl.store(acc_ptr + ws[:, None].to(tl.int64) * D + offs_d[None, :], acc, mask=gmask[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['NC'])  # per-step sizes: no recompiles
 def _sparse_decode_merge(
     m_ptr, l_ptr, acc_ptr, out_ptr, s_ob, s_oh, Hq, NC,
     D: tl.constexpr, BLOCK_C: tl.constexpr,

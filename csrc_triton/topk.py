@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih'])  # per-step sizes: no recompiles
 def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, K, s_mb, s_mh, s_ib, s_ih, Hkv,
                BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr):
     h = tl.program_id(0)
