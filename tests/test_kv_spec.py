@@ -85,3 +85,16 @@ def test_host_slot_allocator_counts():
     assert alloc.allocate() is None and alloc.num_free == 0
     alloc.free([a, b])
     assert alloc.num_free == 2
+
+
+def test_preempted_in_the_same_step_never_reuses_a_slot_twice():
+    manager, pool = make_manager(host_blocks=12)
+    manager.allocate_new_blocks("a", 200, 200)
+    manager.allocate_new_blocks("b", 200, 200)
+    decode_step(manager, "a", 200)  # 9 copies for a
+    manager.free("a")  # preempted within the same scheduling step
+    decode_step(manager, "b", 200)  # b may now take a's slots
+    plan = manager.take_plan()
+    assert all(c[0] == "b" for c in plan.copies) and plan.released == ["a"]
+    slots = [c[3] for c in plan.copies]
+    assert len(slots) == len(set(slots)) == 9

@@ -15,7 +15,7 @@ Invariants:
   * a request holds at most sink + ceil(window / block_size) + 1 device blocks
     while decoding (plus the whole prompt during prefill);
   * host slots return to the allocator whenever vLLM frees the request
-    (finished, aborted or preempted).
+    (finished, aborted or preempted), and a plan never writes one slot twice.
 """
 
 from __future__ import annotations
@@ -118,6 +118,10 @@ class OffloadManager(FullAttentionManager):
         super().free(request_id)
         slots = self.cold_slots.pop(request_id, None)
         if slots is not None:
+            # A copy recorded this step for a request freed in the same step (preempted
+            # right after its decode was scheduled) must not run: its slot may go to
+            # another request's copy in the very same plan.
+            self.plan.copies = [c for c in self.plan.copies if c[0] != request_id]
             self.host.free(slots)
             self.plan.released.append(request_id)
 
