@@ -79,11 +79,11 @@ class OffloadRuntime:
         device = first.kv_cache.device
         blocks = torch.tensor([c[2] for c in plan.copies], device=device)
         slots = torch.tensor([c[3] for c in plan.copies])
-        on_gpu = hasattr(first.impl, "kv5")
-        if on_gpu:
+        zero_copy = device.type == "cuda" and hasattr(first.impl, "kv5")
+        if zero_copy:
             slots = slots.to(device)
         for name, layer in self.layers.items():
-            if on_gpu:
+            if zero_copy:
                 pool.store_from_cache(self.layer_index[name], layer.impl.kv5(layer.kv_cache), blocks, slots)
             else:
                 keys, values = layer.impl.kv_views(layer.kv_cache, blocks)
@@ -119,8 +119,12 @@ class OffloadRuntime:
 
     # ---- GPU: one launch per kernel for the whole decode batch --------------------------
     def use_batched_kernels(self) -> bool:
-        """Triton path: scorers whose summary is the keys themselves, token top-k."""
-        return (torch.cuda.is_available() and self.config.scorer in ("exact-topk", "oracle")
+        """Batched path: FlashAttention-layout caches (``impl.kv5``), scorers whose summary
+        is the keys themselves, token top-k. Triton on GPU, the batched torch references
+        elsewhere (tests)."""
+        first = next(iter(self.layers.values()), None)
+        return (first is not None and hasattr(first.impl, "kv5")
+                and self.config.scorer in ("exact-topk", "oracle")
                 and self.config.topp is None and self.config.granularity == "token")
 
     def plan_batched(self, rows: list[DecodeRow], block_table: torch.Tensor) -> None:
@@ -147,8 +151,7 @@ class OffloadRuntime:
             cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=bool(cold_lens.max() > 0))
 
     def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
-        from vllm_kvoffload.ops import triton_kernels as tk
-
+        tk = _batched_ops(query.is_cuda)
         b = self.batched
         layer = self.layer_index[layer_name]
         B, Hkv, D = query.shape[0], impl.num_kv_heads, impl.head_size
@@ -190,6 +193,27 @@ class OffloadRuntime:
                 sk, sv = self.pool.gather(layer, row.cold_slots, idx)
                 sk, sv = sk.to(rk.device), sv.to(rk.device)
             output[r] = sparse_decode_attention(query[r], rk, rv, sk, sv, valid, impl.scale)
+
+
+def _batched_ops(cuda: bool):
+    """The four batched decode operations: Triton kernels on GPU, torch references otherwise."""
+    if cuda:
+        from vllm_kvoffload.ops import triton_kernels
+
+        return triton_kernels
+    from types import SimpleNamespace
+
+    from vllm_kvoffload.ops.gather_ref import gather_ref
+    from vllm_kvoffload.ops.score_ref import score_mass_ref
+    from vllm_kvoffload.ops.sparse_decode_ref import sparse_decode_ref
+    from vllm_kvoffload.ops.topk_ref import topk_ref
+
+    def sparse_decode(*args, out=None, **kwargs):
+        result = sparse_decode_ref(*args, **kwargs)
+        return result if out is None else out.copy_(result)
+
+    return SimpleNamespace(score_mass=score_mass_ref, topk_select=topk_ref, gather_uva=gather_ref,
+                           sparse_decode=sparse_decode)
 
 
 _RUNTIME: OffloadRuntime | None = None
