@@ -44,7 +44,6 @@ class OffloadRuntime:
         self.pool: HostPool | None = None
         self.cold: dict[str, list[int]] = {}  # req id -> host slots in logical order
         self.runner = None  # the model runner, for the batch's request ids
-        self.geometry: KVGeometry | None = None
         self.batched: dict | None = None  # this step's device plan for the Triton path
 
     # ---- set-up -------------------------------------------------------------
@@ -55,9 +54,9 @@ class OffloadRuntime:
 
     def _ensure_pool(self, num_slots: int, kv_cache: torch.Tensor, impl) -> HostPool:
         if self.pool is None:
-            self.geometry = KVGeometry(impl.num_kv_heads, impl.num_heads, impl.head_size,
-                                       self.block_size, kv_cache.dtype)
-            scorer = create_scorer(self.config.scorer, self.geometry)
+            geometry = KVGeometry(impl.num_kv_heads, impl.num_heads, impl.head_size,
+                                  self.block_size, kv_cache.dtype)
+            scorer = create_scorer(self.config.scorer, geometry)
             self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
                                  impl.head_size, kv_cache.dtype, scorer, kv_cache.device)
             logger.info("kv_offload: host pool of %d blocks (%.2f GiB), scorer %s", num_slots,

@@ -128,13 +128,16 @@ class OffloadBuilderMixin:
 
 
 class OffloadCPUImpl(OffloadImplMixin, CPUAttentionBackendImpl):
+    _isa: str | None = None  # fixed per layer; resolved on first use, off the hot path
+
     def kv_views(self, kv_cache: torch.Tensor, blocks: torch.Tensor):
         """Keys, values of ``blocks``: [n, kv_heads, block_size, dim] each."""
-        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+        if self._isa is None:
+            from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
-        nb, h, bs, two_d = kv_cache.shape
-        isa = _get_attn_isa(kv_cache.dtype, bs, two_d // 2, self.kv_cache_dtype)
-        return cpu_kv_views(kv_cache[blocks], isa)
+            _, _, bs, two_d = kv_cache.shape
+            self._isa = _get_attn_isa(kv_cache.dtype, bs, two_d // 2, self.kv_cache_dtype)
+        return cpu_kv_views(kv_cache[blocks], self._isa)
 
 
 class OffloadCPUBuilder(OffloadBuilderMixin, CPUAttentionMetadataBuilder):
