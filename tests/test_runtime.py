@@ -13,6 +13,7 @@ from vllm_kvoffload.attention.backend_cuda import OffloadFlashAttentionImpl
 from vllm_kvoffload.config import KVOffloadConfig
 from vllm_kvoffload.ops.attention import dense_decode_attention
 from vllm_kvoffload.runtime import OffloadRuntime
+from vllm_kvoffload.scorers import available
 
 BS, HQ, HKV, D = 16, 8, 2, 64
 
@@ -25,9 +26,9 @@ class FlashLayoutImpl:
     kv_views = OffloadFlashAttentionImpl.kv_views
 
 
-def setup(budget, seq_lens=(300, 150, 40)):
+def setup(budget, seq_lens=(300, 150, 40), scorer="exact-topk"):
     torch.manual_seed(0)
-    cfg = KVOffloadConfig.parse({"scorer": "exact-topk", "budget": budget, "sink_tokens": 4, "window_tokens": 40})
+    cfg = KVOffloadConfig.parse({"scorer": scorer, "budget": budget, "sink_tokens": 4, "window_tokens": 40})
     manager, _ = make_manager(num_blocks=128, host_blocks=64, sink=4, window=40)
     runtime = OffloadRuntime(cfg, BS)
     caches = []
@@ -49,9 +50,10 @@ def setup(budget, seq_lens=(300, 150, 40)):
     return runtime, rows, table, caches
 
 
+@pytest.mark.parametrize("scorer", available())
 @pytest.mark.parametrize("budget", [1.0, 0.1, 3])
-def test_batched_path_matches_per_row_path(budget):
-    runtime, rows, table, _ = setup(budget)
+def test_batched_path_matches_per_row_path(budget, scorer):
+    runtime, rows, table, _ = setup(budget, scorer=scorer)
     assert [r.cold_slots.numel() for r in rows] == [15, 5, 0]  # a and b offloaded, c too short
     query = torch.randn(3, HQ, D)
     impl = FlashLayoutImpl()

@@ -34,6 +34,10 @@ class DecodeRow:
     budget: int                  # cold tokens to select per KV head
 
 
+# Scorers whose per-block summary is the block's keys, scored by the fused score kernel.
+KEY_SCORERS = ("exact-topk", "oracle")
+
+
 class OffloadRuntime:
     def __init__(self, config: KVOffloadConfig, block_size: int):
         self.config = config
@@ -118,12 +122,12 @@ class OffloadRuntime:
 
     # ---- GPU: one launch per kernel for the whole decode batch --------------------------
     def use_batched_kernels(self) -> bool:
-        """Batched path: FlashAttention-layout caches (``impl.kv5``), scorers whose summary
-        is the keys themselves, token top-k. Triton on GPU, the batched torch references
+        """Batched path: FlashAttention-layout caches (``impl.kv5``), token top-k with a
+        fixed budget, any scorer (the key scorers score with one fused kernel, the others
+        with ``Scorer.score_batched``). Triton on GPU, the batched torch references
         elsewhere (tests)."""
         first = next(iter(self.layers.values()), None)
         return (first is not None and hasattr(first.impl, "kv5")
-                and self.config.scorer in ("exact-topk", "oracle")
                 and self.config.topp is None and self.config.granularity == "token")
 
     def plan_batched(self, rows: list[DecodeRow], block_table: torch.Tensor) -> None:
@@ -147,7 +151,8 @@ class OffloadRuntime:
         res_lens = torch.tensor([r.resident_tokens for r in rows], dtype=torch.int32)
         self.batched = dict(
             res_table=res.to(dev), res_lens=res_lens.to(dev), cold_slots=cold.to(dev),
-            cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=bool(cold_lens.max() > 0))
+            cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=bool(cold_lens.max() > 0),
+            cold_blocks=[r.cold_slots.numel() for r in rows])
 
     def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
         tk = _batched_ops(query.is_cuda)
@@ -156,8 +161,12 @@ class OffloadRuntime:
         B, Hkv, D = query.shape[0], impl.num_kv_heads, impl.head_size
         if b["any_cold"]:
             with phase("score"):
-                mass = tk.score_mass(query, self.pool.summaries[layer], None, b["cold_slots"], b["cold_lens"],
-                                     impl.scale)
+                if self.pool.scorer.name in KEY_SCORERS:  # summaries are the keys: fused kernel
+                    mass = tk.score_mass(query, self.pool.summaries[layer], None, b["cold_slots"],
+                                         b["cold_lens"], impl.scale)
+                else:
+                    mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
+                                                          b["cold_blocks"], impl.scale)
             with phase("select"):
                 idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
             with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe

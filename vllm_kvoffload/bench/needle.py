@@ -37,7 +37,8 @@ def generate(n: int, context_tokens: int, seed: int, count, needles: int = 8) ->
 
         prompt = synth.fit(count, context_tokens, build, rng, what=f"needle sample {i}")
         out.append({"id": f"{seed}-{i}", "prompt": prompt,
-                    "gold": [{"key": k, "code": c, "depth": d} for k, c, d in zip(keys, codes, depths)]})
+                    "gold": [{"key": k, "code": c, "depth": d} for k, c, d in zip(keys, codes, depths)],
+                    "asked": asked})
     return out
 
 

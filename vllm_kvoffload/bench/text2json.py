@@ -103,16 +103,17 @@ _TASK = ("\n\nExtract every one of the {kind} mentioned in the text above. Answe
 
 
 def generate(n: int, context_tokens: int, seed: int, count, *, min_entities: int = 3,
-             max_entities: int = 20) -> list[dict]:
-    """``n`` synthetic samples of ``context_tokens`` tokens (of ``count``) each.
+             max_entities: int = 20, start: int = 0) -> list[dict]:
+    """``n`` synthetic samples of ``context_tokens`` tokens (of ``count``) each: samples
+    ``start .. start+n-1`` of the seed's sequence.
 
-    Kind cycles through the four kinds; entity count is uniform in [min, max], capped so
+    Kind cycles through the four kinds by sample index; entity count is uniform in [min, max], capped so
     the prompt without distractor text takes at most 80% of the context.
     """
     if not 1 <= min_entities <= max_entities:
         raise ValueError(f"entities range [{min_entities}, {max_entities}] is empty")
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         rng = random.Random(f"text2json/{seed}/{i}")
         kind = list(synth.KINDS)[i % len(synth.KINDS)]
         a, b = synth.KINDS[kind][0]

@@ -1,0 +1,105 @@
+"""Training batches from the benchmark generators, formatted exactly as vLLM serves them.
+
+A sample is the chat prompt ``<|user|>{prompt}\\n<|assistant|>`` followed by the reference
+answer and ``<|eos|>``, as byte-level token ids (token id == byte value; specials >= 256).
+Answer tokens carry loss weight 1, prompt tokens ``prompt_weight``, padding 0.
+
+Every batch is a pure function of (seed, step, progress): the curriculum and the samples are
+drawn from ``random.Random`` seeded with that triple, so a run is reproducible. Training
+seeds are strings, disjoint from the integer seeds the benchmarks use for held-out data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+
+from vllm_kvoffload.bench import needle, text2json
+from vllm_kvoffload.tiny_model import SPECIAL_TOKENS_IDS
+
+USER, ASSISTANT = SPECIAL_TOKENS_IDS["<|user|>"], SPECIAL_TOKENS_IDS["<|assistant|>"]
+EOS, PAD = SPECIAL_TOKENS_IDS["<|eos|>"], SPECIAL_TOKENS_IDS["<|pad|>"]
+VOCAB_SIZE = 256 + len(SPECIAL_TOKENS_IDS)
+
+# (fraction of training done, (min, max) context tokens): short contexts first, so the
+# copy/lookup circuits form cheaply, then the 4K-16K target range.
+CURRICULUM = ((0.2, (1024, 2048)), (0.45, (2048, 6144)), (1.0, (4096, 16384)))
+MIX = (("text2json", 0.6), ("needle", 0.4))
+MAX_ENTITIES, MAX_NEEDLES = 10, 8
+
+
+def count_bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def encode_prompt(prompt: str) -> list[int]:
+    """What vLLM's chat endpoint feeds the model (the tokenizer's chat template)."""
+    return [USER] + list(prompt.encode("utf-8")) + [ord("\n"), ASSISTANT]
+
+
+def needle_answer(sample: dict) -> str:
+    codes = {n["key"]: n["code"] for n in sample["gold"]}
+    return "\n".join(f"{k}: {codes[k]}" for k in sample["asked"])
+
+
+def text2json_answer(sample: dict) -> str:
+    return json.dumps(json.loads(sample["gold"]), ensure_ascii=False)
+
+
+def make_sample(task: str, ctx: int, seed: str, *, entities: tuple[int, int] | None = None,
+                needles: int | None = None) -> tuple[dict, str]:
+    """One generated sample of about ``ctx`` prompt tokens and its reference answer."""
+    rng = random.Random(seed)
+    if task == "text2json":
+        hi = max(1, min(MAX_ENTITIES, ctx // 240))
+        lo, hi = entities or (min(3, hi), hi)
+        s = text2json.generate(1, ctx, seed, count_bytes, min_entities=lo, max_entities=hi,
+                               start=rng.randrange(len(text2json.synth.KINDS)))[0]
+        return s, text2json_answer(s)
+    if task == "needle":
+        n = needles or rng.randint(1, MAX_NEEDLES)
+        s = needle.generate(1, ctx, seed, count_bytes, needles=n)[0]
+        return s, needle_answer(s)
+    raise ValueError(f"unknown task {task!r}; accepted: text2json, needle")
+
+
+def context_range(progress: float) -> tuple[int, int]:
+    for upto, rng in CURRICULUM:
+        if progress < upto:
+            return rng
+    return CURRICULUM[-1][1]
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # [B, T] int64 inputs
+    targets: torch.Tensor  # [B, T] int64 next tokens
+    weights: torch.Tensor  # [B, T] float32 loss weights
+    context: int
+
+
+def make_batch(seed: int, step: int, progress: float, batch_tokens: int, prompt_weight: float) -> Batch:
+    """Batch ``step`` of the run: about ``batch_tokens`` prompt tokens of one context length,
+    drawn from the curriculum's range at ``progress`` (fraction of training done)."""
+    rng = random.Random(f"train/{seed}/{step}")
+    lo, hi = context_range(progress)
+    ctx = rng.randint(lo, hi)
+    seqs, wts = [], []
+    for j in range(max(1, batch_tokens // ctx)):
+        task = rng.choices([t for t, _ in MIX], [w for _, w in MIX])[0]
+        sample, answer = make_sample(task, ctx, f"train/{seed}/{step}/{j}")
+        p, a = encode_prompt(sample["prompt"]), list(answer.encode("utf-8")) + [EOS]
+        seqs.append(p + a)
+        wts.append([prompt_weight] * (len(p) - 1) + [1.0] * len(a))  # weight of predicting token t+1
+    T = max(len(s) for s in seqs) - 1
+    ids = torch.full((len(seqs), T), PAD, dtype=torch.long)
+    targets = torch.full((len(seqs), T), PAD, dtype=torch.long)
+    weights = torch.zeros(len(seqs), T)
+    for b, (s, w) in enumerate(zip(seqs, wts)):
+        ids[b, :len(s) - 1] = torch.tensor(s[:-1])
+        targets[b, :len(s) - 1] = torch.tensor(s[1:])
+        weights[b, :len(s) - 1] = torch.tensor(w)
+    return Batch(ids, targets, weights, ctx)

@@ -1,0 +1,166 @@
+"""Train the small context-reading Llama from scratch (torch only; one H100 takes minutes).
+
+    python -m vllm_kvoffload.training.train --out runs/train --time-limit 420
+
+Writes ``checkpoint.pt`` (weights + config), ``log.jsonl`` (one line per step) and
+``eval.json`` (held-out Text2JSON score and needle recall with full attention, decoded by
+this module's own greedy loop). ``python -m vllm_kvoffload.training.export`` turns the
+checkpoint into the Hugging Face folder that vLLM serves.
+
+Schedule: linear warm-up, then cosine decay to 10%, over ``progress`` in [0, 1]. Without
+``--time-limit``, progress = step / steps and a run is reproducible bit for bit (up to
+GPU non-determinism). With it, progress = max(step / steps, elapsed / limit), so the run
+fits the time; ``log.jsonl`` records each step's progress and context range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vllm_kvoffload.bench import needle, text2json
+from vllm_kvoffload.training import data
+from vllm_kvoffload.training.model import LlamaLM, ModelConfig
+
+
+def lr_at(progress: float, peak: float, warmup: float) -> float:
+    if progress < warmup:
+        return peak * progress / warmup
+    t = min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def evaluate(model: LlamaLM, n: int, context: int, seed: int = 0, progress: bool = True) -> dict:
+    """Greedy full-attention answers on held-out samples (the benchmarks' integer seeds)."""
+    model.eval()
+    t2j = text2json.generate(n, context, seed, data.count_bytes, max_entities=data.MAX_ENTITIES)
+    ndl = needle.generate(n, context, seed, data.count_bytes, needles=data.MAX_NEEDLES)
+    records = []
+    for task, samples, max_new in (("text2json", t2j, 1400), ("needle", ndl, 400)):
+        for s in samples:
+            out = model.generate(data.encode_prompt(s["prompt"]), max_new, data.EOS)
+            text = bytes(t for t in out if t < 256).decode("utf-8", "replace")
+            score = (text2json.score_one if task == "text2json" else needle.score_one)(text, s)
+            records.append({"task": task, "id": s["id"], "output": text, **score})
+            if progress:
+                print(f"  eval {task} {s['id']}: {score.get('score', score.get('recall'))}", flush=True)
+    model.train()
+    t = [r for r in records if r["task"] == "text2json"]
+    nd = [r for r in records if r["task"] == "needle"]
+    return {"context": context, "n": n,
+            "text2json": text2json.summarize(t)["score"],
+            "needle_recall": needle.summarize(nd)["recall"],
+            "records": records}
+
+
+def train(args) -> dict:
+    torch.manual_seed(args.seed)
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = ModelConfig(vocab_size=data.VOCAB_SIZE, hidden=args.hidden, layers=args.layers,
+                      heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
+                      intermediate=args.intermediate)
+    model = LlamaLM(cfg).to(dev)
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": other, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "log.jsonl", "w")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters on {dev}; {cfg}", flush=True)
+
+    t0 = time.time()
+    progress, step = 0.0, 0
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    with ThreadPoolExecutor(1) as pool:  # builds batch i+1 while the GPU runs batch i
+        def make(i: int, prog: float):  # the curriculum reads progress; the step keys the samples
+            return pool.submit(data.make_batch, args.seed, i, prog, args.batch_tokens, args.prompt_weight)
+
+        pending = make(0, 0.0)
+        while progress < 1.0:
+            batch = pending.result()
+            elapsed = time.time() - t0
+            progress = max(step / args.steps, elapsed / args.time_limit if args.time_limit else 0.0)
+            if progress >= 1.0:
+                break
+            pending = make(step + 1, progress)
+            lr = lr_at(progress, args.lr, args.warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            ids, tgt, w = (x.to(dev, non_blocking=True) for x in (batch.ids, batch.targets, batch.weights))
+            with amp:
+                logits = model(ids)
+            nll = F.cross_entropy(logits.view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
+            loss = (nll * w).sum() / w.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if step % args.log_every == 0:
+                ans = w == 1.0
+                rec = {"step": step, "progress": round(progress, 4), "elapsed_s": round(elapsed, 1),
+                       "lr": lr, "context": batch.context, "batch": ids.shape[0],
+                       "loss": loss.item(), "answer_loss": (nll[ans].mean()).item(),
+                       "answer_token_acc": (logits.argmax(-1)[ans] == tgt[ans]).float().mean().item(),
+                       "grad_norm": gnorm.item()}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
+                      flush=True)
+            step += 1
+    train_s = time.time() - t0
+    state = {k: v.detach().to(torch.bfloat16).cpu() for k, v in model.state_dict().items()}
+    torch.save({"config": cfg.to_dict(), "state_dict": state, "steps": step, "args": vars(args)},
+               out / "checkpoint.pt")
+    summary = {"steps": step, "train_s": round(train_s, 1), "parameters": n_params,
+               "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+               "args": vars(args)}
+    if args.eval_samples:
+        ev = evaluate(model, args.eval_samples, args.eval_context)
+        (out / "eval.json").write_text(json.dumps(ev, indent=1))
+        summary |= {"eval_text2json": ev["text2json"], "eval_needle_recall": ev["needle_recall"]}
+    (out / "run.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps (upper bound with --time-limit)")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds of training; the schedule fits them")
+    ap.add_argument("--batch-tokens", type=int, default=65536, help="tokens per batch (about)")
+    ap.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate")
+    ap.add_argument("--warmup", type=float, default=0.03, help="warm-up, as a fraction of the run")
+    ap.add_argument("--prompt-weight", type=float, default=0.1, help="loss weight of prompt tokens (answer: 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="default: cuda if available")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--eval-samples", type=int, default=16, help="held-out samples per task (0: skip)")
+    ap.add_argument("--eval-context", type=int, default=8192)
+    d = ModelConfig()
+    for name in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate"):
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    for name in ("steps", "batch_tokens", "hidden", "layers", "heads", "kv_heads", "head_dim"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise SystemExit(f"--time-limit {args.time_limit}: must be > 0 seconds")
+    print(json.dumps(train(args), indent=1))
+
+
+if __name__ == "__main__":
+    main()
