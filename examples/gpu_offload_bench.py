@@ -42,17 +42,22 @@ def run_child(args: list[str], timeout: int) -> dict:
 
 
 # ---- correctness: tiny bf16 model, stock vs offload at full budget ----------------------
-def child_greedy(model: str, offload: str | None, n_tokens: int) -> None:
+def child_greedy(model: str, offload: str | None, n_tokens: int, prompts_file: str = "") -> None:
     from vllm import LLM, SamplingParams
 
     kw = {}
     if offload:
         kw["additional_config"] = {"kv_offload": json.loads(offload)}
-    llm = LLM(model=model, dtype="bfloat16", max_model_len=8192, gpu_memory_utilization=0.3,
+    llm = LLM(model=model, dtype="bfloat16", max_model_len=10240, gpu_memory_utilization=0.3,
               enforce_eager=True, seed=0, **kw)
-    text = "".join(f"Record {i}: the code of item {i} is {i * 7919 % 10007}; " for i in range(200))
-    prompts = [text[:n] for n in (1001, 2477, 3999, 5555)]
-    outs = llm.generate(prompts, SamplingParams(max_tokens=n_tokens, temperature=0, ignore_eos=True, logprobs=1))
+    if prompts_file:  # the trained model: its own task, stopping at its EOS
+        prompts = json.loads(Path(prompts_file).read_text())
+        params = SamplingParams(max_tokens=n_tokens, temperature=0, logprobs=1)
+    else:  # random weights: no EOS to trust
+        text = "".join(f"Record {i}: the code of item {i} is {i * 7919 % 10007}; " for i in range(200))
+        prompts = [text[:n] for n in (1001, 2477, 3999, 5555)]
+        params = SamplingParams(max_tokens=n_tokens, temperature=0, ignore_eos=True, logprobs=1)
+    outs = llm.generate(prompts, params)
     rows = []
     for o in outs:
         c = o.outputs[0]
@@ -80,18 +85,31 @@ VARIANTS = {  # name -> kv_offload settings ("" = stock)
 }
 
 
+def trained_prompts(model: str) -> str:
+    """Chat-formatted held-out Text2JSON prompts (8K tokens, 6-10 entities: long answers)."""
+    from vllm_kvoffload.bench import text2json, tokens
+
+    count = tokens.counter(model)
+    samples = text2json.generate(4, 8192, 0, count, min_entities=6, max_entities=10)
+    path = OUT / "trained_prompts.json"
+    path.write_text(json.dumps([f"<|user|>{s['prompt']}\n<|assistant|>" for s in samples]))
+    return str(path)
+
+
 def correctness(args) -> dict:
     from vllm_kvoffload.tiny_model import build_tiny_model
 
     report = {}
-    for arch in args.archs:
-        model = str(build_tiny_model(OUT / f"tiny-{arch}-d64", arch, max_len=8192, hidden=256,
-                                     heads=8, kv_heads=2, head_dim=64, seed=1))
-        stock = run_child(["_greedy", model, "", str(args.tokens)], 600)
+    models = {arch: (str(build_tiny_model(OUT / f"tiny-{arch}-d64", arch, max_len=8192, hidden=256, heads=8,
+                                          kv_heads=2, head_dim=64, seed=1)), "") for arch in args.archs}
+    if args.model:
+        models["trained"] = (args.model, trained_prompts(args.model))
+    for arch, (model, prompts) in models.items():
+        stock = run_child(["_greedy", model, "", str(args.tokens), prompts], 600)
         entry = {"tokens_per_prompt": args.tokens, "stock_error": stock.get("error")}
         for name in args.variants:
             cfg = VARIANTS[name]
-            r = run_child(["_greedy", model, json.dumps(cfg) if cfg else "", str(args.tokens)], 600)
+            r = run_child(["_greedy", model, json.dumps(cfg) if cfg else "", str(args.tokens), prompts], 600)
             if "rows" in r and "rows" in stock:
                 entry[name] = {**compare_rows(stock, r), "tokens": [len(x["tokens"]) for x in r["rows"]]}
             else:
@@ -176,7 +194,7 @@ def throughput(args) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_greedy":
-        return child_greedy(sys.argv[2], sys.argv[3] or None, int(sys.argv[4]))
+        return child_greedy(sys.argv[2], sys.argv[3] or None, int(sys.argv[4]), sys.argv[5])
     if len(sys.argv) > 1 and sys.argv[1] == "_throughput":
         a = sys.argv[2:]
         return child_throughput(a[0], int(a[1]), int(a[2]), int(a[3]), a[4] or None, float(a[5]))
@@ -184,7 +202,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("correctness")
     c.add_argument("--tokens", type=int, default=256)
-    c.add_argument("--archs", nargs="+", default=["llama", "qwen3"])
+    c.add_argument("--archs", nargs="*", default=["llama", "qwen3"], help="random-weight tiny models")
+    c.add_argument("--model", help="also a trained model folder (prompts: its held-out Text2JSON)")
     c.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     t = sub.add_parser("throughput")
     t.add_argument("--context", type=int, default=32768)

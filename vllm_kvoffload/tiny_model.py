@@ -1,8 +1,9 @@
 """Tiny Llama- and Qwen3-architecture models that need no download.
 
+``default_model_path()`` is the shipped trained Llama (``vllm_kvoffload/models/``).
 ``build_tiny_model(path)`` writes a Hugging Face folder (config, safetensors,
-byte-level tokenizer with a chat template) that vLLM loads like any model.
-Weights are random but seeded, so every build is identical.
+byte-level tokenizer with a chat template) that vLLM loads like any model, with
+random but seeded weights, so every build is identical.
 
     python -m vllm_kvoffload.tiny_model            # prints the default model's path
 """
@@ -106,8 +107,14 @@ def build_tiny_model(path: str | os.PathLike, arch: str = "llama", *, max_len: i
     return path
 
 
+TRAINED_MODEL = Path(__file__).parent / "models" / "kvoffload-tiny"
+
+
 def default_model_path(arch: str = "llama") -> Path:
-    """The embedded default model, built on first use into the cache folder."""
+    """The embedded default model: for ``llama``, the shipped trained model (see
+    docs/training.md); otherwise a seeded random tiny model built into the cache folder."""
+    if arch == "llama" and (TRAINED_MODEL / "model.safetensors").exists():
+        return TRAINED_MODEL
     return build_tiny_model(DEFAULT_CACHE / f"tiny-{arch}", arch)
 
 

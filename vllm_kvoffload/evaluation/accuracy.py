@@ -43,7 +43,7 @@ def run_config(model: str, scorer: str, budget: float | None, samples: list[dict
 
     extra = {}
     if scorer != "full":
-        extra["additional_config"] = {"kv_offload": {"scorer": scorer, "budget": budget}}
+        extra["additional_config"] = {"kv_offload": {"scorer": scorer, "budget": budget, "host_gb": 2.0}}
     t0 = time.time()
     llm = LLM(model=model, seed=0, **engine, **extra)
     started = time.time() - t0
@@ -150,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-full", action="store_true", help="skip the full-attention baseline")
     ap.add_argument("--gpu-memory-utilization", type=float, default=None,
                     help="per engine (default: 0.9 / --parallel on GPU)")
+    ap.add_argument("--append", action="store_true", help="keep --out's finished configurations; run the rest")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     ap.add_argument("--out", default="docs/results/accuracy.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap
@@ -175,13 +177,23 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     gpu = torch.cuda.is_available()
+    # A fixed KV size (every sample fits at once), so concurrent engines never profile
+    # each other's memory.
     engine = {"max_model_len": args.context + max(MAX_TOKENS.values()) + 64, "enforce_eager": True,
-              "max_num_seqs": len(samples)}
+              "max_num_seqs": len(samples), "kv_cache_memory_bytes": 2 << 30}
     if gpu:
-        engine["gpu_memory_utilization"] = args.gpu_memory_utilization or round(0.9 / args.parallel, 3)
+        engine["gpu_memory_utilization"] = args.gpu_memory_utilization or round(min(0.1, 0.9 / args.parallel), 3)
     else:
-        engine |= {"dtype": "float32", "kv_cache_memory_bytes": 2 << 30}
+        engine["dtype"] = "float32"
     configs = ([] if args.no_full else [("full", None)]) + [(s, b) for s in args.scorers for b in args.budgets]
+    out = Path(args.out)
+    kept: list[dict] = []
+    if args.append and out.exists():  # keep the finished configurations of the same setting
+        prev = json.loads(out.read_text())
+        if (prev["context"], prev["samples_per_task"], prev["seed"]) != (args.context, args.samples, args.seed):
+            raise SystemExit(f"--append: {out} was made with another context/samples/seed")
+        kept = [r for r in prev["configs"] if "error" not in r]
+        configs = [c for c in configs if not any((r["scorer"], r["budget"]) == c for r in kept)]
     work = Path(tempfile.mkdtemp(prefix="kvoffload-accuracy-"))
     with open(work / "samples.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
@@ -192,9 +204,15 @@ def main(argv: list[str] | None = None) -> int:
                 "samples": str(work / "samples.jsonl"), "result": str(work / f"result{i}.json")}
         (work / f"spec{i}.json").write_text(json.dumps(spec))
         log = open(work / f"log{i}.txt", "w")
-        rc = subprocess.call([sys.executable, "-m", "vllm_kvoffload.evaluation.accuracy", "--child",
-                              str(work / f"spec{i}.json")], stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")})
+        proc = subprocess.Popen([sys.executable, "-m", "vllm_kvoffload.evaluation.accuracy", "--child",
+                                 str(work / f"spec{i}.json")], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")},
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the engine core is a child of the child
+            rc = f"timeout after {args.timeout} s"
         if rc:
             tail = (work / f"log{i}.txt").read_text()[-3000:]
             print(f"[{scorer} {budget}] failed (rc {rc}):\n{tail}", flush=True)
@@ -207,9 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     with ThreadPoolExecutor(args.parallel) as pool:
-        rows = list(pool.map(launch, enumerate(configs)))
+        rows = kept + list(pool.map(launch, enumerate(configs)))
     device = torch.cuda.get_device_name() if gpu else "cpu"
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ok = [r for r in rows if "error" not in r]
     result = {"device": device, "model": model, "context": args.context, "samples_per_task": args.samples,

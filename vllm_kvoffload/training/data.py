@@ -26,9 +26,16 @@ VOCAB_SIZE = 256 + len(SPECIAL_TOKENS_IDS)
 
 # (fraction of training done, (min, max) context tokens): short contexts first, so the
 # copy/lookup circuits form cheaply, then the 4K-16K target range.
-CURRICULUM = ((0.2, (1024, 2048)), (0.45, (2048, 6144)), (1.0, (4096, 16384)))
-MIX = (("text2json", 0.6), ("needle", 0.4))
-MAX_ENTITIES, MAX_NEEDLES = 10, 8
+CURRICULUM = ((0.4, (768, 2048)), (0.65, (2048, 6144)), (1.0, (4096, 16384)))
+MIX = (("text2json", 0.4), ("needle", 0.4), ("copy", 0.2))
+MAX_ENTITIES, MAX_NEEDLES = 10, 8  # the held-out tasks' sizes
+TRAIN_NEEDLES = 32  # training packs up to this many: dense lookups, more signal per token
+
+
+def needles_for(ctx: int, rng: random.Random) -> int:
+    """Needles of one training sample: dense, as many as the context holds (~60 tokens each)."""
+    hi = max(1, min(TRAIN_NEEDLES, (ctx - 400) // 60))
+    return rng.randint(max(1, hi // 4), hi)
 
 
 def count_bytes(text: str) -> int:
@@ -60,10 +67,31 @@ def make_sample(task: str, ctx: int, seed: str, *, entities: tuple[int, int] | N
                                start=rng.randrange(len(text2json.synth.KINDS)))[0]
         return s, text2json_answer(s)
     if task == "needle":
-        n = needles or rng.randint(1, MAX_NEEDLES)
+        n = needles or needles_for(ctx, rng)
         s = needle.generate(1, ctx, seed, count_bytes, needles=n)[0]
         return s, needle_answer(s)
-    raise ValueError(f"unknown task {task!r}; accepted: text2json, needle")
+    if task == "copy":  # a training-only warm-up: exact copying forms induction heads fast
+        return copy_sample(ctx, rng)
+    raise ValueError(f"unknown task {task!r}; accepted: text2json, needle, copy")
+
+
+def copy_sample(ctx: int, rng: random.Random) -> tuple[dict, str]:
+    """Random needle and entity sentences, to be repeated verbatim after the prompt."""
+    from vllm_kvoffload.bench import synth
+
+    lines, size = [], 0
+    target = rng.randint(min(300, ctx // 4), max(300, min(1500, ctx // 2)))
+    while size < target:
+        if rng.random() < 0.5:
+            line = (f"The access code of the {rng.choice(needle._COLORS)} {rng.choice(needle._OBJECTS)} "
+                    f"is {rng.randrange(100000, 1000000)}.")
+        else:
+            kind = rng.choice(list(synth.KINDS))
+            line = synth.mention(kind, synth.entities(kind, 1, rng)[0], rng)
+        lines.append(line)
+        size += len(line) + 1
+    text = "\n".join(lines)
+    return {"prompt": f"Copy the following lines exactly.\n\n{text}"}, text
 
 
 def context_range(progress: float) -> tuple[int, int]:

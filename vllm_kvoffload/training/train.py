@@ -138,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps (upper bound with --time-limit)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds of training; the schedule fits them")
     ap.add_argument("--batch-tokens", type=int, default=65536, help="tokens per batch (about)")
-    ap.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate")
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--warmup", type=float, default=0.03, help="warm-up, as a fraction of the run")
     ap.add_argument("--prompt-weight", type=float, default=0.1, help="loss weight of prompt tokens (answer: 1)")
     ap.add_argument("--seed", type=int, default=0)
