@@ -37,7 +37,8 @@ def make_samples(model: str, context: int, n: int, seed: int) -> list[dict]:
     return [{"task": "text2json", **s} for s in t2j] + [{"task": "needle", **s} for s in ndl]
 
 
-def run_config(model: str, scorer: str, budget: float | None, samples: list[dict], engine: dict) -> dict:
+def run_config(model: str, scorer: str, budget: float | None, samples: list[dict], engine: dict,
+               max_tokens: int | None = None) -> dict:
     """One engine, all samples, greedy; returns per-sample records and the summary."""
     from vllm import LLM, SamplingParams
 
@@ -48,7 +49,7 @@ def run_config(model: str, scorer: str, budget: float | None, samples: list[dict
     llm = LLM(model=model, seed=0, **engine, **extra)
     started = time.time() - t0
     convs = [[{"role": "user", "content": s["prompt"]}] for s in samples]
-    params = [SamplingParams(temperature=0, max_tokens=MAX_TOKENS[s["task"]]) for s in samples]
+    params = [SamplingParams(temperature=0, max_tokens=max_tokens or MAX_TOKENS[s["task"]]) for s in samples]
     t0 = time.time()
     outs = llm.chat(convs, params, use_tqdm=False)
     gen_s = time.time() - t0
@@ -95,7 +96,7 @@ def traffic(model: str, scorer: str, budget: float | None, context: int) -> dict
 def _child(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     samples = [json.loads(line) for line in open(spec["samples"])]
-    res = run_config(spec["model"], spec["scorer"], spec["budget"], samples, spec["engine"])
+    res = run_config(spec["model"], spec["scorer"], spec["budget"], samples, spec["engine"], spec["max_tokens"])
     Path(spec["result"]).write_text(json.dumps(res))
 
 
@@ -150,6 +151,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-full", action="store_true", help="skip the full-attention baseline")
     ap.add_argument("--gpu-memory-utilization", type=float, default=None,
                     help="per engine (default: 0.9 / --parallel on GPU)")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help=f"new tokens per request (default: {MAX_TOKENS})")
     ap.add_argument("--append", action="store_true", help="keep --out's finished configurations; run the rest")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     ap.add_argument("--out", default="docs/results/accuracy.json")
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.is_available()
     # A fixed KV size (every sample fits at once), so concurrent engines never profile
     # each other's memory.
-    engine = {"max_model_len": args.context + max(MAX_TOKENS.values()) + 64, "enforce_eager": True,
+    engine = {"max_model_len": args.context + (args.max_tokens or max(MAX_TOKENS.values())) + 64, "enforce_eager": True,
               "max_num_seqs": len(samples), "kv_cache_memory_bytes": 2 << 30}
     if gpu:
         engine["gpu_memory_utilization"] = args.gpu_memory_utilization or round(min(0.1, 0.9 / args.parallel), 3)
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def launch(i_cfg):
         i, (scorer, budget) = i_cfg
-        spec = {"model": model, "scorer": scorer, "budget": budget, "engine": engine,
+        spec = {"model": model, "scorer": scorer, "budget": budget, "engine": engine, "max_tokens": args.max_tokens,
                 "samples": str(work / "samples.jsonl"), "result": str(work / f"result{i}.json")}
         (work / f"spec{i}.json").write_text(json.dumps(spec))
         log = open(work / f"log{i}.txt", "w")
