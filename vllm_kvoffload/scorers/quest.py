@@ -34,7 +34,7 @@ def page_bounds(keys: torch.Tensor, page_size: int) -> torch.Tensor:
     pages = keys.float().reshape(nb, h, bs // page_size, page_size, d)
     lo, hi = pages.amin(3), pages.amax(3)
     lo_b, hi_b = lo.to(torch.bfloat16), hi.to(torch.bfloat16)
-    inf = torch.tensor(float("inf"), dtype=torch.bfloat16)
+    inf = torch.tensor(float("inf"), dtype=torch.bfloat16, device=keys.device)
     lo_b = torch.where(lo_b.float() > lo, torch.nextafter(lo_b, -inf), lo_b)
     hi_b = torch.where(hi_b.float() < hi, torch.nextafter(hi_b, inf), hi_b)
     return torch.stack([lo_b, hi_b], 3)
