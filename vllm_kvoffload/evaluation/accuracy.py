@@ -27,13 +27,14 @@ from vllm_kvoffload.bench import needle, text2json, tokens
 
 BUDGETS = (0.015, 0.03, 0.06)
 MAX_TOKENS = {"text2json": 1400, "needle": 400}
-ENTITIES, NEEDLES = (3, 10), 8  # the trained model's task sizes (training/data.py)
 
 
 def make_samples(model: str, context: int, n: int, seed: int) -> list[dict]:
     count = tokens.counter(tokens.resolve(None, model))
-    t2j = text2json.generate(n, context, seed, count, min_entities=ENTITIES[0], max_entities=ENTITIES[1])
-    ndl = needle.generate(n, context, seed, count, needles=NEEDLES)
+    from vllm_kvoffload.training.data import MAX_ENTITIES, MAX_NEEDLES  # the trained model's task sizes
+
+    t2j = text2json.generate(n, context, seed, count, max_entities=MAX_ENTITIES)
+    ndl = needle.generate(n, context, seed, count, needles=MAX_NEEDLES)
     return [{"task": "text2json", **s} for s in t2j] + [{"task": "needle", **s} for s in ndl]
 
 
