@@ -27,7 +27,7 @@ def test_batches_are_seeded_and_weighted_on_answers(step):
             assert all(e["name"] in prompt for e in json.loads(text))
         else:
             for line in text.split("\n"):
-                key, code = line.split(": ")
+                key, code = line.split(" is ")
                 assert f"The access code of {key} is {code}." in prompt
 
 
@@ -47,5 +47,5 @@ def test_held_out_seeds_differ_from_training_seeds():
 def test_needle_answer_follows_the_question_order():
     s = needle.generate(1, 1024, 5, data.count_bytes, needles=4)[0]
     ans = data.needle_answer(s)
-    assert [l.split(":")[0] for l in ans.split("\n")] == s["asked"]
+    assert [l.split(" is ")[0] for l in ans.split("\n")] == s["asked"]
     assert needle.score_one(ans, s)["recall"] == 1.0

@@ -33,3 +33,60 @@ def test_bad_arguments_are_named():
         train.main(["--out", "x", "--time-limit", "-1"])
     with pytest.raises(SystemExit, match="--layers 0"):
         train.main(["--out", "x", "--layers", "0"])
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    """A run stopped by --session-limit and continued with --resume ends with the same weights
+    as one run straight through (CPU is deterministic; batches are keyed by step)."""
+    import torch
+
+    steps = ["--steps", "5", "--eval-samples", "0", *TINY]
+    train.main(["--out", str(tmp_path / "straight"), *steps])
+    train.main(["--out", str(tmp_path / "split"), "--session-limit", "1.5", *steps])
+    run = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert not run["finished"] and run["steps"] < 5
+    assert (tmp_path / "split" / "state.pt").is_file()
+    train.main(["--out", str(tmp_path / "split"), "--resume", str(tmp_path / "split" / "state.pt"), *steps])
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in open(tmp_path / "split" / "log.jsonl")]
+    assert [r["step"] for r in log] == list(range(5))  # appended, no step twice
+
+
+def test_resume_of_another_shape_is_refused(tmp_path):
+    train.main(["--out", str(tmp_path), "--steps", "3", "--session-limit", "0.01", "--eval-samples", "0", *TINY])
+    other = [a if a != "64" else "96" for a in TINY]
+    with pytest.raises(SystemExit, match="made for model"):
+        train.main(["--out", str(tmp_path), "--steps", "3", "--resume", str(tmp_path / "state.pt"),
+                    "--eval-samples", "0", *other])
+    with pytest.raises(SystemExit, match="--resume nowhere.pt: no such file"):
+        train.main(["--out", str(tmp_path), "--resume", "nowhere.pt"])
+
+
+def test_induction_probe_batch_needs_content_copying():
+    """The probe's masked targets are exactly the repeated letters 2..L, at an offset that varies."""
+    import torch
+
+    from vllm_kvoffload.training.induction_probe import copy_batch
+
+    x, mask = copy_batch(16, 12, torch.Generator().manual_seed(1), "cpu")
+    offsets = set()
+    for row, m in zip(x, mask):
+        L = int((row == 258).nonzero()[0])  # the separator
+        assert row[:L].equal(row[L + 1:2 * L + 1])
+        assert m.nonzero().flatten().tolist() == list(range(L + 1, 2 * L))  # targets x[L+2 .. 2L]
+        offsets.add(L)
+    assert len(offsets) > 1
+
+
+def test_induction_probe_runs_and_reports(capsys):
+    from vllm_kvoffload.training import induction_probe
+
+    induction_probe.main(["--layers", "1", "--hidden", "64", "--heads", "2", "--kv-heads", "1", "--head-dim", "32",
+                          "--max-steps", "60", "--batch", "8", "--max-len", "16", "--device", "cpu"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 60 and [h["step"] for h in out["history"]] == [0, 50]
+    assert out["history"][1]["loss"] < out["history"][0]["loss"]
+    with pytest.raises(SystemExit, match="--max-len 2"):
+        induction_probe.main(["--max-len", "2"])

@@ -13,7 +13,7 @@ _OBJECTS = ["vault", "locker", "cabinet", "chest", "safe", "drawer", "archive", 
 
 _INTRO = "Below is a long text. It hides a few access codes; read it carefully.\n\n"
 _TASK = ("\n\nQuestion: what are the access codes of {keys}? Answer with one line per item, "
-         "in the form '<item>: <code>', and nothing else.")
+         "in the form '<item> is <code>', and nothing else.")
 
 
 def generate(n: int, context_tokens: int, seed: int, count, needles: int = 8) -> list[dict]:

@@ -11,6 +11,9 @@ Schedule: linear warm-up, then cosine decay to 10%, over ``progress`` in [0, 1].
 ``--time-limit``, progress = step / steps and a run is reproducible bit for bit (up to
 GPU non-determinism). With it, progress = max(step / steps, elapsed / limit), so the run
 fits the time; ``log.jsonl`` records each step's progress and context range.
+
+A run longer than one sitting: ``--session-limit S`` stops after S seconds and writes
+``state.pt``; ``--resume state.pt`` (same flags) continues the same schedule and log.
 """
 
 from __future__ import annotations
@@ -70,32 +73,48 @@ def train(args) -> dict:
                             lr=args.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "log.jsonl", "w")
+    step, trained_s = 0, 0.0  # optimizer steps and training seconds done by earlier invocations
+    if args.resume:
+        state = torch.load(args.resume, map_location=dev)
+        if state["config"] != cfg.to_dict():
+            raise SystemExit(f"--resume {args.resume}: made for model {state['config']}, not {cfg.to_dict()}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, trained_s = state["step"], state["trained_s"]
+        print(f"resumed at step {step} after {trained_s:.0f} s of training", flush=True)
+    log = open(out / "log.jsonl", "a" if args.resume else "w")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters on {dev}; {cfg}", flush=True)
 
     t0 = time.time()
-    progress, step = 0.0, 0
+    progress, stopped = 0.0, False
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     with ThreadPoolExecutor(1) as pool:  # builds batch i+1 while the GPU runs batch i
         def make(i: int, prog: float):  # the curriculum reads progress; the step keys the samples
             return pool.submit(data.make_batch, args.seed, i, prog, args.batch_tokens, args.prompt_weight)
 
-        pending = make(0, 0.0)
-        while progress < 1.0:
+        def progress_at(i: int) -> float:
+            elapsed = trained_s + time.time() - t0
+            return max(i / args.steps, elapsed / args.time_limit if args.time_limit else 0.0)
+
+        pending = make(step, progress_at(step))
+        while True:
             batch = pending.result()
-            elapsed = time.time() - t0
-            progress = max(step / args.steps, elapsed / args.time_limit if args.time_limit else 0.0)
+            progress = progress_at(step)
             if progress >= 1.0:
                 break
-            pending = make(step + 1, progress)
+            if args.session_limit and time.time() - t0 >= args.session_limit:
+                stopped = True  # this invocation's share is spent; state.pt continues the run
+                break
+            elapsed = trained_s + time.time() - t0
+            pending = make(step + 1, progress_at(step + 1))  # by step alone without --time-limit
             lr = lr_at(progress, args.lr, args.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
             ids, tgt, w = (x.to(dev, non_blocking=True) for x in (batch.ids, batch.targets, batch.weights))
             with amp:
                 logits = model(ids)
-            nll = F.cross_entropy(logits.view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
+            nll = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
             loss = (nll * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -103,24 +122,32 @@ def train(args) -> dict:
             opt.step()
             if step % args.log_every == 0:
                 ans = w == 1.0
+                pred = logits.argmax(-1)
+                digits = ans & (tgt >= ord("0")) & (tgt <= ord("9"))  # codes, years: retrieved, not guessed
                 rec = {"step": step, "progress": round(progress, 4), "elapsed_s": round(elapsed, 1),
                        "lr": lr, "context": batch.context, "batch": ids.shape[0],
                        "loss": loss.item(), "answer_loss": (nll[ans].mean()).item(),
-                       "answer_token_acc": (logits.argmax(-1)[ans] == tgt[ans]).float().mean().item(),
+                       "answer_token_acc": (pred[ans] == tgt[ans]).float().mean().item(),
+                       "answer_digit_acc": (pred[digits] == tgt[digits]).float().mean().item(),
                        "grad_norm": gnorm.item()}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
                       flush=True)
             step += 1
-    train_s = time.time() - t0
+    train_s = trained_s + time.time() - t0
+    if stopped:
+        torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "step": step, "trained_s": train_s}, out / "state.pt")
+        print(f"stopped at step {step}, progress {progress:.3f}: continue with --resume {out / 'state.pt'}",
+              flush=True)
     state = {k: v.detach().to(torch.bfloat16).cpu() for k, v in model.state_dict().items()}
     torch.save({"config": cfg.to_dict(), "state_dict": state, "steps": step, "args": vars(args)},
                out / "checkpoint.pt")
     summary = {"steps": step, "train_s": round(train_s, 1), "parameters": n_params,
                "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-               "args": vars(args)}
-    if args.eval_samples:
+               "progress": round(progress, 4), "finished": not stopped, "args": vars(args)}
+    if args.eval_samples and not stopped:
         ev = evaluate(model, args.eval_samples, args.eval_context)
         (out / "eval.json").write_text(json.dumps(ev, indent=1))
         summary |= {"eval_text2json": ev["text2json"], "eval_needle_recall": ev["needle_recall"]}  # same keys as the accuracy table
@@ -133,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--steps", type=int, default=2000, help="optimizer steps (upper bound with --time-limit)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds of training; the schedule fits them")
+    ap.add_argument("--session-limit", type=float, default=None,
+                    help="stop this invocation after these seconds, writing state.pt (for --resume)")
+    ap.add_argument("--resume", default=None, help="state.pt of an earlier invocation: continue its schedule")
     ap.add_argument("--batch-tokens", type=int, default=65536, help="tokens per batch (about)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--warmup", type=float, default=0.03, help="warm-up, as a fraction of the run")
@@ -153,8 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("steps", "batch_tokens", "hidden", "layers", "heads", "kv_heads", "head_dim"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise SystemExit(f"--time-limit {args.time_limit}: must be > 0 seconds")
+    for name in ("time_limit", "session_limit"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be > 0 seconds")
+    if args.resume and not Path(args.resume).is_file():
+        raise SystemExit(f"--resume {args.resume}: no such file (a state.pt written by --session-limit)")
     print(json.dumps(train(args), indent=1))
 
 
