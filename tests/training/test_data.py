@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -6,13 +7,14 @@ from vllm_kvoffload.bench import needle, text2json
 from vllm_kvoffload.training import data
 
 
-@pytest.mark.parametrize("step", [3, 5, 11])
-def test_batches_are_seeded_and_weighted_on_answers(step):
-    a = data.make_batch(0, step, 0.0, 8192, 0.1)
-    b = data.make_batch(0, step, 0.0, 8192, 0.1)
-    c = data.make_batch(0, step + 1, 0.0, 8192, 0.1)
+@pytest.mark.parametrize("step,progress", [(3, 0.0), (5, 0.2), (11, 0.5)])
+def test_batches_are_seeded_and_weighted_on_answers(step, progress):
+    a = data.make_batch(0, step, progress, 8192, 0.1)
+    b = data.make_batch(0, step, progress, 8192, 0.1)
+    c = data.make_batch(0, step + 1, progress, 8192, 0.1)
     assert a.ids.equal(b.ids) and not a.ids.equal(c.ids)
-    lo, hi = data.context_range(0.0)
+    assert int((a.ids != data.PAD).sum()) >= 8192 - a.ids.shape[0]  # counted in real tokens
+    lo, hi = data.context_range(progress)
     assert lo <= a.context <= hi
     for row in range(a.ids.shape[0]):
         n = int((a.weights[row] > 0).sum())
@@ -20,7 +22,9 @@ def test_batches_are_seeded_and_weighted_on_answers(step):
         answer = a.targets[row][a.weights[row] == 1.0][:-1].tolist()
         text = bytes(answer).decode()
         prompt = bytes(t for t in a.ids[row, :n].tolist() if t < 256).decode()
-        if prompt.startswith("<|user|>Copy") or "Copy the following lines" in prompt:
+        if re.fullmatch(r"[a-z]+\n[a-z]+", prompt):  # the letters warm-up: the prompt is the string
+            assert prompt.startswith(text + "\n")
+        elif "Copy the following lines" in prompt:
             assert text in prompt  # the copy warm-up repeats its prompt's lines
         elif text.startswith("["):  # a Text2JSON answer: its own gold, so it scores 100
             assert text2json.sample_score(text, json.loads(text)) == 1.0

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.scorers import register
+from vllm_kvoffload.scorers.base import Scorer
 from vllm_kvoffload.scorers.quest import QuestScorer, upper_bound_logits
 
 
@@ -38,6 +39,9 @@ class ArkValeScorer(QuestScorer):  # same page digests (min/max bounds), its own
     name = "arkvale"
     default_page_size = 32
     cache_pages_per_topk = 2  # page_budget / page_topk
+
+    # Quest's fused batched scoring is per query head; ArkVale's score is not: one score per row.
+    score_batched = Scorer.score_batched
 
     def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
         g = self.geometry

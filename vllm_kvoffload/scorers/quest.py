@@ -15,8 +15,11 @@ bound is computed per query head, turned into a softmax over pages and summed
 over the group (the engine's mass convention), and a page's mass is spread
 evenly over its tokens. Quest's "first two layers dense" is the engine's
 per-layer configuration, not the scorer's.
-GPU path: a small Triton kernel (split positive/negative q, two GEMVs) -- the
-reference uses the identity ``ub = relu(q) . max + min(q, 0) . min``.
+Batched (GPU) path, :meth:`QuestScorer.score_batched`: the bound
+``ub = relu(q) . max + min(q, 0) . min`` is ONE dot product, of ``[min(q, 0), relu(q)]`` with the
+page's stored ``[min, max]`` (2D values, already contiguous in that order). So pages are scored
+as keys of width 2D by the exact-topk scoring kernel (``csrc_triton/score.py``), with the same
+softmax-over-pages and GQA-group sum, in one launch for the whole batch.
 """
 
 from __future__ import annotations
@@ -71,3 +74,24 @@ class QuestScorer(Scorer):
         logits = upper_bound_logits(query, summaries, g.num_kv_heads) * scale
         mass = group_softmax_mass(logits, g.num_kv_heads)
         return (mass / self.page_size).repeat_interleave(self.page_size, dim=-1)
+
+    def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
+                      cold_blocks: list[int], scale: float) -> torch.Tensor:
+        if query.is_cuda:
+            from vllm_kvoffload.ops.triton_kernels import score_mass
+        else:
+            from vllm_kvoffload.ops.score_ref import score_mass_ref as score_mass
+        return batched_page_mass(score_mass, query, summaries, cold_slots, cold_blocks, self.page_size,
+                                 self.geometry.block_size, scale)
+
+
+def batched_page_mass(score_mass, query, summaries, cold_slots, cold_blocks, page_size, block_size, scale):
+    """Quest's mass for a decode batch with the exact-topk scoring kernel ``score_mass``
+    (Triton, or its torch reference): query [B, Hq, D], summaries [slots, Hkv, P, 2, D]
+    -> [B, Hkv, max_cold * block_size], -inf past each row's cold tokens."""
+    split_query = torch.cat([query.clamp_max(0), query.clamp_min(0)], dim=-1).contiguous()  # [B, Hq, 2D]
+    page_keys = summaries.flatten(-2)  # [slots, Hkv, P, 2D]: [min, max] per page
+    page_lens = torch.tensor([n * (block_size // page_size) for n in cold_blocks], dtype=torch.int32,
+                             device=query.device)
+    page_mass = score_mass(split_query, page_keys, None, cold_slots, page_lens, scale)
+    return (page_mass / page_size).repeat_interleave(page_size, dim=-1)  # -inf pages stay -inf tokens
