@@ -33,6 +33,8 @@ def test_bad_arguments_are_named():
         train.main(["--out", "x", "--time-limit", "-1"])
     with pytest.raises(SystemExit, match="--layers 0"):
         train.main(["--out", "x", "--layers", "0"])
+    with pytest.raises(SystemExit, match="--session-steps 0"):
+        train.main(["--out", "x", "--session-steps", "0"])
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
@@ -42,9 +44,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
     steps = ["--steps", "5", "--eval-samples", "0", *TINY]
     train.main(["--out", str(tmp_path / "straight"), *steps])
-    train.main(["--out", str(tmp_path / "split"), "--session-limit", "1.5", *steps])
+    train.main(["--out", str(tmp_path / "split"), "--session-steps", "2", *steps])
     run = json.loads((tmp_path / "split" / "run.json").read_text())
-    assert not run["finished"] and run["steps"] < 5
+    assert not run["finished"] and run["steps"] == 2
     assert (tmp_path / "split" / "state.pt").is_file()
     train.main(["--out", str(tmp_path / "split"), "--resume", str(tmp_path / "split" / "state.pt"), *steps])
     a = torch.load(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
@@ -55,7 +57,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_resume_of_another_shape_is_refused(tmp_path):
-    train.main(["--out", str(tmp_path), "--steps", "3", "--session-limit", "0.01", "--eval-samples", "0", *TINY])
+    train.main(["--out", str(tmp_path), "--steps", "3", "--session-steps", "1", "--eval-samples", "0", *TINY])
     other = [a if a != "64" else "96" for a in TINY]
     with pytest.raises(SystemExit, match="made for model"):
         train.main(["--out", str(tmp_path), "--steps", "3", "--resume", str(tmp_path / "state.pt"),

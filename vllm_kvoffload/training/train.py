@@ -12,8 +12,8 @@ Schedule: linear warm-up, then cosine decay to 10%, over ``progress`` in [0, 1].
 GPU non-determinism). With it, progress = max(step / steps, elapsed / limit), so the run
 fits the time; ``log.jsonl`` records each step's progress and context range.
 
-A run longer than one sitting: ``--session-limit S`` stops after S seconds and writes
-``state.pt``; ``--resume state.pt`` (same flags) continues the same schedule and log.
+A run longer than one sitting: ``--session-limit S`` (or ``--session-steps N``) stops after S seconds
+(N steps) and writes ``state.pt``; ``--resume state.pt`` (same flags) continues the same schedule and log.
 """
 
 from __future__ import annotations
@@ -97,13 +97,15 @@ def train(args) -> dict:
             elapsed = trained_s + time.time() - t0
             return max(i / args.steps, elapsed / args.time_limit if args.time_limit else 0.0)
 
+        first_step = step
         pending = make(step, progress_at(step))
         while True:
             batch = pending.result()
             progress = progress_at(step)
             if progress >= 1.0:
                 break
-            if args.session_limit and time.time() - t0 >= args.session_limit:
+            if ((args.session_limit and time.time() - t0 >= args.session_limit)
+                    or (args.session_steps and step - first_step >= args.session_steps)):
                 stopped = True  # this invocation's share is spent; state.pt continues the run
                 break
             elapsed = trained_s + time.time() - t0
@@ -162,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--time-limit", type=float, default=None, help="seconds of training; the schedule fits them")
     ap.add_argument("--session-limit", type=float, default=None,
                     help="stop this invocation after these seconds, writing state.pt (for --resume)")
+    ap.add_argument("--session-steps", type=int, default=None,
+                    help="stop this invocation after these optimizer steps, writing state.pt (for --resume)")
     ap.add_argument("--resume", default=None, help="state.pt of an earlier invocation: continue its schedule")
     ap.add_argument("--batch-tokens", type=int, default=65536, help="tokens per batch (about)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("steps", "batch_tokens", "hidden", "layers", "heads", "kv_heads", "head_dim"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.session_steps is not None and args.session_steps < 1:
+        raise SystemExit(f"--session-steps {args.session_steps}: must be >= 1")
     for name in ("time_limit", "session_limit"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be > 0 seconds")
