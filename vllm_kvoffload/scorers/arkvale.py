@@ -22,7 +22,8 @@ recall are state across decode steps, which the engine does not keep for cold
 blocks (it gathers selected tokens from the host every step): the selection
 benchmark simulates ArkVale's device page cache (capacity ``2 * page_topk``,
 evict the lowest estimate) to report PCIe bytes per step as recalls only.
-GPU path: the same cuboid upper-bound kernel as quest (csrc_triton/).
+GPU path: quest's batched scoring (the exact-topk Triton kernel on the pages), then
+:func:`shared_over_kv_heads`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.scorers import register
-from vllm_kvoffload.scorers.base import Scorer
 from vllm_kvoffload.scorers.quest import QuestScorer, upper_bound_logits
 
 
@@ -40,8 +40,9 @@ class ArkValeScorer(QuestScorer):  # same page digests (min/max bounds), its own
     default_page_size = 32
     cache_pages_per_topk = 2  # page_budget / page_topk
 
-    # Quest's fused batched scoring is per query head; ArkVale's score is not: one score per row.
-    score_batched = Scorer.score_batched
+    def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
+                      cold_blocks: list[int], scale: float) -> torch.Tensor:
+        return shared_over_kv_heads(super().score_batched(query, summaries, cold_slots, cold_blocks, scale))
 
     def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
         g = self.geometry
@@ -51,3 +52,12 @@ class ArkValeScorer(QuestScorer):  # same page digests (min/max bounds), its own
         shared = torch.softmax(logits, dim=-1).sum(0) / g.num_kv_heads
         mass = shared.expand(g.num_kv_heads, -1) / self.page_size
         return mass.repeat_interleave(self.page_size, dim=-1)
+
+
+def shared_over_kv_heads(group_mass: torch.Tensor) -> torch.Tensor:
+    """[B, Hkv, n] per-group masses -> ArkVale's one importance for all KV heads.
+
+    The sum of every query head's softmax, divided by Hkv, is the sum of the group masses over
+    KV heads divided by Hkv; each row then still sums to the group size. -inf stays -inf."""
+    shared = group_mass.sum(1, keepdim=True) / group_mass.shape[1]
+    return shared.expand_as(group_mass).contiguous()
