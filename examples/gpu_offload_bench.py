@@ -88,11 +88,13 @@ VARIANTS = {  # name -> kv_offload settings ("" = stock)
 def trained_prompts(model: str) -> str:
     """Chat-formatted held-out Text2JSON prompts (8K tokens, 6-10 entities: long answers)."""
     from vllm_kvoffload.bench import text2json, tokens
+    from vllm_kvoffload.training.data import encode_prompt
 
     count = tokens.counter(model)
     samples = text2json.generate(4, 8192, 0, count, min_entities=6, max_entities=10)
     path = OUT / "trained_prompts.json"
-    path.write_text(json.dumps([f"<|user|>{s['prompt']}\n<|assistant|>" for s in samples]))
+    # token ids through the training chat format (a test checks it equals the tokenizer's template)
+    path.write_text(json.dumps([{"prompt_token_ids": encode_prompt(s["prompt"])} for s in samples]))
     return str(path)
 
 

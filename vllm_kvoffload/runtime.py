@@ -14,6 +14,7 @@ from vllm.logger import init_logger
 
 from vllm_kvoffload.config import KVOffloadConfig
 from vllm_kvoffload.host_pool import HostPool
+from vllm_kvoffload.ops import batched_ops
 from vllm_kvoffload.ops.attention import sparse_decode_attention
 from vllm_kvoffload.ops.select import select_cold_tokens
 from vllm_kvoffload.profiling import TIMER, phase
@@ -32,10 +33,6 @@ class DecodeRow:
     resident_tokens: int         # valid tokens in those blocks, in that order
     cold_slots: torch.Tensor     # host slots of logical blocks [sink, sink + n)
     budget: int                  # cold tokens to select per KV head
-
-
-# Scorers whose per-block summary is the block's keys, scored by the fused score kernel.
-KEY_SCORERS = ("exact-topk", "oracle")
 
 
 class OffloadRuntime:
@@ -123,8 +120,8 @@ class OffloadRuntime:
     # ---- GPU: one launch per kernel for the whole decode batch --------------------------
     def use_batched_kernels(self) -> bool:
         """Batched path: FlashAttention-layout caches (``impl.kv5``), token top-k with a
-        fixed budget, any scorer (the key scorers score with one fused kernel, the others
-        with ``Scorer.score_batched``). Triton on GPU, the batched torch references
+        fixed budget, any scorer (``Scorer.score_batched``: one fused kernel for exact-topk,
+        oracle, quest and arkvale, one torch ``score`` per request for the others). Triton on GPU, the batched torch references
         elsewhere (tests)."""
         first = next(iter(self.layers.values()), None)
         return (first is not None and hasattr(first.impl, "kv5")
@@ -155,18 +152,14 @@ class OffloadRuntime:
             cold_blocks=[r.cold_slots.numel() for r in rows])
 
     def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
-        tk = _batched_ops(query.is_cuda)
+        tk = batched_ops(query.is_cuda)
         b = self.batched
         layer = self.layer_index[layer_name]
         B, Hkv, D = query.shape[0], impl.num_kv_heads, impl.head_size
         if b["any_cold"]:
             with phase("score"):
-                if self.pool.scorer.name in KEY_SCORERS:  # summaries are the keys: fused kernel
-                    mass = tk.score_mass(query, self.pool.summaries[layer], None, b["cold_slots"],
-                                         b["cold_lens"], impl.scale)
-                else:
-                    mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
-                                                          b["cold_blocks"], impl.scale)
+                mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
+                                                      b["cold_blocks"], b["cold_lens"], impl.scale)
             with phase("select"):
                 idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
             with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
@@ -201,27 +194,6 @@ class OffloadRuntime:
                 sk, sv = self.pool.gather(layer, row.cold_slots, idx)
                 sk, sv = sk.to(rk.device), sv.to(rk.device)
             output[r] = sparse_decode_attention(query[r], rk, rv, sk, sv, valid, impl.scale)
-
-
-def _batched_ops(cuda: bool):
-    """The four batched decode operations: Triton kernels on GPU, torch references otherwise."""
-    if cuda:
-        from vllm_kvoffload.ops import triton_kernels
-
-        return triton_kernels
-    from types import SimpleNamespace
-
-    from vllm_kvoffload.ops.gather_ref import gather_ref
-    from vllm_kvoffload.ops.score_ref import score_mass_ref
-    from vllm_kvoffload.ops.sparse_decode_ref import sparse_decode_ref
-    from vllm_kvoffload.ops.topk_ref import topk_ref
-
-    def sparse_decode(*args, out=None, **kwargs):
-        result = sparse_decode_ref(*args, **kwargs)
-        return result if out is None else out.copy_(result)
-
-    return SimpleNamespace(score_mass=score_mass_ref, topk_select=topk_ref, gather_uva=gather_ref,
-                           sparse_decode=sparse_decode)
 
 
 _RUNTIME: OffloadRuntime | None = None

@@ -40,8 +40,9 @@ def test_quest_batched_kernel_matches_reference(device, B, Hq, Hkv, D, bs, ps, c
         start += n
     query = torch.randn(B, Hq, D, generator=g).to(torch.bfloat16)
     scale = D ** -0.5
-    mass = batched_page_mass(score_mass, query.to(device), summaries.to(device), cold_slots.to(device), cold,
-                             scorer.page_size, bs, scale).cpu()
+    cold_lens = torch.tensor(cold, dtype=torch.int32) * bs
+    mass = batched_page_mass(score_mass, query.to(device), summaries.to(device), cold_slots.to(device),
+                             cold_lens.to(device), scorer.page_size, scale).cpu()
     if arkvale:
         mass = shared_over_kv_heads(mass)
     assert mass.shape == (B, Hkv, cold_slots.shape[1] * bs) and not mass.isnan().any()

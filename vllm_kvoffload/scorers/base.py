@@ -57,12 +57,12 @@ class Scorer(ABC):
         non-negative, each row summing to the group size (one unit per query head)."""
 
     def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
-                      cold_blocks: list[int], scale: float) -> torch.Tensor:
+                      cold_blocks: list[int], cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
         """The batched decode path's scoring: query [B, Hq, D]; ``summaries`` one layer's
-        table [num_slots, ...]; cold_slots [B, max_cold] (device); ``cold_blocks`` each
-        row's number of cold blocks (host ints) -> mass [B, Hkv, max_cold * block_size],
-        -inf past each row's cold tokens (never selected). One ``score`` per row; a scorer
-        with a fused kernel overrides this."""
+        table [num_slots, ...]; cold_slots [B, max_cold] (device); each row's cold blocks
+        (``cold_blocks``, host ints) and cold tokens (``cold_lens``, device int32 [B]) ->
+        mass [B, Hkv, max_cold * block_size], -inf past each row's cold tokens (never
+        selected). One ``score`` per row; a scorer with a fused kernel overrides this."""
         B, bs = query.shape[0], self.geometry.block_size
         mass = torch.full((B, self.geometry.num_kv_heads, cold_slots.shape[1] * bs), float("-inf"),
                           device=query.device)

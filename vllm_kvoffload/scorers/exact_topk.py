@@ -8,6 +8,7 @@ landmarks: per-token selection is what the context-intensive paper shows holds u
 
 import torch
 
+from vllm_kvoffload.ops import batched_ops
 from vllm_kvoffload.scorers import register
 from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
 
@@ -31,3 +32,7 @@ class ExactTopKScorer(Scorer):
         q = query.float().view(g.num_kv_heads, g.group_size, g.head_dim)
         logits = torch.einsum("hgd,hnd->hgn", q, keys) * scale
         return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)
+
+    def score_batched(self, query, summaries, cold_slots, cold_blocks, cold_lens, scale):
+        """The summaries are the keys: the fused scoring kernel, one launch for the batch."""
+        return batched_ops(query.is_cuda).score_mass(query, summaries, None, cold_slots, cold_lens, scale)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from vllm_kvoffload.ops import batched_ops
 from vllm_kvoffload.scorers import register
 from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
 
@@ -75,23 +76,17 @@ class QuestScorer(Scorer):
         mass = group_softmax_mass(logits, g.num_kv_heads)
         return (mass / self.page_size).repeat_interleave(self.page_size, dim=-1)
 
-    def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
-                      cold_blocks: list[int], scale: float) -> torch.Tensor:
-        if query.is_cuda:
-            from vllm_kvoffload.ops.triton_kernels import score_mass
-        else:
-            from vllm_kvoffload.ops.score_ref import score_mass_ref as score_mass
-        return batched_page_mass(score_mass, query, summaries, cold_slots, cold_blocks, self.page_size,
-                                 self.geometry.block_size, scale)
+    def score_batched(self, query, summaries, cold_slots, cold_blocks, cold_lens, scale):
+        return batched_page_mass(batched_ops(query.is_cuda).score_mass, query, summaries, cold_slots, cold_lens,
+                                 self.page_size, scale)
 
 
-def batched_page_mass(score_mass, query, summaries, cold_slots, cold_blocks, page_size, block_size, scale):
+def batched_page_mass(score_mass, query, summaries, cold_slots, cold_lens, page_size, scale):
     """Quest's mass for a decode batch with the exact-topk scoring kernel ``score_mass``
-    (Triton, or its torch reference): query [B, Hq, D], summaries [slots, Hkv, P, 2, D]
-    -> [B, Hkv, max_cold * block_size], -inf past each row's cold tokens."""
+    (Triton, or its torch reference): query [B, Hq, D], summaries [slots, Hkv, P, 2, D],
+    cold_lens [B] tokens (whole blocks, so whole pages) -> [B, Hkv, max_cold * block_size],
+    -inf past each row's cold tokens."""
     split_query = torch.cat([query.clamp_max(0), query.clamp_min(0)], dim=-1).contiguous()  # [B, Hq, 2D]
     page_keys = summaries.flatten(-2)  # [slots, Hkv, P, 2D]: [min, max] per page
-    page_lens = torch.tensor([n * (block_size // page_size) for n in cold_blocks], dtype=torch.int32,
-                             device=query.device)
-    page_mass = score_mass(split_query, page_keys, None, cold_slots, page_lens, scale)
+    page_mass = score_mass(split_query, page_keys, None, cold_slots, cold_lens // page_size, scale)
     return (page_mass / page_size).repeat_interleave(page_size, dim=-1)  # -inf pages stay -inf tokens

@@ -141,14 +141,14 @@ def make_batch(seed: int, step: int, progress: float, batch_tokens: int, prompt_
     (lo, hi), mix = phase(progress)
     ctx = rng.randint(lo, hi)
     seqs, wts = [], []
-    j = 0
-    while sum(map(len, seqs)) < batch_tokens:  # real tokens, so short copy samples count as short
+    j = tokens = 0
+    while tokens < batch_tokens:  # real tokens, so short copy samples count as short
         task = rng.choices([t for t, _ in mix], [w for _, w in mix])[0]
         sample, answer = make_sample(task, ctx, f"train/{seed}/{step}/{j}")
         p, a = encode_prompt(sample["prompt"]), list(answer.encode("utf-8")) + [EOS]
         seqs.append(p + a)
         wts.append([prompt_weight] * (len(p) - 1) + [1.0] * len(a))  # weight of predicting token t+1
-        j += 1
+        j, tokens = j + 1, tokens + len(seqs[-1])
     T = max(len(s) for s in seqs) - 1
     ids = torch.full((len(seqs), T), PAD, dtype=torch.long)
     targets = torch.full((len(seqs), T), PAD, dtype=torch.long)
