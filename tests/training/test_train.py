@@ -92,3 +92,31 @@ def test_induction_probe_runs_and_reports(capsys):
     assert out["history"][1]["loss"] < out["history"][0]["loss"]
     with pytest.raises(SystemExit, match="--max-len 2"):
         induction_probe.main(["--max-len", "2"])
+
+
+def test_copy_warmup_gate(tmp_path):
+    """The warm-up serves letter copies until its gate opens, then the curriculum's tasks follow;
+    an unreachable accuracy ends it at --warmup-max, and 0 skips it."""
+    steps = ["--steps", "6", "--eval-samples", "0", *TINY]
+
+    def phases(name, *flags):
+        train.main(["--out", str(tmp_path / name), *flags, *steps])
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        return [r["phase"] for r in map(json.loads, open(tmp_path / name / "log.jsonl"))], run
+
+    seen, run = phases("capped", "--warmup-copy-acc", "1.0", "--warmup-max", "0.5")
+    assert seen == ["warmup"] * 4 + ["curriculum"] * 2 and run["copy_warmup_ended_at"] == 0.5
+    seen, run = phases("open", "--warmup-copy-acc", "0")
+    assert seen == ["warmup"] + ["curriculum"] * 5 and run["copy_warmup_ended_at"] == 0.0
+    seen, _ = phases("none", "--warmup-max", "0")
+    assert seen == ["curriculum"] * 6
+
+
+def test_warmup_batches_are_letter_copies():
+    from vllm_kvoffload.training import data
+
+    b = data.make_batch(0, 0, None, 4096, 0.0)
+    for ids, tgt, w in zip(b.ids, b.targets, b.weights):
+        prompt = bytes(t for t in ids[1:].tolist() if t < 256).decode().split("\n")[0]
+        answer = bytes(t for t, x in zip(tgt.tolist(), w.tolist()) if x == 1.0 and t < 256).decode()
+        assert prompt.isalpha() and prompt.islower() and answer == prompt

@@ -7,6 +7,11 @@ Writes ``checkpoint.pt`` (weights + config), ``log.jsonl`` (one line per step) a
 this module's own greedy loop). ``python -m vllm_kvoffload.training.export`` turns the
 checkpoint into the Hugging Face folder that vLLM serves.
 
+Data: first the copy warm-up (``data.WARMUP``), until the answer token accuracy of a warm-up
+batch reaches ``--warmup-copy-acc`` (or ``--warmup-max`` of the run is spent); then the
+curriculum (``data.CURRICULUM``) over the rest of the run. The gate makes sure a copy (induction)
+head exists before the lookups that need one are trained.
+
 Schedule: linear warm-up, then cosine decay to 10%, over ``progress`` in [0, 1]. Without
 ``--time-limit``, progress = step / steps and a run is reproducible bit for bit (up to
 GPU non-determinism). With it, progress = max(step / steps, elapsed / limit), so the run
@@ -74,13 +79,14 @@ def train(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     step, trained_s = 0, 0.0  # optimizer steps and training seconds done by earlier invocations
+    copy_from = 0.0 if args.warmup_max == 0 else None  # run progress at which the copy warm-up ended; None while it lasts
     if args.resume:
         state = torch.load(args.resume, map_location=dev)
         if state["config"] != cfg.to_dict():
             raise SystemExit(f"--resume {args.resume}: made for model {state['config']}, not {cfg.to_dict()}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, trained_s = state["step"], state["trained_s"]
+        step, trained_s, copy_from = state["step"], state["trained_s"], state["copy_from"]
         print(f"resumed at step {step} after {trained_s:.0f} s of training", flush=True)
     log = open(out / "log.jsonl", "a" if args.resume else "w")
     n_params = sum(p.numel() for p in model.parameters())
@@ -90,8 +96,15 @@ def train(args) -> dict:
     progress, stopped = 0.0, False
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     with ThreadPoolExecutor(1) as pool:  # builds batch i+1 while the GPU runs batch i
+        def curriculum_progress(prog: float) -> float | None:
+            """Where the curriculum stands at run progress ``prog``; None during the copy warm-up."""
+            if copy_from is None:
+                return None
+            return (prog - copy_from) / (1 - copy_from)
+
         def make(i: int, prog: float):  # the curriculum reads progress; the step keys the samples
-            return pool.submit(data.make_batch, args.seed, i, prog, args.batch_tokens, args.prompt_weight)
+            return pool.submit(data.make_batch, args.seed, i, curriculum_progress(prog),
+                               args.batch_tokens, args.prompt_weight)
 
         def progress_at(i: int) -> float:
             elapsed = trained_s + time.time() - t0
@@ -122,12 +135,21 @@ def train(args) -> dict:
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            ans, pred = w == 1.0, logits.argmax(-1)
+            warming = copy_from is None
+            if warming:  # the gate: this batch's copies are right, or the warm-up's share is spent
+                copy_acc = (pred[ans] == tgt[ans]).float().mean().item()
+                if copy_acc >= args.warmup_copy_acc or progress >= args.warmup_max:
+                    copy_from = progress
+                    print(f"copy warm-up ends at step {step} (progress {progress:.3f}): answer accuracy "
+                          f"{copy_acc:.3f}{'' if copy_acc >= args.warmup_copy_acc else ' (gate not reached)'}",
+                          flush=True)
+                    pending = make(step + 1, progress_at(step + 1))  # the prefetched batch was a warm-up one
             if step % args.log_every == 0:
-                ans = w == 1.0
-                pred = logits.argmax(-1)
                 digits = ans & (tgt >= ord("0")) & (tgt <= ord("9"))  # codes, years: retrieved, not guessed
                 rec = {"step": step, "progress": round(progress, 4), "elapsed_s": round(elapsed, 1),
-                       "lr": lr, "context": batch.context, "batch": ids.shape[0],
+                       "lr": lr, "phase": "warmup" if warming else "curriculum",
+                       "context": batch.context, "batch": ids.shape[0],
                        "loss": loss.item(), "answer_loss": (nll[ans].mean()).item(),
                        "answer_token_acc": (pred[ans] == tgt[ans]).float().mean().item(),
                        "answer_digit_acc": (pred[digits] == tgt[digits]).float().mean().item(),
@@ -140,7 +162,7 @@ def train(args) -> dict:
     train_s = trained_s + time.time() - t0
     if stopped:
         torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "step": step, "trained_s": train_s}, out / "state.pt")
+                    "step": step, "trained_s": train_s, "copy_from": copy_from}, out / "state.pt")
         print(f"stopped at step {step}, progress {progress:.3f}: continue with --resume {out / 'state.pt'}",
               flush=True)
     state = {k: v.detach().to(torch.bfloat16).cpu() for k, v in model.state_dict().items()}
@@ -148,7 +170,8 @@ def train(args) -> dict:
                out / "checkpoint.pt")
     summary = {"steps": step, "train_s": round(train_s, 1), "parameters": n_params,
                "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-               "progress": round(progress, 4), "finished": not stopped, "args": vars(args)}
+               "progress": round(progress, 4), "copy_warmup_ended_at": copy_from,
+               "finished": not stopped, "args": vars(args)}
     if args.eval_samples and not stopped:
         ev = evaluate(model, args.eval_samples, args.eval_context)
         (out / "eval.json").write_text(json.dumps(ev, indent=1))
@@ -170,6 +193,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-tokens", type=int, default=65536, help="tokens per batch (about)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--warmup", type=float, default=0.03, help="warm-up, as a fraction of the run")
+    ap.add_argument("--warmup-copy-acc", type=float, default=0.85,
+                    help="the copy warm-up ends when a warm-up batch's answer token accuracy reaches this")
+    ap.add_argument("--warmup-max", type=float, default=0.25,
+                    help="... or when this fraction of the run is spent (0: no warm-up)")
     ap.add_argument("--prompt-weight", type=float, default=0.1, help="loss weight of prompt tokens (answer: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
@@ -192,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("time_limit", "session_limit"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be > 0 seconds")
+    for name in ("warmup_copy_acc", "warmup_max"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be in [0, 1]")
     if args.resume and not Path(args.resume).is_file():
         raise SystemExit(f"--resume {args.resume}: no such file (a state.pt written by --session-limit)")
     print(json.dumps(train(args), indent=1))
