@@ -39,12 +39,13 @@ def test_bad_arguments_are_named():
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     """A run stopped by --session-limit and continued with --resume ends with the same weights
-    as one run straight through (CPU is deterministic; batches are keyed by step)."""
+    as one run straight through (CPU is deterministic; batches are keyed by step), whether its
+    batches were built in a worker process (first part) or a thread."""
     import torch
 
     steps = ["--steps", "5", "--eval-samples", "0", *TINY]
     train.main(["--out", str(tmp_path / "straight"), *steps])
-    train.main(["--out", str(tmp_path / "split"), "--session-steps", "2", *steps])
+    train.main(["--out", str(tmp_path / "split"), "--session-steps", "2", "--data-workers", "1", *steps])
     run = json.loads((tmp_path / "split" / "run.json").read_text())
     assert not run["finished"] and run["steps"] == 2
     assert (tmp_path / "split" / "state.pt").is_file()
@@ -120,3 +121,21 @@ def test_warmup_batches_are_letter_copies():
         prompt = bytes(t for t in ids[1:].tolist() if t < 256).decode().split("\n")[0]
         answer = bytes(t for t, x in zip(tgt.tolist(), w.tolist()) if x == 1.0 and t < 256).decode()
         assert prompt.isalpha() and prompt.islower() and answer == prompt
+
+
+def test_init_starts_from_the_checkpoint_weights(tmp_path):
+    import torch
+
+    train.main(["--out", str(tmp_path / "a"), "--steps", "2", "--eval-samples", "0", *TINY])
+    ckpt = tmp_path / "a" / "checkpoint.pt"
+    train.main(["--out", str(tmp_path / "b"), "--steps", "1", "--eval-samples", "0", "--init", str(ckpt),
+                *TINY, "--lr", "0"])  # no update: the weights must come back unchanged
+    a, b = torch.load(ckpt)["state_dict"], torch.load(tmp_path / "b" / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train.main(["--out", str(tmp_path / "c"), "--steps", "1", "--eval-samples", "0", *TINY])
+    c = torch.load(tmp_path / "c" / "checkpoint.pt")["state_dict"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the check above can fail
+    with pytest.raises(SystemExit, match="--init .*made for model"):
+        train.main(["--out", str(tmp_path / "d"), "--steps", "1", "--init", str(ckpt), *TINY, "--layers", "3"])
+    with pytest.raises(SystemExit, match="--init and --resume"):
+        train.main(["--out", "x", "--init", str(ckpt), "--resume", str(ckpt)])

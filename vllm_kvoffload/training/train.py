@@ -27,7 +27,8 @@ import argparse
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -64,6 +65,37 @@ def evaluate(model: LlamaLM, n: int, context: int, seed: int = 0, progress: bool
     return {"context": context, "n": n, **summarize(records), "records": records}
 
 
+class Prefetcher:
+    """Builds the next batches while the GPU trains on this one.
+
+    With ``workers`` > 0 they are built in worker processes: text generation is pure Python and
+    holds the GIL, so in a thread of this process it stalls the training loop's kernel launches.
+    A batch depends only on its arguments, so where it was built does not change the run."""
+
+    def __init__(self, workers: int):
+        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                     if workers else ThreadPoolExecutor(1))
+        self.depth = max(1, workers)
+        self.queued: dict[int, Future] = {}
+
+    def get(self, step: int, batch_args) -> data.Batch:
+        """Batch ``step``; ``batch_args(i)`` gives ``data.make_batch``'s arguments for step i."""
+        for i in range(step, step + self.depth + 1):
+            if i not in self.queued:
+                self.queued[i] = self.pool.submit(data.make_batch, *batch_args(i))
+        return self.queued.pop(step).result()
+
+    def discard(self) -> None:
+        """Drop the batches built ahead (the curriculum changed under them)."""
+        for f in self.queued.values():
+            f.cancel()
+        self.queued.clear()
+
+    def close(self) -> None:
+        self.discard()
+        self.pool.shutdown(cancel_futures=True)
+
+
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -71,6 +103,11 @@ def train(args) -> dict:
                       heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
                       intermediate=args.intermediate)
     model = LlamaLM(cfg).to(dev)
+    if args.init:  # start from a trained model's weights, with a fresh optimizer and schedule
+        init = torch.load(args.init, map_location=dev)
+        if init["config"] != cfg.to_dict():
+            raise SystemExit(f"--init {args.init}: made for model {init['config']}, not {cfg.to_dict()}")
+        model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()})
     decay = [p for p in model.parameters() if p.dim() == 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -95,25 +132,25 @@ def train(args) -> dict:
     t0 = time.time()
     progress, stopped = 0.0, False
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    with ThreadPoolExecutor(1) as pool:  # builds batch i+1 while the GPU runs batch i
+    workers = args.data_workers if args.data_workers is not None else (4 if dev.type == "cuda" else 0)
+    prefetch = Prefetcher(workers)
+    try:
         def curriculum_progress(prog: float) -> float | None:
             """Where the curriculum stands at run progress ``prog``; None during the copy warm-up."""
             if copy_from is None:
                 return None
             return (prog - copy_from) / (1 - copy_from)
 
-        def make(i: int, prog: float):  # the curriculum reads progress; the step keys the samples
-            return pool.submit(data.make_batch, args.seed, i, curriculum_progress(prog),
-                               args.batch_tokens, args.prompt_weight)
-
         def progress_at(i: int) -> float:
             elapsed = trained_s + time.time() - t0
             return max(i / args.steps, elapsed / args.time_limit if args.time_limit else 0.0)
 
+        def batch_args(i: int) -> tuple:  # the curriculum reads progress; the step keys the samples
+            return args.seed, i, curriculum_progress(progress_at(i)), args.batch_tokens, args.prompt_weight
+
         first_step = step
-        pending = make(step, progress_at(step))
         while True:
-            batch = pending.result()
+            batch = prefetch.get(step, batch_args)
             progress = progress_at(step)
             if progress >= 1.0:
                 break
@@ -122,7 +159,6 @@ def train(args) -> dict:
                 stopped = True  # this invocation's share is spent; state.pt continues the run
                 break
             elapsed = trained_s + time.time() - t0
-            pending = make(step + 1, progress_at(step + 1))  # by step alone without --time-limit
             lr = lr_at(progress, args.lr, args.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -144,7 +180,7 @@ def train(args) -> dict:
                     print(f"copy warm-up ends at step {step} (progress {progress:.3f}): answer accuracy "
                           f"{copy_acc:.3f}{'' if copy_acc >= args.warmup_copy_acc else ' (gate not reached)'}",
                           flush=True)
-                    pending = make(step + 1, progress_at(step + 1))  # the prefetched batch was a warm-up one
+                    prefetch.discard()  # the batches built ahead were warm-up ones
             if step % args.log_every == 0:
                 digits = ans & (tgt >= ord("0")) & (tgt <= ord("9"))  # codes, years: retrieved, not guessed
                 rec = {"step": step, "progress": round(progress, 4), "elapsed_s": round(elapsed, 1),
@@ -159,6 +195,8 @@ def train(args) -> dict:
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
                       flush=True)
             step += 1
+    finally:
+        prefetch.close()
     train_s = trained_s + time.time() - t0
     if stopped:
         torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -190,6 +228,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--session-steps", type=int, default=None,
                     help="stop this invocation after these optimizer steps, writing state.pt (for --resume)")
     ap.add_argument("--resume", default=None, help="state.pt of an earlier invocation: continue its schedule")
+    ap.add_argument("--init", default=None,
+                    help="checkpoint.pt of an earlier run: start from its weights (new optimizer and schedule)")
+    ap.add_argument("--data-workers", type=int, default=None,
+                    help="processes building batches ahead (default: 4 on GPU, 0 = a thread on CPU)")
     ap.add_argument("--batch-tokens", type=int, default=65536, help="tokens per batch (about)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--warmup", type=float, default=0.03, help="warm-up, as a fraction of the run")
@@ -222,6 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("warmup_copy_acc", "warmup_max"):
         if not 0 <= getattr(args, name) <= 1:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be in [0, 1]")
+    if args.data_workers is not None and args.data_workers < 0:
+        raise SystemExit(f"--data-workers {args.data_workers}: must be >= 0")
+    if args.init and not Path(args.init).is_file():
+        raise SystemExit(f"--init {args.init}: no such file (a checkpoint.pt written by this module)")
+    if args.init and args.resume:
+        raise SystemExit("--init and --resume: give one (--resume continues a run, --init starts one from weights)")
     if args.resume and not Path(args.resume).is_file():
         raise SystemExit(f"--resume {args.resume}: no such file (a state.pt written by --session-limit)")
     print(json.dumps(train(args), indent=1))
