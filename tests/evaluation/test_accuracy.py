@@ -29,3 +29,20 @@ def test_bad_arguments_are_named(tmp_path):
         accuracy.main(["--scorers", "nope", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit, match="--budgets"):
         accuracy.main(["--budgets", "0", "--out", str(tmp_path / "a.json")])
+
+
+def test_report_lists_the_configurations_not_measured(tmp_path):
+    """--report-only rewrites the table and plot from the JSON (as --append leaves it after a
+    cut-short call): measured rows in the table, failures named below it."""
+    row = {"text2json": 50.0, "needle_recall": 75.0, "device_bytes_per_token": 10, "pcie_bytes_per_step": 2e6}
+    rows = [{"scorer": "quest", "budget": 0.03, **row}, {"scorer": "full", "budget": None, **row},
+            {"scorer": "lrqk", "budget": 0.015, "error": "rc timeout after 5 s", "log_tail": ""}]
+    out = tmp_path / "accuracy.json"
+    out.write_text(json.dumps({"configs": rows}))
+    assert accuracy.main(["--report-only", "--out", str(out)]) == 1  # a failure is not a success
+    md = out.with_suffix(".md").read_text()
+    assert md.index("| full |") < md.index("| quest | 3% |")  # full attention first
+    assert "Not measured: lrqk 1.5% (rc timeout after 5 s)." in md
+    assert out.with_suffix(".png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="--report-only: .*does not exist"):
+        accuracy.main(["--report-only", "--out", str(tmp_path / "none.json")])

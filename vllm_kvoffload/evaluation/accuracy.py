@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,15 +102,43 @@ def _child(spec_path: str) -> None:
     Path(spec["result"]).write_text(json.dumps(res))
 
 
+def budget_label(budget: float | None) -> str:
+    return "full" if budget is None else f"{100 * budget:g}%"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| scorer | budget | Text2JSON | needle recall % | device B/token | PCIe MB/step |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        b = "full" if r["budget"] is None else f"{100 * r['budget']:g}%"
-        lines.append(f"| {r['scorer']} | {b} | {r.get('text2json', float('nan')):.1f} | "
+        lines.append(f"| {r['scorer']} | {budget_label(r['budget'])} | {r.get('text2json', float('nan')):.1f} | "
                      f"{r.get('needle_recall', float('nan')):.1f} | {r['device_bytes_per_token']:,} | "
                      f"{r['pcie_bytes_per_step'] / 1e6:.2f} |")
     return "\n".join(lines)
+
+
+def config_order(row: dict) -> tuple:
+    """Full attention first, then the scorers in registry order, budgets ascending."""
+    from vllm_kvoffload.scorers import available
+
+    names = available()
+    scorer = row["scorer"]
+    return (scorer != "full", names.index(scorer) if scorer in names else len(names), row["budget"] or 0.0)
+
+
+def report(out: Path) -> tuple[int, int]:
+    """Write the markdown table and the plot beside ``out`` (the JSON); returns (measured, failed)."""
+    rows = sorted(json.loads(out.read_text())["configs"], key=config_order)
+    ok = [r for r in rows if "error" not in r]
+    md = table(ok)
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        md += "\n\nNot measured: " + "; ".join(
+            f"{r['scorer']} {budget_label(r['budget'])} ({r['error']})" for r in failed) + "."
+    out.with_suffix(".md").write_text(md + "\n")
+    if ok:
+        plot(ok, out.with_suffix(".png"))
+    print(md)
+    return len(ok), len(failed)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -132,8 +161,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks([i + width * (len(budgets) - 1) / 2 for i in range(len(scorers))], scorers, rotation=30)
         ax.set_ylim(0, 105)
         ax.set_title(title)
-    axes[0].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)  # below the bars
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
 
 
@@ -157,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--append", action="store_true", help="keep --out's finished configurations; run the rest")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     ap.add_argument("--out", default="docs/results/accuracy.json")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite --out's table and plot from its JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap
 
@@ -169,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     from vllm_kvoffload.scorers import available
     from vllm_kvoffload.tiny_model import default_model_path
 
+    if args.report_only:
+        if not Path(args.out).is_file():
+            raise SystemExit(f"--report-only: {args.out} does not exist")
+        return 1 if report(Path(args.out))[1] else 0
     bad = [s for s in args.scorers if s not in available()]
     if bad:
         raise SystemExit(f"--scorers {' '.join(bad)}: unknown; accepted: {', '.join(available())}")
@@ -192,15 +227,32 @@ def main(argv: list[str] | None = None) -> int:
     configs = ([] if args.no_full else [("full", None)]) + [(s, b) for s in args.scorers for b in args.budgets]
     out = Path(args.out)
     kept: list[dict] = []
+    calls: list[dict] = []  # every invocation that wrote --out's rows
     if args.append and out.exists():  # keep the finished configurations of the same setting
         prev = json.loads(out.read_text())
         if (prev["context"], prev["samples_per_task"], prev["seed"]) != (args.context, args.samples, args.seed):
             raise SystemExit(f"--append: {out} was made with another context/samples/seed")
         kept = [r for r in prev["configs"] if "error" not in r]
+        calls = prev["calls"]
         configs = [c for c in configs if not any((r["scorer"], r["budget"]) == c for r in kept)]
     work = Path(tempfile.mkdtemp(prefix="kvoffload-accuracy-"))
     with open(work / "samples.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
+
+    device = torch.cuda.get_device_name() if gpu else "cpu"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0, done, lock = time.time(), list(kept), threading.Lock()
+
+    def save(rows: list[dict]) -> None:
+        """Rewrite --out with the rows so far: a run cut short keeps them for --append."""
+        result = {"device": device, "model": model, "context": args.context, "samples_per_task": args.samples,
+                  "seed": args.seed, "tasks": args.tasks,
+                  "calls": calls + [{"command": "python -m vllm_kvoffload.evaluation.accuracy "
+                                     + " ".join(argv or sys.argv[1:]), "wall_s": round(time.time() - t0, 1)}],
+                  "configs": sorted(rows, key=config_order)}
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(out)
 
     def launch(i_cfg):
         i, (scorer, budget) = i_cfg
@@ -225,25 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         res |= traffic(model, scorer, budget, args.context)
         print(f"[{scorer} {budget}] text2json={res.get('text2json')} needle={res.get('needle_recall')} "
               f"(start {res['startup_s']} s, generate {res['generate_s']} s)", flush=True)
+        with lock:
+            done.append(res)
+            save(done)
         return res
 
-    t0 = time.time()
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = kept + list(pool.map(launch, enumerate(configs)))
-    device = torch.cuda.get_device_name() if gpu else "cpu"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ok = [r for r in rows if "error" not in r]
-    result = {"device": device, "model": model, "context": args.context, "samples_per_task": args.samples,
-              "seed": args.seed, "tasks": args.tasks, "wall_s": round(time.time() - t0, 1),
-              "command": "python -m vllm_kvoffload.evaluation.accuracy " + " ".join(argv or sys.argv[1:]),
-              "configs": rows}
-    out.write_text(json.dumps(result, indent=1))
-    md = table(ok)
-    out.with_suffix(".md").write_text(md + "\n")
-    if ok:
-        plot(ok, out.with_suffix(".png"))
-    print(md)
-    return 1 if len(ok) < len(rows) else 0
+    save(rows)  # failures included
+    return 1 if report(out)[1] else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def plot(log: str | Path, out: str | Path, title: str = "") -> Path:
         raise ValueError(f"{log}: no logged steps")
     steps = [r["step"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    ax1.plot(steps, [r["loss"] for r in rows], label="weighted loss (prompt x0.1)")
+    ax1.plot(steps, [r["loss"] for r in rows], label="weighted loss (prompt tokens down-weighted)")
     ax1.plot(steps, [r["answer_loss"] for r in rows], label="answer tokens")
     ax1.set_yscale("log")
     ax1.set_xlabel("step")
