@@ -84,3 +84,35 @@ def group_softmax_mass(logits: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     [num_kv_heads, n]. Query heads h*g..h*g+g-1 share KV head h (vLLM's layout)."""
     probs = torch.softmax(logits.float(), dim=-1)
     return probs.view(num_kv_heads, -1, probs.shape[-1]).sum(dim=1)
+
+
+def masked_group_mass(logits: torch.Tensor, cold_lens: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """logits [B, Hq, N] of each row's cold tokens (padded to N) -> the rows' group masses
+    [B, Hkv, N]: softmax over each row's first ``cold_lens[b]`` tokens per query head, summed
+    over each GQA group; -inf past them (a row without cold tokens is all -inf)."""
+    B, _, N = logits.shape
+    valid = torch.arange(N, device=logits.device)[None, :] < cold_lens.to(logits.device).long()[:, None]
+    probs = torch.softmax(logits.float().masked_fill(~valid[:, None, :], float("-inf")), dim=-1)
+    mass = probs.nan_to_num(0.0).view(B, num_kv_heads, -1, N).sum(dim=2)
+    return mass.masked_fill(~valid[:, None, :], float("-inf"))
+
+
+class SoftmaxScorer(Scorer):
+    """A scorer whose mass is a softmax of one estimated logit per cold token, summed over the
+    GQA group. It writes ``cold_logits`` once, for a batch of rows; ``score`` (one request) and
+    ``score_batched`` (the decode batch, every row at once: no loop over requests) derive from it."""
+
+    @abstractmethod
+    def cold_logits(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
+        """query [B, Hq, D]; summaries [B, C, *summary_spec()[0]] (each row's cold blocks, in
+        order) -> estimated ``scale * q.k`` per query head and cold token: [B, Hq, C * block_size]."""
+
+    def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
+        logits = self.cold_logits(query[None], summaries[None], scale)[0]
+        return group_softmax_mass(logits, self.geometry.num_kv_heads)
+
+    def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
+                      cold_blocks: list[int], cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
+        # padding slots are gathered too (any valid slot); their tokens are masked out below
+        logits = self.cold_logits(query, summaries[cold_slots.long()], scale)
+        return masked_group_mass(logits, cold_lens, self.geometry.num_kv_heads)

@@ -24,7 +24,8 @@ Deviations (the interface gives neither weights nor the next layer's input):
     upper bound on InfiniGen's; the layer-ahead prefetch only changes timing.
   * the ``alpha`` threshold is the engine's top-p budget (``--kv-offload-topp``)
     and the budget cap its top-k.
-GPU path: needs a gather-channels + partial GEMV + softmax Triton kernel.
+GPU path: every row of the decode batch at once in torch (``SoftmaxScorer``); a fused
+gather-channels + partial GEMV + softmax Triton kernel is not written.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ import math
 import torch
 
 from vllm_kvoffload.scorers import register
-from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
+from vllm_kvoffload.scorers.base import SoftmaxScorer
 
 
 @register
-class InfiniGenScorer(Scorer):
+class InfiniGenScorer(SoftmaxScorer):
     name = "infinigen"
     partial_ratio = 0.3
 
@@ -57,12 +58,12 @@ class InfiniGenScorer(Scorer):
         part = k.gather(-1, idx[:, :, None, :].expand(-1, -1, k.shape[2], -1))  # [nb, H, bs, r]
         return torch.cat([idx[:, :, None, :].float(), part], 2).to(torch.bfloat16)
 
-    def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
+    def cold_logits(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
         g = self.geometry
-        idx = summaries[:, :, 0].long()                   # [nb, H, r]
-        part = summaries[:, :, 1:].float()                # [nb, H, bs, r]
-        q = query.float().reshape(g.num_kv_heads, g.group_size, g.head_dim)
-        nb = idx.shape[0]
-        q_sel = q[None].expand(nb, -1, -1, -1).gather(-1, idx[:, :, None, :].expand(-1, -1, g.group_size, -1))
-        logits = torch.einsum("bhgr,bhtr->hgbt", q_sel, part) * scale
-        return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)
+        idx = summaries[:, :, :, 0].long()          # [B, C, H, r]: the block's kept channels
+        part = summaries[:, :, :, 1:].float()       # [B, C, H, bs, r]: the keys on them
+        B, C, _, r = idx.shape
+        q = query.float().reshape(B, 1, g.num_kv_heads, g.group_size, g.head_dim).expand(-1, C, -1, -1, -1)
+        q_sel = q.gather(-1, idx[:, :, :, None, :].expand(-1, -1, -1, g.group_size, -1))  # [B, C, H, G, r]
+        logits = torch.einsum("bchgr,bchtr->bhgct", q_sel, part) * scale
+        return logits.reshape(B, g.num_q_heads, C * g.block_size)

@@ -23,7 +23,8 @@ summarize time):
   * hit/miss transfer is state across steps: the engine gathers the selected
     tokens every step; the selection benchmark simulates LRQK's device cache
     (LRU over tokens, capacity 2x the budget) to report PCIe bytes as misses.
-GPU path: needs a per-block "project q, then GEMV with A" Triton kernel.
+GPU path: every row of the decode batch at once in torch (``SoftmaxScorer``); a fused
+per-block "project q, then GEMV with A" Triton kernel is not written.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.scorers import register
-from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
+from vllm_kvoffload.scorers.base import SoftmaxScorer
 
 
 @register
-class LRQKScorer(Scorer):
+class LRQKScorer(SoftmaxScorer):
     name = "lrqk"
     rank = 8
     cache_tokens_per_budget = 2  # simulated device cache / budget (benchmark only)
@@ -53,14 +54,14 @@ class LRQKScorer(Scorer):
         coeff = k @ basis.transpose(-1, -2)                              # [nb, H, bs, r]
         return torch.cat([basis.flatten(2), coeff.flatten(2)], -1).to(torch.bfloat16)
 
-    def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
+    def cold_logits(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
         g = self.geometry
         r = min(self.rank, g.block_size, g.head_dim)
-        nb = summaries.shape[0]
+        B, C = summaries.shape[:2]
         s = summaries.float()
-        basis = s[..., : r * g.head_dim].reshape(nb, g.num_kv_heads, r, g.head_dim)
-        coeff = s[..., r * g.head_dim :].reshape(nb, g.num_kv_heads, g.block_size, r)
-        q = query.float().reshape(g.num_kv_heads, g.group_size, g.head_dim)
-        proj = torch.einsum("hgd,bhrd->bhgr", q, basis)
-        logits = torch.einsum("bhgr,bhtr->hgbt", proj, coeff) * scale
-        return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)
+        basis = s[..., : r * g.head_dim].reshape(B, C, g.num_kv_heads, r, g.head_dim)
+        coeff = s[..., r * g.head_dim :].reshape(B, C, g.num_kv_heads, g.block_size, r)
+        q = query.float().reshape(B, g.num_kv_heads, g.group_size, g.head_dim)
+        proj = torch.einsum("bhgd,bchrd->bchgr", q, basis)  # q on each block's basis
+        logits = torch.einsum("bchgr,bchtr->bhgct", proj, coeff) * scale
+        return logits.reshape(B, g.num_q_heads, C * g.block_size)

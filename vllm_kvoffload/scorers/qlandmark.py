@@ -33,8 +33,9 @@ channel + a bf16 scale: 66 bytes per token-head for D=128, vs 256 in bf16).
 The host pool stores K/V in the model dtype, so the engine does not apply it;
 the selection benchmark reports its accuracy and PCIe trade-off.
 
-GPU path: needs a fused "dequantize landmark + q.k + softmax" Triton kernel
-(csrc_triton/); the reference here dequantizes the whole cold range.
+GPU path: every row of the decode batch at once in torch (``SoftmaxScorer``), which
+dequantizes the whole cold range; a fused "dequantize landmark + q.k + softmax" Triton
+kernel, which would not, is not written.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import math
 import torch
 
 from vllm_kvoffload.scorers import register
-from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
+from vllm_kvoffload.scorers.base import SoftmaxScorer
 
 VEC = 4          # channels per landmark code
 CODES = 256      # codebook entries: one uint8 per VEC channels -> 2 bits/channel
@@ -136,7 +137,7 @@ def kv4_bytes_per_token_head(head_dim: int) -> int:
 
 
 @register
-class QLandmarkScorer(Scorer):
+class QLandmarkScorer(SoftmaxScorer):
     name = "qlandmark"
     grid = "codebook"  # or "uniform"
 
@@ -151,16 +152,18 @@ class QLandmarkScorer(Scorer):
         return torch.cat([codes, scale_bytes], -1)
 
     def landmarks(self, summaries: torch.Tensor) -> torch.Tensor:
-        """Dequantized keys in the Hadamard basis: [Hkv, num_blocks * block_size, D] fp32."""
+        """summaries [B, C, Hkv, bs, ...] -> dequantized keys in the Hadamard basis:
+        [B, Hkv, C * block_size, D] fp32."""
         g = self.geometry
         codes = summaries[..., : g.head_dim // VEC]
         scale = summaries[..., g.head_dim // VEC :].contiguous().view(torch.bfloat16)[..., 0]
         k_hat = vq_dequantize(codes, scale, VEC, self.grid, rotated=True)
-        return k_hat.transpose(0, 1).reshape(g.num_kv_heads, -1, g.head_dim)
+        return k_hat.transpose(1, 2).reshape(k_hat.shape[0], g.num_kv_heads, -1, g.head_dim)
 
-    def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
+    def cold_logits(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
         g = self.geometry
         k_hat = self.landmarks(summaries)
-        q = (query.float() @ hadamard(g.head_dim).to(query.device)).reshape(g.num_kv_heads, g.group_size, g.head_dim)
-        logits = torch.einsum("hgd,hnd->hgn", q, k_hat) * scale
-        return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)
+        B = query.shape[0]
+        q = (query.float() @ hadamard(g.head_dim).to(query.device)).reshape(B, g.num_kv_heads, g.group_size, g.head_dim)
+        logits = torch.einsum("bhgd,bhnd->bhgn", q, k_hat) * scale
+        return logits.reshape(B, g.num_q_heads, -1)
