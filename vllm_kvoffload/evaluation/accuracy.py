@@ -272,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             tail = (work / f"log{i}.txt").read_text()[-3000:]
             print(f"[{scorer} {budget}] failed (rc {rc}):\n{tail}", flush=True)
-            return {"scorer": scorer, "budget": budget, "error": f"rc {rc}", "log_tail": tail}
-        res = json.loads((work / f"result{i}.json").read_text())
-        res |= traffic(model, scorer, budget, args.context)
-        print(f"[{scorer} {budget}] text2json={res.get('text2json')} needle={res.get('needle_recall')} "
-              f"(start {res['startup_s']} s, generate {res['generate_s']} s)", flush=True)
-        with lock:
+            res = {"scorer": scorer, "budget": budget, "error": f"rc {rc}", "log_tail": tail}
+        else:
+            res = json.loads((work / f"result{i}.json").read_text()) | traffic(model, scorer, budget, args.context)
+            print(f"[{scorer} {budget}] text2json={res.get('text2json')} needle={res.get('needle_recall')} "
+                  f"(start {res['startup_s']} s, generate {res['generate_s']} s)", flush=True)
+        with lock:  # failures too: --append re-runs them
             done.append(res)
             save(done)
         return res
