@@ -1,4 +1,4 @@
-"""Serve the embedded tiny model with offload on, talk to it, show the block counts.
+"""Serve the embedded model with offload on, talk to it, show the block counts.
 
     python -m vllm_kvoffload.demo            # serve, send a few requests, keep serving
     python -m vllm_kvoffload.demo --once     # same, then stop (a smoke test)
@@ -16,9 +16,16 @@ import sys
 import time
 import urllib.request
 
+from vllm_kvoffload.bench import needle
 from vllm_kvoffload.tiny_model import default_model_path
 
 PROMPT = "".join(f"Entry {i}: the colour of box {i} is shade {i * 37 % 101}. " for i in range(40))
+NEEDLE_CONTEXT = 3000  # prompt tokens of the chat request: most of its KV leaves the device
+
+
+def needle_question() -> dict:
+    """A held-out multi-needle sample (the benchmark's seed 0; byte-level tokens = bytes)."""
+    return needle.generate(1, NEEDLE_CONTEXT, 0, lambda text: len(text.encode("utf-8")), needles=8)[0]
 
 
 def _get(url: str) -> dict:
@@ -35,7 +42,7 @@ def serve_command(model: str, port: int, scorer: str, budget: float) -> list[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Serve the embedded tiny model with KV offload.")
+    parser = argparse.ArgumentParser(description="Serve the embedded model with KV offload.")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--scorer", default="exact-topk")
     parser.add_argument("--budget", type=float, default=0.1)
@@ -62,10 +69,16 @@ def main() -> None:
         out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=32, temperature=0,
                                         extra_body={"ignore_eos": True})
         print(f"completion ({out.usage.prompt_tokens} prompt tokens): {out.choices[0].text!r}")
-        chat = client.chat.completions.create(model="tiny", max_tokens=16,
-                                              messages=[{"role": "user", "content": PROMPT}])
-        print(f"chat: {chat.choices[0].message.content!r}")
-        print("(the tiny model has random weights: its text is gibberish by design)")
+        print("(raw text: the model was trained on chat prompts only, so a completion is noise)")
+        sample = needle_question()
+        chat = client.chat.completions.create(model="tiny", max_tokens=300, temperature=0,
+                                              messages=[{"role": "user", "content": sample["prompt"]}])
+        answer = chat.choices[0].message.content
+        found = needle.score_one(answer, sample)
+        print(f"chat, a needle question ({chat.usage.prompt_tokens} prompt tokens, budget {args.budget}):")
+        print("  question: " + sample["prompt"].rsplit("\n", 1)[-1][:200])
+        print("  answer:   " + answer.replace("\n", "\n            "))
+        print(f"  codes found: {sum(found['hits'])} of {len(found['hits'])}")
         print("block accounting:", json.dumps(_get(base + "/kv_offload/stats"), indent=1))
         if not args.once:
             print(f"serving on {base} (OpenAI API); Ctrl-C to stop", flush=True)
