@@ -18,7 +18,7 @@ def test_full_budget_scorer_matches_full_attention(tmp_path):
     full, quest = result["configs"]
     assert (full["scorer"], quest["scorer"], quest["budget"]) == ("full", "quest", 1.0)
     assert [r["output"] for r in quest["records"]] == [r["output"] for r in full["records"]]
-    assert all(r["output_tokens"] == 24 for r in full["records"])  # random weights: no early EOS... or
+    assert all(r["output_tokens"] == 24 for r in full["records"])  # every answer is longer than 24 tokens
     assert quest["pcie_bytes_per_step"] > 0 and full["pcie_bytes_per_step"] == 0
     assert out.with_suffix(".md").read_text().count("| quest |") == 1
     assert out.with_suffix(".png").stat().st_size > 1000
