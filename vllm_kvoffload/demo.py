@@ -18,6 +18,7 @@ import urllib.request
 
 from vllm_kvoffload.bench import needle
 from vllm_kvoffload.tiny_model import default_model_path
+from vllm_kvoffload.training.data import count_bytes
 
 PROMPT = "".join(f"Entry {i}: the colour of box {i} is shade {i * 37 % 101}. " for i in range(40))
 NEEDLE_CONTEXT = 3000  # prompt tokens of the chat request: most of its KV leaves the device
@@ -25,7 +26,7 @@ NEEDLE_CONTEXT = 3000  # prompt tokens of the chat request: most of its KV leave
 
 def needle_question() -> dict:
     """A held-out multi-needle sample (the benchmark's seed 0; byte-level tokens = bytes)."""
-    return needle.generate(1, NEEDLE_CONTEXT, 0, lambda text: len(text.encode("utf-8")), needles=8)[0]
+    return needle.generate(1, NEEDLE_CONTEXT, 0, count_bytes, needles=8)[0]
 
 
 def _get(url: str) -> dict:

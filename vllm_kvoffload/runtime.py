@@ -121,7 +121,8 @@ class OffloadRuntime:
     def use_batched_kernels(self) -> bool:
         """Batched path: FlashAttention-layout caches (``impl.kv5``), token top-k with a
         fixed budget, any scorer (``Scorer.score_batched``: one fused kernel for exact-topk,
-        oracle, quest and arkvale, one torch ``score`` per request for the others). Triton on GPU, the batched torch references
+        oracle, quest and arkvale; the whole batch in torch for the ``SoftmaxScorer``s; one
+        torch ``score`` per request for shadowkv). Triton on GPU, the batched torch references
         elsewhere (tests)."""
         first = next(iter(self.layers.values()), None)
         return (first is not None and hasattr(first.impl, "kv5")

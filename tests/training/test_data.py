@@ -14,7 +14,7 @@ def test_batches_are_seeded_and_weighted_on_answers(step, progress):
     c = data.make_batch(0, step + 1, progress, 8192, 0.1)
     assert a.ids.equal(b.ids) and not a.ids.equal(c.ids)
     assert int((a.ids != data.PAD).sum()) >= 8192 - a.ids.shape[0]  # counted in real tokens
-    lo, hi = data.context_range(progress)
+    lo, hi = data.phase(progress)[0]
     assert lo <= a.context <= hi
     for row in range(a.ids.shape[0]):
         n = int((a.weights[row] > 0).sum())
@@ -36,8 +36,8 @@ def test_batches_are_seeded_and_weighted_on_answers(step, progress):
 
 
 def test_curriculum_reaches_the_target_range():
-    assert data.context_range(0.99) == (4096, 16384)
-    assert data.context_range(0.0)[1] <= 4096
+    assert data.phase(0.99)[0] == (4096, 16384)
+    assert data.phase(0.0)[0][1] <= 4096
 
 
 def test_held_out_seeds_differ_from_training_seeds():

@@ -54,8 +54,11 @@ UNIFORM_STEP = 0.9957  # MSE-optimal step of a 4-level uniform quantizer of N(0,
 
 
 @functools.lru_cache(maxsize=None)
-def hadamard(n: int) -> torch.Tensor:
-    """Orthonormal Sylvester-Hadamard matrix [n, n] (n a power of two), fp32 CPU."""
+def hadamard(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Orthonormal Sylvester-Hadamard matrix [n, n] (n a power of two), fp32, cached per device
+    (the decode path asks for it every layer and step: no host-to-device copy after the first)."""
+    if torch.device(device).type != "cpu":
+        return hadamard(n).to(device)
     if n & (n - 1):
         raise ValueError(f"Hadamard rotation needs a power-of-two head_dim, got {n}")
     h = torch.ones(1, 1)
@@ -65,11 +68,14 @@ def hadamard(n: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def gaussian_codebook(dim: int, size: int, kind: str = "codebook", seed: int = 0) -> torch.Tensor:
-    """[size, dim] fp32 grid for unit-variance Gaussian vectors.
+def gaussian_codebook(dim: int, size: int, kind: str = "codebook", seed: int = 0,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """[size, dim] fp32 grid for unit-variance Gaussian vectors, cached per device.
 
     ``codebook``: Lloyd's algorithm (k-means) on seeded N(0, I) samples;
     ``uniform``: the product of a ``size ** (1/dim)``-level uniform grid."""
+    if torch.device(device).type != "cpu":
+        return gaussian_codebook(dim, size, kind, seed).to(device)
     if kind == "uniform":
         levels = round(size ** (1 / dim))
         assert levels**dim == size, (dim, size)
@@ -102,7 +108,7 @@ def vq_quantize(x: torch.Tensor, vec: int, kind: str = "codebook") -> tuple[torc
     unit RMS, code every ``vec`` channels with a 256-entry grid.
     x: [..., D] -> (codes [..., D / vec] uint8, scale [...] fp32)."""
     d = x.shape[-1]
-    rot = x.float() @ hadamard(d).to(x.device)
+    rot = x.float() @ hadamard(d, x.device)
     scale = rot.square().mean(-1).sqrt().clamp_min(1e-12)
     unit = (rot / scale[..., None]).reshape(-1, vec)
     if kind == "uniform":  # product grid: nearest code = per-channel rounding
@@ -110,17 +116,17 @@ def vq_quantize(x: torch.Tensor, vec: int, kind: str = "codebook") -> tuple[torc
         level = (unit / UNIFORM_STEP + (levels - 1) / 2).round().clamp(0, levels - 1).long()
         codes = (level * levels ** torch.arange(vec - 1, -1, -1, device=x.device)).sum(-1)
     else:
-        codes = nearest_code(unit, gaussian_codebook(vec, CODES, kind).to(x.device))
+        codes = nearest_code(unit, gaussian_codebook(vec, CODES, kind, device=x.device))
     return codes.view(*x.shape[:-1], d // vec).to(torch.uint8), scale
 
 
 def vq_dequantize(codes: torch.Tensor, scale: torch.Tensor, vec: int, kind: str = "codebook",
                   rotated: bool = False) -> torch.Tensor:
     """Inverse of ``vq_quantize`` (fp32); ``rotated=True`` stays in the Hadamard basis."""
-    cb = gaussian_codebook(vec, CODES, kind).to(codes.device)
+    cb = gaussian_codebook(vec, CODES, kind, device=codes.device)
     d = codes.shape[-1] * vec
     x = cb[codes.long()].reshape(*codes.shape[:-1], d) * scale[..., None].float()
-    return x if rotated else x @ hadamard(d).to(x.device).T
+    return x if rotated else x @ hadamard(d, x.device).T
 
 
 def quantize_kv4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +170,6 @@ class QLandmarkScorer(SoftmaxScorer):
         g = self.geometry
         k_hat = self.landmarks(summaries)
         B = query.shape[0]
-        q = (query.float() @ hadamard(g.head_dim).to(query.device)).reshape(B, g.num_kv_heads, g.group_size, g.head_dim)
+        q = (query.float() @ hadamard(g.head_dim, query.device)).reshape(B, g.num_kv_heads, g.group_size, g.head_dim)
         logits = torch.einsum("bhgd,bhnd->bhgn", q, k_hat) * scale
         return logits.reshape(B, g.num_q_heads, -1)

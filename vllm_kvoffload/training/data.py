@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import string
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +95,7 @@ def letters_sample(rng: random.Random) -> tuple[dict, str]:
 
     The induction probe's task (``training/induction_probe.py``): the shape here forms a copy head
     on it in about 200 steps, where the longer copy warm-up formed none in 650 (H100 runs 6-8)."""
-    text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(20, 80)))
+    text = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(20, 80)))
     return {"prompt": text}, text
 
 
@@ -104,7 +105,7 @@ def copy_sample(ctx: int, rng: random.Random) -> tuple[dict, str]:
     Nothing in them is predictable, so the only way to lower the loss is to copy: this is what
     makes induction (copy) heads form. (Sentences from the generators' word lists were tried
     first; the model completed them from priors and never learned to copy.)"""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    alphabet = string.ascii_lowercase + string.digits
     lines, size = [], 0
     # Short copies at short contexts: induction heads form within a few hundred steps on copies
     # of tens of characters, and not at all in 400 steps on copies of hundreds (H100 runs 5-6).
@@ -126,10 +127,6 @@ def phase(progress: float | None) -> tuple[tuple[int, int], tuple[tuple[str, flo
         if progress < upto:
             return ctx, mix
     return CURRICULUM[-1][1], CURRICULUM[-1][2]
-
-
-def context_range(progress: float | None) -> tuple[int, int]:
-    return phase(progress)[0]
 
 
 @dataclass
