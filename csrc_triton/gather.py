@@ -13,6 +13,8 @@ into device staging buffers sel_k/sel_v [B, Hkv, K, D]. Reference:
                 (``addr.to(tl.pointer_type(dtype))``), bypassing any checks.
     Grid (cdiv(K, BLOCK_T), Hkv, B): each program copies BLOCK_T rows of D
     elements per KV tensor (K and V), writes zeros past counts[b, h].
+(c) ``gather_cached``: (a) with a device cache, the previous step's selection of the same
+    (request, layer, KV head); tokens selected again are copied on the device.
 (b) ``gather_copy_engine``: idx to the host (one small D2H, synchronising), the rows
     gathered on the CPU with index_select into a pinned staging buffer, then one
     non_blocking H2D copy per tensor on a side stream (DMA engine, no SMs used).
@@ -121,3 +123,89 @@ def gather_copy_engine(host_kv, layer, cold_slots_cpu, idx, counts, out_k=None, 
         out_k.copy_(staging[0])
         out_v.copy_(staging[1])
     return out_k, out_v, stream
+
+
+# ---- (c) the device cache: last step's selection of each (request, KV head) -------------
+@triton.jit(do_not_specialize=['layer', 'K', 'KP', 'N_ITER', 's_slb', 's_ib', 's_ih', 's_ob', 's_oh',
+                               's_pib', 's_pih', 's_pob', 's_poh'])
+def _gather_cached_rows(
+    kv_arg, slots_ptr, idx_ptr, cnt_ptr, ok_ptr, ov_ptr,
+    prow_ptr, pidx_ptr, pcnt_ptr, pk_ptr, pv_ptr, stat_ptr,
+    layer, K, KP, N_ITER, Hkv,
+    s_slot, s_layer, s_kv, s_h, s_tok,    # host_kv [S, L, 2, Hkv, BS, D], D contiguous
+    s_slb,                                # cold_slots [B, max_cold_blocks]
+    s_ib, s_ih,                           # idx [B, Hkv, K]
+    s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D], same strides
+    s_pib, s_pih,                         # prev_idx [Bp, Hkv, KP]
+    s_pob, s_poh, s_pot,                  # prev_k and prev_v [Bp, Hkv, KP, D], same strides
+    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    d = tl.arange(0, D)
+    cnt = tl.load(cnt_ptr + b * Hkv + h)
+    jm = j < cnt
+    i = tl.load(idx_ptr + b * s_ib + h * s_ih + j, mask=jm, other=0)
+    # Where was token i in this request's previous selection? prev_idx rows are ascending
+    # (topk_select's contract), so a branch-free binary search over [0, pcnt) finds it.
+    prow = tl.load(prow_ptr + b)
+    pcnt = tl.load(pcnt_ptr + tl.maximum(prow, 0) * Hkv + h, mask=prow >= 0, other=0)
+    prev = pidx_ptr + prow.to(tl.int64) * s_pib + h * s_pih
+    lo = tl.zeros([BLOCK_T], tl.int32)
+    hi = tl.zeros([BLOCK_T], tl.int32) + pcnt
+    for _ in range(N_ITER):
+        live = lo < hi
+        mid = (lo + hi) // 2
+        v = tl.load(prev + mid, mask=live & jm, other=0)
+        go_right = live & (v < i)
+        lo = tl.where(go_right, mid + 1, lo)
+        hi = tl.where(live & ~go_right, mid, hi)
+    hit = jm & (lo < pcnt)
+    hit = hit & (tl.load(prev + lo, mask=hit, other=-1) == i)
+    miss = jm & ~hit
+    # hits: a device read of the cached row; misses: a zero-copy read over PCIe
+    csrc = prow.to(tl.int64) * s_pob + h * s_poh + lo.to(tl.int64)[:, None] * s_pot + d[None, :]
+    slot = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
+    hsrc = slot * s_slot + layer * s_layer + h * s_h + (i % BS) * s_tok
+    k = tl.where(hit[:, None], tl.load(pk_ptr + csrc, mask=hit[:, None], other=0.0),
+                 tl.load(kv_arg + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0))
+    v = tl.where(hit[:, None], tl.load(pv_ptr + csrc, mask=hit[:, None], other=0.0),
+                 tl.load(kv_arg + s_kv + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0))
+    dst = b.to(tl.int64) * s_ob + h * s_oh + j.to(tl.int64)[:, None] * s_ot + d[None, :]
+    om = (j < K)[:, None]
+    tl.store(ok_ptr + dst, k, mask=om)
+    tl.store(ov_ptr + dst, v, mask=om)
+    tl.atomic_add(stat_ptr, tl.sum(hit.to(tl.int64), 0))
+    tl.atomic_add(stat_ptr + 1, tl.sum(jm.to(tl.int64), 0))
+
+
+def gather_cached(host_kv, layer, cold_slots, idx, counts, prev_row, prev_idx, prev_counts, prev_k, prev_v,
+                  stats, out_k=None, out_v=None, block_t=32, num_warps=4):
+    """``gather_uva`` with a device cache: tokens that were in the same request's previous
+    selection of this layer (prev_* [Bp, Hkv, KP(, D)], row prev_row[b] or -1) are copied
+    on the device; only the others are read from the pinned pool. Same output as
+    ``gather_ref``. stats [2] int64 (device) accumulates (cache hits, tokens gathered)."""
+    B, Hkv, K = idx.shape
+    S, L, two, Hkv2, BS, D = host_kv.shape
+    assert two == 2 and Hkv2 == Hkv and host_kv.stride(-1) == 1 and counts.is_contiguous()
+    assert prev_counts.is_contiguous() and prev_idx.stride(-1) == 1 and prev_k.stride() == prev_v.stride()
+    assert prev_k.stride(-1) == 1 and prev_row.numel() == B and stats.dtype == torch.int64
+    if host_kv.device.type == "cpu" and not interpreting():
+        assert host_kv.is_pinned(), "zero-copy reads need pinned (page-locked) host memory"
+    mk = lambda: torch.empty(B, Hkv, K, D, dtype=host_kv.dtype, device=idx.device)  # noqa: E731
+    out_k = mk() if out_k is None else out_k
+    out_v = mk() if out_v is None else out_v
+    assert out_k.stride() == out_v.stride() and out_k.stride(-1) == 1
+    KP = prev_idx.shape[-1]
+    st = host_kv.stride()
+    _gather_cached_rows[(cdiv(K, block_t), Hkv, B)](
+        host_kv, cold_slots, idx, counts, out_k, out_v, prev_row, prev_idx, prev_counts, prev_k, prev_v, stats,
+        layer, K, KP, max(1, KP.bit_length()), Hkv,
+        st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
+        out_k.stride(0), out_k.stride(1), out_k.stride(2), prev_idx.stride(0), prev_idx.stride(1),
+        prev_k.stride(0), prev_k.stride(1), prev_k.stride(2),
+        D=D, BS=BS, BLOCK_T=block_t, num_warps=num_warps,
+    )
+    return out_k, out_v

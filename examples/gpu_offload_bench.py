@@ -2,6 +2,7 @@
 
     python examples/gpu_offload_bench.py correctness     # tiny bf16 models: stock vs offload
     python examples/gpu_offload_bench.py throughput      # dummy Llama-3.1-8B, 32K prompts
+    python examples/gpu_offload_bench.py profile         # where a decode step's time goes
 
 Each engine runs in its own subprocess, so every configuration starts with the
 whole GPU. Results go to $OUT (or ./gpu-results): correctness.json, throughput.json.
@@ -120,78 +121,189 @@ def correctness(args) -> dict:
     return report
 
 
-# ---- throughput: dummy Llama-3.1-8B at 32K ---------------------------------------------------
-def child_throughput(model: str, n_requests: int, context: int, out_tokens: int, offload: str | None,
-                     gpu_util: float) -> None:
-    import random
+# ---- throughput and profile: dummy Llama-3.1-8B at 32K, steady decode steps ----------------
+class SteadyEngine:
+    """An in-process engine (the parent sets VLLM_ENABLE_V1_MULTIPROCESSING=0, so the offload
+    runtime lives in this process) with ``n`` requests of ``context`` random tokens, ramped
+    until every request decodes: from then on each step decodes the whole batch."""
 
-    import torch
-    from vllm import LLM, SamplingParams
+    def __init__(self, model: str, n: int, context: int, offload: str | None, gpu_util: float,
+                 out_tokens: int, graphs: bool):
+        import random
 
-    kw = {}
-    if offload:
-        kw["additional_config"] = {"kv_offload": json.loads(offload)}
-    t0 = time.time()
-    llm = LLM(model=model, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_model_len=context + out_tokens + 16, gpu_memory_utilization=gpu_util,
-              enforce_eager=True, seed=0, max_num_seqs=max(n_requests, 1), **kw)
-    startup = time.time() - t0
-    engine = llm.llm_engine
-    rng = random.Random(0)
-    params = SamplingParams(max_tokens=out_tokens, temperature=0, ignore_eos=True, detokenize=False)
-    start = time.time()
-    for i in range(n_requests):
-        engine.add_request(str(i), {"prompt_token_ids": [rng.randrange(1000, 120000) for _ in range(context)]}, params)
-    first_token, produced, t_all_started, tokens_at_start, finished = {}, {}, None, 0, 0
-    peak_running = 0
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            n = len(out.outputs[0].token_ids)
-            produced[out.request_id] = n
-            if n and out.request_id not in first_token:
-                first_token[out.request_id] = time.time() - start
-            finished += out.finished
-        if t_all_started is None and len(first_token) == n_requests:
-            t_all_started, tokens_at_start = time.time(), sum(produced.values())
-    end = time.time()
-    decode_tokens = sum(produced.values()) - tokens_at_start
-    result = {
-        "n_requests": n_requests, "context": context, "out_tokens": out_tokens, "startup_s": round(startup, 1),
-        "decode_tok_s": decode_tokens / max(end - t_all_started, 1e-9),
-        "decode_tokens": decode_tokens, "decode_s": end - t_all_started,
-        "ttft_mean_s": sum(first_token.values()) / len(first_token), "ttft_max_s": max(first_token.values()),
-        "finished": finished, "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
-    }
-    prof = os.environ.get("VLLM_KVOFFLOAD_PROFILE")
-    if prof and Path(prof).exists():
-        result["profile"] = json.loads(Path(prof).read_text())
+        import torch
+        from vllm import LLM, SamplingParams
+
+        kw = {"additional_config": {"kv_offload": json.loads(offload)}} if offload else {}
+        t0 = time.time()
+        self.llm = LLM(model=model, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+                       max_model_len=context + out_tokens + 16, gpu_memory_utilization=gpu_util,
+                       enforce_eager=not graphs, seed=0, max_num_seqs=n, **kw)
+        self.startup_s = time.time() - t0
+        self.n = n
+        engine = self.engine = self.llm.llm_engine
+        vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
+        lo, hi = min(1000, vocab // 4), min(120000, vocab - 1)
+        rng = random.Random(0)
+        # out_tokens must outlast the ramp: the first requests decode while the last prefill
+        params = SamplingParams(max_tokens=out_tokens, temperature=0, ignore_eos=True, detokenize=False)
+        start = time.time()
+        for i in range(n):
+            engine.add_request(str(i), {"prompt_token_ids": [rng.randrange(lo, hi) for _ in range(context)]}, params)
+        first = {}
+        self.tokens: dict[str, int] = {}  # tokens generated so far per request
+        while len(first) < n:
+            for o in self.step():
+                if o.outputs[0].token_ids and o.request_id not in first:
+                    first[o.request_id] = time.time() - start
+        self.ttft = first
+        for _ in range(8):  # the last ones' first decode (their blocks go cold) is not a steady step
+            self.step()
+        self.sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # CPU: dry run
+
+    def step(self):
+        outs = self.engine.step()
+        self.tokens.update({o.request_id: len(o.outputs[0].token_ids) for o in outs})
+        return outs
+
+    def timed(self, steps: int) -> tuple[float, float]:
+        """(seconds per engine step, tokens per engine step) over ``steps`` steps, counted
+        from the outputs (a step need not decode every request); all must still run."""
+        self.sync()
+        before = sum(self.tokens.values())
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.sync()
+        dt = (time.perf_counter() - t) / steps
+        per_step = (sum(self.tokens.values()) - before) / steps
+        assert self.engine.get_num_unfinished_requests() == self.n, "a request finished: raise out_tokens"
+        running = len(self.engine.engine_core.engine_core.scheduler.running)
+        assert running == self.n, f"only {running} of {self.n} requests running (preempted): fewer requests"
+        return dt, per_step
+
+    def summary(self, timing: tuple[float, float]) -> dict:
+        import torch
+
+        from vllm_kvoffload.runtime import current_runtime
+
+        step_s, per_step = timing
+        t = sorted(self.ttft.values())
+        out = {"n_requests": self.n, "startup_s": round(self.startup_s, 1), "step_ms": 1e3 * step_s,
+               "tokens_per_step": per_step, "decode_tok_s": per_step / step_s,
+               "ttft_mean_s": sum(t) / len(t), "ttft_max_s": t[-1],
+               "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+        rt = current_runtime()
+        if rt is not None and rt.pool is not None:
+            out["cold_tokens_per_request"] = sorted(len(v) * rt.block_size for v in rt.cold.values())
+            out["fetch"] = rt.fetch_stats()
+            # one gathered row: the key and value of one token for one KV head of one layer
+            out["bytes_per_gathered_row"] = 2 * rt.pool.kv.shape[5] * rt.pool.kv.element_size()
+        return out
+
+
+def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
+                     graphs: bool) -> None:
+    """Decode tok/s of the full batch over ``steps`` steady steps; fetch counters over them."""
+    eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
+    from vllm_kvoffload.runtime import current_runtime
+
+    rt = current_runtime()
+    before = rt.fetch_stats() if rt is not None and rt.pool is not None else None
+    result = eng.summary(eng.timed(steps))
+    if before is not None:
+        after = result["fetch"]
+        gathered = after["tokens_gathered"] - before["tokens_gathered"]
+        hits = after["cache_hits"] - before["cache_hits"]
+        layers = len(rt.layer_index)
+        result["fetch"] = {"rows_per_step": gathered / steps, "cache_hit_rate": hits / gathered if gathered else None,
+                           "pcie_gb_per_step": (gathered - hits) * result["bytes_per_gathered_row"] / steps / 1e9,
+                           "layers": layers}
+        result["fetch"]["pcie_gb_s_at_this_step_time"] = result["fetch"]["pcie_gb_per_step"] / (result["step_ms"] / 1e3)
     print(json.dumps(result))
 
 
-def throughput(args) -> dict:
-    import torch
+def child_profile(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
+                  tag: str) -> None:
+    """``steps`` plain steps, then ``steps`` under torch.profiler (kernel time per step, top
+    kernels and host ops), then ``steps`` under cProfile (Python)."""
+    import cProfile
+    import io
+    import pstats
 
-    model = OUT / "llama-3.1-8b-dummy"
+    from torch.profiler import ProfilerActivity, profile
+
+    eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=False)
+    plain = eng.timed(steps)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        profiled, _ = eng.timed(steps)
+    ka = prof.key_averages()
+    # kernels and copies are the rows with no host time of their own
+    kernel_us = sum(e.self_device_time_total for e in ka if e.self_cpu_time_total == 0)
+    (OUT / f"profile-{tag}-gpu.txt").write_text(ka.table(sort_by="self_device_time_total", row_limit=40))
+    (OUT / f"profile-{tag}-cpu.txt").write_text(ka.table(sort_by="self_cpu_time_total", row_limit=40))
+    pr = cProfile.Profile()
+    pr.enable()
+    cprof, _ = eng.timed(steps)
+    pr.disable()
+    text = io.StringIO()
+    pstats.Stats(pr, stream=text).sort_stats("cumulative").print_stats(60)
+    (OUT / f"profile-{tag}-python.txt").write_text(text.getvalue())
+    print(json.dumps({"tag": tag, **eng.summary(plain), "steps": steps, "step_ms_under_torch_profiler": 1e3 * profiled,
+                      "kernel_ms_per_step": kernel_us / 1e3 / steps, "step_ms_under_cprofile": 1e3 * cprof}))
+
+
+def dummy_llama() -> Path:
+    model = Path(os.environ.get("BENCH_MODEL_DIR", "/tmp/llama-3.1-8b-dummy"))  # not under $OUT
     model.mkdir(parents=True, exist_ok=True)
     (model / "config.json").write_text(json.dumps(LLAMA_31_8B))
+    return model
+
+
+def offload_settings(args, budget: float, device_cache: bool = True) -> str:
+    return json.dumps({"scorer": args.scorer, "budget": budget, "window_tokens": 256, "sink_tokens": 16,
+                       "host_gb": args.host_gb, "device_cache": device_cache})
+
+
+def profile_steps(args) -> dict:
+    import torch
+
+    model = dummy_llama()
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    runs = [("stock", args.stock_requests, "", "0.9"),
+            (f"{args.scorer}-{args.budgets[0]}", args.offload_requests, offload_settings(args, args.budgets[0]),
+             str(args.offload_gpu_util))]
+    results = [run_child(["_profile", str(model), str(n), str(args.context), c, util, str(args.steps), tag], 600)
+               for tag, n, c, util in runs]
+    return {"device": torch.cuda.get_device_name(), "results": results}
+
+
+def throughput(args) -> dict:
+    """Stock, then the scorer at each budget (and without the device cache with
+    --no-cache-too), each in a fresh process, all against the stock figure of this run."""
+    import torch
+
+    model = dummy_llama()
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     device = torch.cuda.get_device_name()
-    results = []
-    stock = run_child(["_throughput", str(model), str(args.stock_requests), str(args.context),
-                       str(args.out_tokens), "", "0.9"], 600)
-    stock.update(config="stock", budget=None, device=device)
-    results.append(stock)
-    for budget in args.budgets:
-        cfg = {"scorer": "exact-topk", "budget": budget, "window_tokens": 256, "sink_tokens": 16,
-               "host_gb": args.host_gb}
-        os.environ["VLLM_KVOFFLOAD_PROFILE"] = str(OUT / f"profile-{budget}.json")
+    graphs = "1" if args.cuda_graphs else ""
+    stock = run_child(["_throughput", str(model), str(args.stock_requests), str(args.context), "", "0.9",
+                       str(args.steps), graphs], 600)
+    stock.update(config="stock", budget=None, device=device, context=args.context, cuda_graphs=args.cuda_graphs)
+    results = [stock]
+    variants = [(b, True) for b in args.budgets] + ([(args.budgets[0], False)] if args.no_cache_too else [])
+    for budget, cache in variants:
         r = run_child(["_throughput", str(model), str(args.offload_requests), str(args.context),
-                       str(args.out_tokens), json.dumps(cfg), str(args.offload_gpu_util)], 600)
-        r.update(config="exact-topk", budget=budget, device=device,
-                 stock_decode_tok_s=stock.get("decode_tok_s"), stock_n_requests=args.stock_requests)
+                       offload_settings(args, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs], 600)
+        r.update(config=args.scorer, budget=budget, device_cache=cache, device=device, context=args.context,
+                 cuda_graphs=args.cuda_graphs, stock_decode_tok_s=stock.get("decode_tok_s"),
+                 stock_n_requests=args.stock_requests)
         if "decode_tok_s" in r and stock.get("decode_tok_s"):
             r["speedup_vs_stock"] = r["decode_tok_s"] / stock["decode_tok_s"]
         results.append(r)
-    return {"device": device, "results": results}
+        print(json.dumps({k: r.get(k) for k in ("budget", "device_cache", "decode_tok_s", "speedup_vs_stock", "error")}),
+              flush=True)
+    return {"device": device, "command": " ".join(sys.argv), "results": results}
 
 
 def main() -> None:
@@ -199,7 +311,10 @@ def main() -> None:
         return child_greedy(sys.argv[2], sys.argv[3] or None, int(sys.argv[4]), sys.argv[5])
     if len(sys.argv) > 1 and sys.argv[1] == "_throughput":
         a = sys.argv[2:]
-        return child_throughput(a[0], int(a[1]), int(a[2]), int(a[3]), a[4] or None, float(a[5]))
+        return child_throughput(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), bool(a[6]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_profile":
+        a = sys.argv[2:]
+        return child_profile(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), a[6])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("correctness")
@@ -207,17 +322,23 @@ def main() -> None:
     c.add_argument("--archs", nargs="*", default=["llama", "qwen3"], help="random-weight tiny models")
     c.add_argument("--model", help="also a trained model folder (prompts: its held-out Text2JSON)")
     c.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    t = sub.add_parser("throughput")
-    t.add_argument("--context", type=int, default=32768)
-    t.add_argument("--out-tokens", type=int, default=64)
-    t.add_argument("--stock-requests", type=int, default=13)
-    t.add_argument("--offload-requests", type=int, default=16)
-    t.add_argument("--offload-gpu-util", type=float, default=0.45)
-    t.add_argument("--host-gb", type=float, default=64)
-    t.add_argument("--budgets", type=float, nargs="+", default=[0.03])
+    t = sub.add_parser("throughput", help="decode tok/s of full batches in steady state, against stock")
+    p = sub.add_parser("profile", help="time, torch.profiler and cProfile of steady decode steps")
+    for q in (t, p):
+        q.add_argument("--context", type=int, default=32768)
+        q.add_argument("--stock-requests", type=int, default=13, help="stock's maximum at 32K on an H100")
+        q.add_argument("--offload-requests", type=int, default=16, help="what a 64 GiB pinned pool holds at 32K")
+        q.add_argument("--offload-gpu-util", type=float, default=0.45,
+                       help="vLLM's share; the scorer's summaries live outside it")
+        q.add_argument("--host-gb", type=float, default=64)
+        q.add_argument("--scorer", default="exact-topk")
+        q.add_argument("--budgets", type=float, nargs="+", default=[0.03])
+        q.add_argument("--steps", type=int, default=8 if q is p else 32, help="timed steady steps")
+    t.add_argument("--no-cache-too", action="store_true", help="also the first budget without the device cache")
+    t.add_argument("--cuda-graphs", action="store_true", help="let vLLM capture CUDA graphs (both engines)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    report = correctness(args) if args.cmd == "correctness" else throughput(args)
+    report = {"correctness": correctness, "throughput": throughput, "profile": profile_steps}[args.cmd](args)
     (OUT / f"{args.cmd}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1)[-6000:])
 

@@ -79,3 +79,55 @@ def test_full_budget_equals_dense_over_the_original_cache():
         v = kv[..., D:].transpose(0, 1).flatten(1, 2)[:, :n]
         # exact-topk scores with bf16 keys, but at full budget every cold token is attended
         torch.testing.assert_close(out[i], dense_decode_attention(query[i], k, v, impl.scale), atol=1e-5, rtol=1e-5)
+
+
+def run_step(runtime, rows, table, query, check_per_row=True):
+    """One decode step over every layer of the batched path (optionally checked against the
+    per-row path); returns the last layer's output."""
+    impl = FlashLayoutImpl()
+    runtime.plan_batched(rows, table)
+    for name, layer in runtime.layers.items():
+        out = torch.full_like(query, float("nan"))
+        runtime._decode_batched(name, impl, query, layer.kv_cache, out)
+        if check_per_row:
+            ref = torch.empty_like(query)
+            runtime._decode_rows(name, impl, query, layer.kv_cache, rows, ref)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    return out
+
+
+def test_device_cache_serves_reselected_tokens_across_reordered_rows():
+    runtime, rows, table, _ = setup(0.2)
+    q1 = torch.randn(3, HQ, D)
+    run_step(runtime, rows, table, q1)
+    first = runtime.fetch_stats()
+    assert first["cache_hits"] == 0 and first["tokens_gathered"] > 0
+    order = [2, 0, 1]  # vLLM may reorder its batch between steps
+    q2 = (q1 + 0.05 * torch.randn_like(q1))[order]  # the next queries, close to the last ones
+    run_step(runtime, [rows[i] for i in order], table[order], q2)
+    stats = runtime.fetch_stats()
+    gathered = stats["tokens_gathered"] - first["tokens_gathered"]
+    assert gathered > 0 and stats["cache_hits"] > 0.5 * gathered
+
+
+def test_device_cache_rows_are_read_instead_of_the_pool_and_dropped_on_release():
+    runtime, rows, table, _ = setup(0.2)
+    query = torch.randn(3, HQ, D)
+    before = run_step(runtime, rows, table, query)
+    runtime.pool.kv.fill_(float("nan"))  # from here on, any read of the pool shows
+    runtime.apply_plan(SimpleNamespace(released=["b"], copies=[]), 64)  # b finished; its id came back
+    runtime.cold["b"] = rows[1].cold_slots.tolist()
+    after = run_step(runtime, rows, table, query, check_per_row=False)
+    torch.testing.assert_close(after[0], before[0])  # a: the same selection, all from the cache
+    assert after[1].isnan().all()  # b: its cache rows were dropped, so it read the (poisoned) pool
+    torch.testing.assert_close(after[2], before[2])  # c: nothing cold
+
+
+def test_device_cache_off_reads_the_pool():
+    runtime, rows, table, _ = setup(0.2)
+    runtime.config = runtime.config.model_copy(update={"device_cache": False})
+    query = torch.randn(3, HQ, D)
+    run_step(runtime, rows, table, query)
+    runtime.pool.kv.fill_(float("nan"))
+    after = run_step(runtime, rows, table, query, check_per_row=False)
+    assert after[0].isnan().all() and runtime.fetch_stats()["cache_hits"] == 0

@@ -19,6 +19,7 @@ FLAGS = {
     "-host-gb": "host_gb",
     "-host-blocks": "host_blocks",
     "-topp": "topp",
+    "-device-cache": "device_cache",
 }
 
 
@@ -64,6 +65,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-offload-topp", dest="kv_offload_topp", type=_field_type("topp"),
                        help="Adaptive budget: keep cold tokens until their estimated attention "
                             "mass reaches this share in (0, 1]; the budget is the upper bound.")
+    group.add_argument("--kv-offload-device-cache", dest="kv_offload_device_cache",
+                       action=argparse.BooleanOptionalAction, default=None,
+                       help="Reuse the previous step's fetched tokens on the device; only newly "
+                            "selected tokens cross PCIe. Default: on.")
 
 
 def flags_to_config(args: argparse.Namespace, additional_config: dict | None) -> dict | None:

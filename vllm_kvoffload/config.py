@@ -48,6 +48,10 @@ class KVOffloadConfig(BaseModel):
     host_gb: float = Field(default=4.0, gt=0)
     """Host-pool size in GiB when ``host_blocks`` is not given."""
 
+    device_cache: bool = True
+    """Keep each (request, layer, KV head)'s last selection on the device and copy the
+    tokens selected again from there, so only new ones cross PCIe (GPU token path)."""
+
     topp: float | None = Field(default=None, gt=0, le=1)
     """Adaptive budget: keep tokens until their estimated attention mass reaches
     this share (bounded above by ``budget``)."""
@@ -141,6 +145,8 @@ def _explain(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             known = ", ".join(KVOffloadConfig.model_fields)
             msg = f"unknown setting; accepted settings: {known}"
+        elif e["type"] == "bool_parsing":
+            msg = f"{e['input']!r} is not a boolean; accepted: true or false"
         elif "input" in e and not msg.startswith(("unknown scorer", "budget")):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(msg if msg.startswith(field) else f"{field}: {msg}")

@@ -91,6 +91,12 @@ def configure(vllm_config) -> None:
     if sched.scheduler_cls not in (None, SCHEDULER_CLS, DEFAULT_SCHEDULER_CLS):
         logger.warning("kv_offload replaces --scheduler-cls %s with %s", sched.scheduler_cls, SCHEDULER_CLS)
     sched.scheduler_cls = SCHEDULER_CLS
+    if sched.async_scheduling:
+        # vLLM resolved async scheduling for its own AsyncScheduler. Ours is a plain Scheduler:
+        # with two batches in flight it schedules only the requests whose last token is back,
+        # so each forward pass would decode about half the batch.
+        logger.info("kv_offload: async scheduling is turned off (the offload scheduler is synchronous)")
+        sched.async_scheduling = False
     if vllm_config.cache_config.enable_prefix_caching:
         logger.info("kv_offload: prefix caching is turned off (offloaded blocks leave the device)")
         vllm_config.cache_config.enable_prefix_caching = False

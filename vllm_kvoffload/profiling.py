@@ -1,8 +1,8 @@
 """Opt-in timing of the decode path: set VLLM_KVOFFLOAD_PROFILE=/path/profile.json.
 
 The worker brackets each phase (score, select, fetch, attend) with CUDA events and
-every 64 steps writes cumulative milliseconds, call counts and PCIe bytes to that
-file. Off (the default), ``phase`` costs one dict lookup."""
+every 64 steps writes cumulative milliseconds, call counts and the runtime's fetch
+counters (tokens gathered, device-cache hits) to that file. Off (the default), ``phase`` costs one dict lookup."""
 
 import json
 import os
@@ -19,11 +19,7 @@ class PhaseTimer:
         self.pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self.ms: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self.fetched = None  # device scalar: bytes read over PCIe (no host sync per layer)
         self.steps = 0
-
-    def add_fetched(self, nbytes: torch.Tensor) -> None:
-        self.fetched = nbytes.double() if self.fetched is None else self.fetched + nbytes
 
     @contextmanager
     def phase(self, name: str):
@@ -33,7 +29,8 @@ class PhaseTimer:
         end.record()
         self.pending.append((name, start, end))
 
-    def step_done(self) -> None:
+    def step_done(self, fetch_stats) -> None:
+        """fetch_stats: a callable returning the runtime's counters (syncs; called rarely)."""
         self.steps += 1
         if self.steps % 64:
             return
@@ -43,8 +40,7 @@ class PhaseTimer:
             self.calls[name] = self.calls.get(name, 0) + 1
         self.pending.clear()
         with open(self.path, "w") as f:
-            json.dump({"steps": self.steps, "ms": self.ms, "calls": self.calls,
-                       "fetch_bytes": float(self.fetched) if self.fetched is not None else 0.0}, f)
+            json.dump({"steps": self.steps, "ms": self.ms, "calls": self.calls, "fetch": fetch_stats()}, f)
 
 
 TIMER = PhaseTimer(PATH) if PATH and torch.cuda.is_available() else None

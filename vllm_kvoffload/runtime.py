@@ -46,6 +46,13 @@ class OffloadRuntime:
         self.cold: dict[str, list[int]] = {}  # req id -> host slots in logical order
         self.runner = None  # the model runner, for the batch's request ids
         self.batched: dict | None = None  # this step's device plan for the Triton path
+        # The device cache (batched path): per layer, the last step's (idx, counts, keys,
+        # values) of every decode row; rows follow ``cached_req_ids``. Invariant: an entry
+        # holds copies of its request's host-pool rows, so reading it equals reading the pool.
+        self.cached: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.cached_req_ids: list[str | None] = []
+        self.released: set[str] = set()  # since the last plan: their cache rows are stale
+        self.fetch_counts: torch.Tensor | None = None  # device int64 [cache hits, tokens gathered]
 
     # ---- set-up -------------------------------------------------------------
     def add_layer(self, name: str, layer: torch.nn.Module) -> None:
@@ -68,6 +75,7 @@ class OffloadRuntime:
     def apply_plan(self, plan, num_slots: int) -> None:
         for req_id in plan.released:
             self.cold.pop(req_id, None)
+            self.released.add(req_id)
         if not plan.copies:
             return
         first = next(iter(self.layers.values()))
@@ -147,10 +155,33 @@ class OffloadRuntime:
         budgets = torch.tensor([r.budget for r in rows], dtype=torch.int32)
         k = max(1, min(int(budgets.max()), int(cold_lens.max())))
         res_lens = torch.tensor([r.resident_tokens for r in rows], dtype=torch.int32)
+        any_cold = bool(cold_lens.max() > 0)
         self.batched = dict(
             res_table=res.to(dev), res_lens=res_lens.to(dev), cold_slots=cold.to(dev),
-            cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=bool(cold_lens.max() > 0),
-            cold_blocks=[r.cold_slots.numel() for r in rows])
+            cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=any_cold,
+            cold_blocks=[r.cold_slots.numel() for r in rows], cache_rows=self._cache_rows(rows, any_cold, dev))
+
+    def _cache_rows(self, rows: list[DecodeRow], any_cold: bool, device) -> torch.Tensor | None:
+        """Row of each decode row's request in the device cache (-1: none), or None when
+        the cache is off or empty. Every layer rewrites the cache this step, so it then
+        follows this step's rows."""
+        if self.fetch_counts is None:
+            self.fetch_counts = torch.zeros(2, dtype=torch.int64, device=device)
+        where = {rid: i for i, rid in enumerate(self.cached_req_ids) if rid is not None and rid not in self.released}
+        self.released.clear()
+        if not (self.config.device_cache and any_cold):
+            self.cached, self.cached_req_ids = {}, []
+            return None
+        self.cached_req_ids = [r.req_id for r in rows]
+        if not self.cached:
+            return None
+        return torch.tensor([where.get(r.req_id, -1) for r in rows], dtype=torch.int32).to(device)
+
+    def fetch_stats(self) -> dict:
+        """Tokens gathered for decode attention so far, and the share the device cache served."""
+        hits, gathered = self.fetch_counts.tolist() if self.fetch_counts is not None else (0, 0)
+        return {"tokens_gathered": gathered, "cache_hits": hits,
+                "cache_hit_rate": hits / gathered if gathered else None}
 
     def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
         tk = batched_ops(query.is_cuda)
@@ -164,9 +195,15 @@ class OffloadRuntime:
             with phase("select"):
                 idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
             with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
-                sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts)
-            if TIMER is not None:
-                TIMER.add_fetched(counts.sum() * (D * 2 * self.pool.kv.element_size()))
+                cached = self.cached.get(layer) if b["cache_rows"] is not None else None
+                if cached is None:
+                    sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts)
+                    self.fetch_counts[1] += counts.sum()
+                else:
+                    sel_k, sel_v = tk.gather_cached(self.pool.kv, layer, b["cold_slots"], idx, counts,
+                                                    b["cache_rows"], *cached, self.fetch_counts)
+                if self.config.device_cache:
+                    self.cached[layer] = (idx, counts, sel_k, sel_v)
         else:
             sel_k = sel_v = query.new_zeros(B, Hkv, 1, D)
             counts = torch.zeros(B, Hkv, dtype=torch.int32, device=query.device)
@@ -174,7 +211,7 @@ class OffloadRuntime:
             tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], sel_k, sel_v, counts,
                              impl.scale, out=output)
         if TIMER is not None and layer == len(self.layer_index) - 1:
-            TIMER.step_done()
+            TIMER.step_done(self.fetch_stats)
 
     # ---- reference path: one request at a time, pure torch --------------------------------
     def _decode_rows(self, layer_name: str, impl, query: torch.Tensor, kv_cache: torch.Tensor,

@@ -54,3 +54,45 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path):
             out = torch.where(valid, out, 0)
         assert not out.float().isnan().any(), seed
         assert torch.equal(out, ref), seed
+
+
+@pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
+def test_gather_cached(device, B, Hkv, L, bs, D, max_cold, K):
+    """Rows selected again come from the cache, the rest from the pool. The cache here holds
+    values unlike the pool's, so a row read from the wrong side is caught."""
+    from vllm_kvoffload.ops.gather_cached_ref import gather_cached_ref
+    from vllm_kvoffload.ops.triton_kernels import gather_cached
+
+    seed = torch.seed() % 2**31
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    # The previous step: one fewer row than now, in another order; row -1 is a new request.
+    Bp, KP = max(1, B - 1), K + 3
+    prev_row = torch.randperm(B, generator=g).int()
+    prev_row = torch.where(prev_row >= Bp, -1, prev_row)
+    pidx = torch.zeros(Bp, Hkv, KP, dtype=torch.int32)
+    pcnt = torch.zeros(Bp, Hkv, dtype=torch.int32)
+    for b in range(B):
+        p = int(prev_row[b])
+        for h in range(Hkv if p >= 0 else 0):
+            now = idx[b, h, : int(cnt[b, h])].cpu()
+            keep = now[torch.rand(now.numel(), generator=g) < 0.6]  # about 60% selected again
+            other = torch.randint(0, max_cold + 50, (int(torch.randint(0, KP - keep.numel() + 1, (1,), generator=g)),),
+                                  generator=g).int()
+            both = torch.cat([keep, other]).unique()[:KP]  # sorted, distinct
+            pidx[p, h, : both.numel()] = both
+            pcnt[p, h] = both.numel()
+    pk = torch.randn(Bp, Hkv, KP, D, generator=g).to(torch.bfloat16).to(device)
+    pv = torch.randn(Bp, Hkv, KP, D, generator=g).to(torch.bfloat16).to(device)
+    prev = [t.to(device) for t in (prev_row, pidx, pcnt)]
+    stats = torch.zeros(2, dtype=torch.int64, device=device)
+    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=torch.bfloat16, device=device)
+    ov = torch.full_like(ok, float("nan"))
+    gather_cached(host, L - 1, slots.to(device), idx, cnt, *prev, pk, pv, stats, out_k=ok, out_v=ov,
+                  block_t=16 if INTERPRET else 32)
+    ref_stats = torch.zeros(2, dtype=torch.int64, device=device)
+    rk, rv = gather_cached_ref(host, L - 1, slots, idx, cnt, *prev, pk, pv, ref_stats)
+    assert not ok.float().isnan().any() and not ov.float().isnan().any(), seed
+    assert torch.equal(ok, rk) and torch.equal(ov, rv), seed
+    assert stats.tolist() == ref_stats.tolist(), seed
+    assert ref_stats[0] > 0 or int(cnt.sum()) == 0 or (prev_row < 0).all(), seed  # the test saw hits

@@ -125,3 +125,4 @@ def test_offload_admits_more_concurrent_long_requests(tiny_llama, monkeypatch):
     release(llm)
     print(f"\npeak concurrent decoding requests with a 64-block device pool: stock {stock}, offload {ours}")
     assert ours > stock
+

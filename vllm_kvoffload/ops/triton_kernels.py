@@ -45,6 +45,7 @@ def __getattr__(attr: str):
         "topk_select": "topk",
         "gather_uva": "gather",
         "gather_copy_engine": "gather",
+        "gather_cached": "gather",
         "store_blocks_uva": "offload",
     }
     if attr in where:
