@@ -59,12 +59,16 @@ def child_greedy(model: str, offload: str | None, n_tokens: int, prompts_file: s
         prompts = [text[:n] for n in (1001, 2477, 3999, 5555)]
         params = SamplingParams(max_tokens=n_tokens, temperature=0, ignore_eos=True, logprobs=1)
     outs = llm.generate(prompts, params)
+    from vllm_kvoffload.runtime import current_runtime  # set when the engine runs in this process
+
+    rt = current_runtime()
+    fetch = rt.fetch_stats() if rt is not None and rt.pool is not None else None
     rows = []
     for o in outs:
         c = o.outputs[0]
         rows.append({"tokens": list(c.token_ids),
                      "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, c.token_ids)]})
-    print(json.dumps({"rows": rows}))
+    print(json.dumps({"rows": rows, "fetch": fetch}))
 
 
 def compare_rows(ref: dict, other: dict) -> dict:
@@ -102,6 +106,8 @@ def trained_prompts(model: str) -> str:
 def correctness(args) -> dict:
     from vllm_kvoffload.tiny_model import build_tiny_model
 
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # children read the runtime's fetch counters
+
     report = {}
     models = {arch: (str(build_tiny_model(OUT / f"tiny-{arch}-d64", arch, max_len=8192, hidden=256, heads=8,
                                           kv_heads=2, head_dim=64, seed=1)), "") for arch in args.archs}
@@ -114,7 +120,8 @@ def correctness(args) -> dict:
             cfg = VARIANTS[name]
             r = run_child(["_greedy", model, json.dumps(cfg) if cfg else "", str(args.tokens), prompts], 600)
             if "rows" in r and "rows" in stock:
-                entry[name] = {**compare_rows(stock, r), "tokens": [len(x["tokens"]) for x in r["rows"]]}
+                entry[name] = {**compare_rows(stock, r), "tokens": [len(x["tokens"]) for x in r["rows"]],
+                               "fetch": r.get("fetch")}
             else:
                 entry[name] = {"error": r.get("error"), "log_tail": r.get("log_tail", "")[-1500:]}
         report[arch] = entry
