@@ -1,4 +1,6 @@
-"""Plot docs/results/throughput.json and the decode-step profile into docs/results/throughput.png.
+"""Plot docs/results/throughput.json into docs/results/throughput.png: decode tokens/s of
+each configuration beside the stock run of the same call, with the ratio and the device
+cache's hit rate.
 
     python examples/plot_throughput.py [--results docs/results]
 """
@@ -13,32 +15,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def label(r: dict) -> str:
+    if r["config"] == "stock":
+        return f"stock\n{r['n_requests']} req"
+    cache = "cache" if r.get("device_cache") else "no cache"
+    return f"{r['config']} {r['budget']:.1%}\n{r['n_requests']} req, {cache}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="docs/results")
     args = parser.parse_args()
     res = Path(args.results)
     data = json.loads((res / "throughput.json").read_text())
-    rows = data["results"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{r['config']}\n{r['n_requests']} req" + (f", {r['budget']:.0%}" if r["budget"] else "") for r in rows]
-    ax1.bar(labels, [r["decode_tok_s"] for r in rows], color=["tab:gray"] + ["tab:blue"] * (len(rows) - 1))
-    ax1.set_ylabel("decode tokens/s")
-    ax1.set_title(f"{data['device']}, {rows[0]['context'] // 1024}K prompts, eager")
-    for r in rows[1:]:
-        prof = r.get("profile")
-        if not prof:
-            continue
-        steps = prof["steps"]
-        step_ms = 1000 * r["decode_s"] / (r["decode_tokens"] / r["n_requests"])
-        parts = {k: v / steps for k, v in prof["ms"].items()}
-        parts["rest (model, host)"] = max(0.0, step_ms - sum(parts.values()))
-        left = 0.0
-        for name, ms in parts.items():
-            ax2.barh([f"budget {r['budget']:.0%}"], [ms], left=left, label=f"{name} {ms:.0f} ms")
-            left += ms
-    ax2.set_xlabel("ms per decode step (kernel phases: mean over profiled steps)")
-    ax2.legend(fontsize=8, loc="lower right")
+    fig, axes = plt.subplots(1, len(data["runs"]), figsize=(5.5 * len(data["runs"]), 4.2), sharey=True)
+    for ax, run in zip(axes, data["runs"]):
+        rows = [r for r in run["results"] if "decode_tok_s" in r]
+        bars = ax.bar([label(r) for r in rows], [r["decode_tok_s"] for r in rows],
+                      color=["tab:gray" if r["config"] == "stock" else "tab:blue" for r in rows])
+        for bar, r in zip(bars, rows):
+            if r["config"] == "stock":
+                continue
+            hit = (r.get("fetch") or {}).get("cache_hit_rate") if r.get("device_cache") else None
+            text = f"{r['speedup_vs_stock']:.2f}x" + (f"\nhits {hit:.0%}" if hit is not None else "")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=8)
+        ax.set_title(run["command"].split("throughput")[-1].strip() or "defaults", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0].set_ylabel("decode tokens/s (steady, full batch)")
+    fig.suptitle(f"{data['device']}: dummy Llama-3.1-8B, 32K prompts, eager; ratios against the stock run of the same call",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(res / "throughput.png", dpi=120)
     print(res / "throughput.png")
