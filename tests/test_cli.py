@@ -23,6 +23,14 @@ def test_flags_become_additional_config():
                                                  "budget": 0.1, "window_tokens": 64}}
 
 
+def test_device_cache_flag_turns_the_cache_off_and_on():
+    off = flags_to_config(parse("--kv-offload", "exact-topk", "--no-kv-offload-device-cache"), None)
+    assert off["kv_offload"]["device_cache"] is False
+    on = flags_to_config(parse("--kv-offload", "exact-topk", "--kv-offload-device-cache"), None)
+    assert on["kv_offload"]["device_cache"] is True
+    assert "device_cache" not in flags_to_config(parse("--kv-offload", "exact-topk"), None)["kv_offload"]
+
+
 def test_no_flags_leave_config_alone():
     assert flags_to_config(parse(), None) is None
 
@@ -37,7 +45,8 @@ def test_vllm_serve_help_lists_flags():
     out = subprocess.run(["vllm", "serve", "--help=all"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in ("--kv-offload ", "--kv-offload-budget", "--kv-offload-sink-tokens",
-                 "--kv-offload-window-tokens", "--kv-offload-granularity", "--kv-offload-topp"):
+                 "--kv-offload-window-tokens", "--kv-offload-granularity", "--kv-offload-topp",
+                 "--kv-offload-device-cache"):
         assert flag in out.stdout, flag
     assert "exact-topk" in out.stdout
 

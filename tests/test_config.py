@@ -50,3 +50,9 @@ def test_window_must_fit_the_model():
 
 def test_scorer_names():
     assert {"exact-topk", "oracle"} <= set(available())
+
+
+def test_device_cache_must_be_a_boolean():
+    with pytest.raises(KVOffloadConfigError, match="'maybe' is not a boolean; accepted: true or false"):
+        KVOffloadConfig.parse({"scorer": "exact-topk", "device_cache": "maybe"})
+    assert KVOffloadConfig.parse({"scorer": "exact-topk"}).device_cache is True
