@@ -65,10 +65,8 @@ def _gather_rows(
     tl.store(ov_ptr + dst, v, mask=om)
 
 
-def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
-               mode="tensor", block_t=32, num_warps=4):
-    """Same contract as ``gather_ref``; cold_slots/idx/counts/out on the device,
-    host_kv pinned on the host (or on the device, or CPU under the interpreter)."""
+def _checked_outputs(host_kv, idx, counts, out_k, out_v):
+    """Shared checks of the zero-copy gathers; allocates the staging outputs [B, Hkv, K, D]."""
     B, Hkv, K = idx.shape
     S, L, two, Hkv2, BS, D = host_kv.shape
     assert two == 2 and Hkv2 == Hkv and host_kv.stride(-1) == 1 and counts.is_contiguous()
@@ -78,6 +76,16 @@ def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
     out_k = mk() if out_k is None else out_k
     out_v = mk() if out_v is None else out_v
     assert out_k.stride() == out_v.stride() and out_k.stride(-1) == 1
+    return out_k, out_v
+
+
+def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
+               mode="tensor", block_t=32, num_warps=4):
+    """Same contract as ``gather_ref``; cold_slots/idx/counts/out on the device,
+    host_kv pinned on the host (or on the device, or CPU under the interpreter)."""
+    B, Hkv, K = idx.shape
+    BS, D = host_kv.shape[-2:]
+    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v)
     arg = host_kv if mode == "tensor" else host_kv.data_ptr()
     st = host_kv.stride()
     _gather_rows[(cdiv(K, block_t), Hkv, B)](
@@ -188,16 +196,10 @@ def gather_cached(host_kv, layer, cold_slots, idx, counts, prev_row, prev_idx, p
     on the device; only the others are read from the pinned pool. Same output as
     ``gather_ref``. stats [2] int64 (device) accumulates (cache hits, tokens gathered)."""
     B, Hkv, K = idx.shape
-    S, L, two, Hkv2, BS, D = host_kv.shape
-    assert two == 2 and Hkv2 == Hkv and host_kv.stride(-1) == 1 and counts.is_contiguous()
+    BS, D = host_kv.shape[-2:]
+    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v)
     assert prev_counts.is_contiguous() and prev_idx.stride(-1) == 1 and prev_k.stride() == prev_v.stride()
     assert prev_k.stride(-1) == 1 and prev_row.numel() == B and stats.dtype == torch.int64
-    if host_kv.device.type == "cpu" and not interpreting():
-        assert host_kv.is_pinned(), "zero-copy reads need pinned (page-locked) host memory"
-    mk = lambda: torch.empty(B, Hkv, K, D, dtype=host_kv.dtype, device=idx.device)  # noqa: E731
-    out_k = mk() if out_k is None else out_k
-    out_v = mk() if out_v is None else out_v
-    assert out_k.stride() == out_v.stride() and out_k.stride(-1) == 1
     KP = prev_idx.shape[-1]
     st = host_kv.stride()
     _gather_cached_rows[(cdiv(K, block_t), Hkv, B)](
