@@ -173,39 +173,50 @@ class SteadyEngine:
         self.tokens.update({o.request_id: len(o.outputs[0].token_ids) for o in outs})
         return outs
 
-    def timed(self, steps: int) -> tuple[float, float]:
-        """(seconds per engine step, tokens per engine step) over ``steps`` steps, counted
-        from the outputs (a step need not decode every request); all must still run."""
+    def timed(self, steps: int) -> dict:
+        """Seconds and tokens per engine step over ``steps`` steps (tokens counted from the
+        outputs: a step need not decode every request), and the offload runtime's fetch
+        counters over them. Every request must still run."""
+        from vllm_kvoffload.runtime import current_runtime
+
+        rt = current_runtime()
+        rt = rt if rt is not None and rt.pool is not None else None
         self.sync()
-        before = sum(self.tokens.values())
+        tokens, fetched = sum(self.tokens.values()), rt.fetch_stats() if rt else None
         t = time.perf_counter()
         for _ in range(steps):
             self.step()
         self.sync()
-        dt = (time.perf_counter() - t) / steps
-        per_step = (sum(self.tokens.values()) - before) / steps
+        step_s = (time.perf_counter() - t) / steps
         assert self.engine.get_num_unfinished_requests() == self.n, "a request finished: raise out_tokens"
         running = len(self.engine.engine_core.engine_core.scheduler.running)
         assert running == self.n, f"only {running} of {self.n} requests running (preempted): fewer requests"
-        return dt, per_step
+        out = {"step_s": step_s, "tokens_per_step": (sum(self.tokens.values()) - tokens) / steps, "fetch": None}
+        if rt:
+            now = rt.fetch_stats()
+            gathered = now["tokens_gathered"] - fetched["tokens_gathered"]
+            hits = now["cache_hits"] - fetched["cache_hits"]
+            row_bytes = 2 * rt.pool.kv.shape[5] * rt.pool.kv.element_size()  # K and V of one token, head, layer
+            pcie_gb = (gathered - hits) * row_bytes / steps / 1e9
+            out["fetch"] = {"rows_per_step": gathered / steps, "cache_hit_rate": hits / gathered if gathered else None,
+                            "pcie_gb_per_step": pcie_gb, "layers": len(rt.layer_index),
+                            "pcie_gb_s_at_this_step_time": pcie_gb / step_s, "bytes_per_gathered_row": row_bytes}
+        return out
 
-    def summary(self, timing: tuple[float, float]) -> dict:
+    def summary(self, timing: dict) -> dict:
         import torch
 
         from vllm_kvoffload.runtime import current_runtime
 
-        step_s, per_step = timing
         t = sorted(self.ttft.values())
-        out = {"n_requests": self.n, "startup_s": round(self.startup_s, 1), "step_ms": 1e3 * step_s,
-               "tokens_per_step": per_step, "decode_tok_s": per_step / step_s,
+        out = {"n_requests": self.n, "startup_s": round(self.startup_s, 1), "step_ms": 1e3 * timing["step_s"],
+               "tokens_per_step": timing["tokens_per_step"], "decode_tok_s": timing["tokens_per_step"] / timing["step_s"],
                "ttft_mean_s": sum(t) / len(t), "ttft_max_s": t[-1],
                "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
         rt = current_runtime()
-        if rt is not None and rt.pool is not None:
+        if timing["fetch"] is not None:
             out["cold_tokens_per_request"] = sorted(len(v) * rt.block_size for v in rt.cold.values())
-            out["fetch"] = rt.fetch_stats()
-            # one gathered row: the key and value of one token for one KV head of one layer
-            out["bytes_per_gathered_row"] = 2 * rt.pool.kv.shape[5] * rt.pool.kv.element_size()
+            out["fetch"] = timing["fetch"]
         return out
 
 
@@ -213,21 +224,7 @@ def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_
                      graphs: bool) -> None:
     """Decode tok/s of the full batch over ``steps`` steady steps; fetch counters over them."""
     eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
-    from vllm_kvoffload.runtime import current_runtime
-
-    rt = current_runtime()
-    before = rt.fetch_stats() if rt is not None and rt.pool is not None else None
-    result = eng.summary(eng.timed(steps))
-    if before is not None:
-        after = result["fetch"]
-        gathered = after["tokens_gathered"] - before["tokens_gathered"]
-        hits = after["cache_hits"] - before["cache_hits"]
-        layers = len(rt.layer_index)
-        result["fetch"] = {"rows_per_step": gathered / steps, "cache_hit_rate": hits / gathered if gathered else None,
-                           "pcie_gb_per_step": (gathered - hits) * result["bytes_per_gathered_row"] / steps / 1e9,
-                           "layers": layers}
-        result["fetch"]["pcie_gb_s_at_this_step_time"] = result["fetch"]["pcie_gb_per_step"] / (result["step_ms"] / 1e3)
-    print(json.dumps(result))
+    print(json.dumps(eng.summary(eng.timed(steps))))
 
 
 def child_profile(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
@@ -243,7 +240,7 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
     eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=False)
     plain = eng.timed(steps)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        profiled, _ = eng.timed(steps)
+        profiled = eng.timed(steps)["step_s"]
     ka = prof.key_averages()
     # kernels and copies are the rows with no host time of their own
     kernel_us = sum(e.self_device_time_total for e in ka if e.self_cpu_time_total == 0)
@@ -251,7 +248,7 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
     (OUT / f"profile-{tag}-cpu.txt").write_text(ka.table(sort_by="self_cpu_time_total", row_limit=40))
     pr = cProfile.Profile()
     pr.enable()
-    cprof, _ = eng.timed(steps)
+    cprof = eng.timed(steps)["step_s"]
     pr.disable()
     text = io.StringIO()
     pstats.Stats(pr, stream=text).sort_stats("cumulative").print_stats(60)

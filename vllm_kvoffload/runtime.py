@@ -52,7 +52,7 @@ class OffloadRuntime:
         self.cached: dict[int, tuple[torch.Tensor, ...]] = {}
         self.cached_req_ids: list[str | None] = []
         self.released: set[str] = set()  # since the last plan: their cache rows are stale
-        self.fetch_counts: torch.Tensor | None = None  # device int64 [cache hits, tokens gathered]
+        self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
 
     # ---- set-up -------------------------------------------------------------
     def add_layer(self, name: str, layer: torch.nn.Module) -> None:
@@ -67,6 +67,7 @@ class OffloadRuntime:
             scorer = create_scorer(self.config.scorer, geometry)
             self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
                                  impl.head_size, kv_cache.dtype, scorer, kv_cache.device)
+            self.fetch_counts = torch.zeros(2, dtype=torch.int64, device=kv_cache.device)
             logger.info("kv_offload: host pool of %d blocks (%.2f GiB), scorer %s", num_slots,
                         self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, scorer.name)
         return self.pool
@@ -165,8 +166,6 @@ class OffloadRuntime:
         """Row of each decode row's request in the device cache (-1: none), or None when
         the cache is off or empty. Every layer rewrites the cache this step, so it then
         follows this step's rows."""
-        if self.fetch_counts is None:
-            self.fetch_counts = torch.zeros(2, dtype=torch.int64, device=device)
         where = {rid: i for i, rid in enumerate(self.cached_req_ids) if rid is not None and rid not in self.released}
         self.released.clear()
         if not (self.config.device_cache and any_cold):
