@@ -135,11 +135,7 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     block_n = block_n or min(64, chunk or 64)
     chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
     NC = max(1, cdiv(n_max, chunk))
-    dev = query.device
-    logits = torch.empty(B, Hq, n_max, device=dev, dtype=torch.float32)
-    pm = torch.empty(B, Hq, NC, device=dev, dtype=torch.float32)
-    ps = torch.empty_like(pm)
-    mass = torch.empty(B, Hkv, n_max, device=dev, dtype=torch.float32) if out is None else out
+    logits, pm, ps = workspace(B, Hq, n_max, NC, query.device)
     ks = key_scale if fp8 else keys
     s_s = (key_scale.stride(0), key_scale.stride(1)) if fp8 else (0, 0)
     if fp8:
@@ -151,9 +147,26 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n, FP8=fp8, F32=interpreting(),
         num_warps=num_warps, num_stages=num_stages,
     )
+    return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
+
+
+def workspace(B: int, Hq: int, n_max: int, NC: int, device: torch.device):
+    """The first pass's outputs: logits [B, Hq, n_max] and per-chunk max / sum [B, Hq, NC], fp32."""
+    logits = torch.empty(B, Hq, n_max, device=device, dtype=torch.float32)
+    pm = torch.empty(B, Hq, NC, device=device, dtype=torch.float32)
+    return logits, pm, torch.empty_like(pm)
+
+
+def finish_mass(logits, pm, ps, cold_lens, Hkv: int, chunk: int, out=None):
+    """The second pass, shared by every first pass that fills ``workspace`` with log2-scaled
+    logits and per-chunk (max, sum) over chunks of ``chunk`` tokens: mass [B, Hkv, n_max]."""
+    B, Hq, n_max = logits.shape
+    NC = pm.shape[2]
+    G = Hq // Hkv
+    mass = torch.empty(B, Hkv, n_max, device=logits.device, dtype=torch.float32) if out is None else out
     _score_mass[(NC, Hkv, B)](
         logits, pm, ps, cold_lens, mass, Hq, Hkv, n_max, NC,
-        G=G, G_PAD=G_PAD, NC_PAD=max(2, next_pow2(NC)), CHUNK=chunk, BLOCK_N=256, num_warps=4,
+        G=G, G_PAD=max(16, next_pow2(G)), NC_PAD=max(2, next_pow2(NC)), CHUNK=chunk, BLOCK_N=256, num_warps=4,
     )
     return mass
 

@@ -160,7 +160,7 @@ class OffloadRuntime:
         self.batched = dict(
             res_table=res.to(dev), res_lens=res_lens.to(dev), cold_slots=cold.to(dev),
             cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=any_cold,
-            cold_blocks=[r.cold_slots.numel() for r in rows], cache_rows=self._cache_rows(rows, any_cold, dev))
+            cache_rows=self._cache_rows(rows, any_cold, dev))
 
     def _cache_rows(self, rows: list[DecodeRow], any_cold: bool, device) -> torch.Tensor | None:
         """Row of each decode row's request in the device cache (-1: none), or None when
@@ -190,7 +190,7 @@ class OffloadRuntime:
         if b["any_cold"]:
             with phase("score"):
                 mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
-                                                      b["cold_blocks"], b["cold_lens"], impl.scale)
+                                                      b["cold_lens"], impl.scale)
             with phase("select"):
                 idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
             with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe

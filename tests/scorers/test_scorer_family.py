@@ -192,3 +192,17 @@ def test_kv4_roundtrip_error_and_size():
     assert codes.dtype == torch.uint8 and codes.shape == (64, 64)
     assert 0.03 < err < 0.15  # ~4-bit VQ of a Gaussian source
     assert kv4_bytes_per_token_head(128) == 66
+
+
+def test_lrqk_summary_is_the_best_rank_r_approximation():
+    """The proxy keys A @ B of an lrqk block are its best rank-8 approximation: the residual
+    equals the norm of the dropped singular values (Eckart-Young), up to bf16 storage."""
+    g = KVGeometry(num_kv_heads=2, num_q_heads=4, head_dim=64, block_size=32, dtype=torch.bfloat16)
+    scorer = create_scorer("lrqk", g)
+    torch.manual_seed(3)
+    keys = torch.randn(5, 2, 32, 8) @ torch.randn(8, 64) + 0.3 * torch.randn(5, 2, 32, 64)  # near rank 8
+    s = scorer.summarize(keys).float()
+    basis, coeff = s[..., : 8 * 64].view(5, 2, 8, 64), s[..., 8 * 64:].view(5, 2, 32, 8)
+    resid = (keys - coeff @ basis).flatten(2).norm(dim=-1)
+    best = torch.linalg.svdvals(keys)[..., 8:].norm(dim=-1)
+    torch.testing.assert_close(resid, best, rtol=0.03, atol=0.0)

@@ -47,6 +47,9 @@ def __getattr__(attr: str):
         "gather_copy_engine": "gather",
         "gather_cached": "gather",
         "store_blocks_uva": "offload",
+        "qlandmark_mass": "score_summary",
+        "infinigen_mass": "score_summary",
+        "lrqk_mass": "score_summary",
     }
     if attr in where:
         return getattr(load(where[attr]), attr)

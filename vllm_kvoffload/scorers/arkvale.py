@@ -40,8 +40,8 @@ class ArkValeScorer(QuestScorer):  # same page digests (min/max bounds), its own
     default_page_size = 32
     cache_pages_per_topk = 2  # page_budget / page_topk
 
-    def score_batched(self, query, summaries, cold_slots, cold_blocks, cold_lens, scale):
-        return shared_over_kv_heads(super().score_batched(query, summaries, cold_slots, cold_blocks, cold_lens,
+    def score_batched(self, query, summaries, cold_slots, cold_lens, scale):
+        return shared_over_kv_heads(super().score_batched(query, summaries, cold_slots, cold_lens,
                                                           scale))
 
     def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:

@@ -19,6 +19,8 @@ from typing import ClassVar
 
 import torch
 
+from vllm_kvoffload.ops import batched_ops
+
 
 @dataclass(frozen=True)
 class KVGeometry:
@@ -57,16 +59,16 @@ class Scorer(ABC):
         non-negative, each row summing to the group size (one unit per query head)."""
 
     def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
-                      cold_blocks: list[int], cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                      cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
         """The batched decode path's scoring: query [B, Hq, D]; ``summaries`` one layer's
-        table [num_slots, ...]; cold_slots [B, max_cold] (device); each row's cold blocks
-        (``cold_blocks``, host ints) and cold tokens (``cold_lens``, device int32 [B]) ->
-        mass [B, Hkv, max_cold * block_size], -inf past each row's cold tokens (never
-        selected). One ``score`` per row; a scorer with a fused kernel overrides this."""
+        table [num_slots, ...]; cold_slots [B, max_cold] (device); each row's cold tokens
+        (``cold_lens``, device int32 [B], whole blocks) -> mass [B, Hkv, max_cold * block_size],
+        -inf past each row's cold tokens (never selected). Every registered scorer overrides
+        this with a batched path; this fallback loops over the rows (one host sync)."""
         B, bs = query.shape[0], self.geometry.block_size
         mass = torch.full((B, self.geometry.num_kv_heads, cold_slots.shape[1] * bs), float("-inf"),
                           device=query.device)
-        for b, n in enumerate(cold_blocks):
+        for b, n in enumerate((cold_lens // bs).tolist()):
             if n:
                 mass[b, :, : n * bs] = self.score(query[b], summaries[cold_slots[b, :n].long()], scale)
         return mass
@@ -111,8 +113,19 @@ class SoftmaxScorer(Scorer):
         logits = self.cold_logits(query[None], summaries[None], scale)[0]
         return group_softmax_mass(logits, self.geometry.num_kv_heads)
 
+    def fused_mass(self, kernels, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
+                   cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
+        """The GPU path: ``score_batched``'s result from the scorer's fused Triton kernel
+        (``csrc_triton/score_summary.py``, reached through ``kernels``), which reads each
+        block's summary once instead of materialising every cold token's estimated key."""
+        raise NotImplementedError
+
     def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
-                      cold_blocks: list[int], cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                      cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
+        g = self.geometry
+        if query.is_cuda and g.block_size >= 16 and g.block_size & (g.block_size - 1) == 0 \
+                and g.head_dim & (g.head_dim - 1) == 0:  # the fused kernels' tile constraints
+            return self.fused_mass(batched_ops(True), query, summaries, cold_slots, cold_lens, scale)
         # padding slots are gathered too (any valid slot); their tokens are masked out below
         logits = self.cold_logits(query, summaries[cold_slots.long()], scale)
-        return masked_group_mass(logits, cold_lens, self.geometry.num_kv_heads)
+        return masked_group_mass(logits, cold_lens, g.num_kv_heads)

@@ -33,6 +33,6 @@ class ExactTopKScorer(Scorer):
         logits = torch.einsum("hgd,hnd->hgn", q, keys) * scale
         return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)
 
-    def score_batched(self, query, summaries, cold_slots, cold_blocks, cold_lens, scale):
+    def score_batched(self, query, summaries, cold_slots, cold_lens, scale):
         """The summaries are the keys: the fused scoring kernel, one launch for the batch."""
         return batched_ops(query.is_cuda).score_mass(query, summaries, None, cold_slots, cold_lens, scale)

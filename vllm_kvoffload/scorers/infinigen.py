@@ -24,8 +24,9 @@ Deviations (the interface gives neither weights nor the next layer's input):
     upper bound on InfiniGen's; the layer-ahead prefetch only changes timing.
   * the ``alpha`` threshold is the engine's top-p budget (``--kv-offload-topp``)
     and the budget cap its top-k.
-GPU path: every row of the decode batch at once in torch (``SoftmaxScorer``); a fused
-gather-channels + partial GEMV + softmax Triton kernel is not written.
+GPU path: ``csrc_triton/score_summary.py::infinigen_mass``, one launch for the decode batch
+(plus the shared softmax pass): per block, the query is gathered on the block's kept channels
+and multiplied with the partial keys in registers. CPU: the torch ``cold_logits`` below.
 """
 
 from __future__ import annotations
@@ -67,3 +68,6 @@ class InfiniGenScorer(SoftmaxScorer):
         q_sel = q.gather(-1, idx[:, :, :, None, :].expand(-1, -1, -1, g.group_size, -1))  # [B, C, H, G, r]
         logits = torch.einsum("bchgr,bchtr->bhgct", q_sel, part) * scale
         return logits.reshape(B, g.num_q_heads, C * g.block_size)
+
+    def fused_mass(self, kernels, query, summaries, cold_slots, cold_lens, scale):
+        return kernels.infinigen_mass(query, summaries, cold_slots, cold_lens, scale)

@@ -8,9 +8,12 @@ cache (hits are free, misses are transferred) and attends over them exactly.
 
 Device summary of a block, per KV head (bf16, ``r * D + block_size * r``
 values): a rank-``r`` factorization of the block's post-RoPE keys,
-``K ~= A @ B`` with ``B`` [r, D] (the top right singular vectors) and
-``A = K B^T`` [block_size, r]. The proxy logit is ``(q B^T) . a_t``, i.e.
-``q . k_hat`` for the block's best rank-``r`` approximation.
+``K ~= A @ B`` with ``A`` [block_size, r] the top-``r`` eigenvectors of the Gram
+matrix ``K K^T`` (orthonormal columns: the top left singular vectors) and
+``B = A^T K`` [r, D]. ``A @ B`` is the block's best rank-``r`` approximation
+(Eckart-Young); the proxy logit is ``(q B^T) . a_t = q . k_hat_t``. The Gram
+route (a batched ``eigh`` of ``block_size x block_size`` matrices) replaces an SVD
+of ``block_size x D`` ones, which CUDA solves one matrix at a time.
 
 Defaults: ``rank=8`` per 32-token block (a quarter of the block's rank, as
 LRQK's 32 is a quarter of head_dim).
@@ -23,8 +26,9 @@ summarize time):
   * hit/miss transfer is state across steps: the engine gathers the selected
     tokens every step; the selection benchmark simulates LRQK's device cache
     (LRU over tokens, capacity 2x the budget) to report PCIe bytes as misses.
-GPU path: every row of the decode batch at once in torch (``SoftmaxScorer``); a fused
-per-block "project q, then GEMV with A" Triton kernel is not written.
+GPU path: ``csrc_triton/score_summary.py::lrqk_mass``, one launch for the decode batch (plus
+the shared softmax pass): per block, q is projected on the basis and multiplied with the
+coefficients in registers. CPU: the torch ``cold_logits`` below.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import torch
 
 from vllm_kvoffload.scorers import register
 from vllm_kvoffload.scorers.base import SoftmaxScorer
+
+EIGH_BATCH = 1024
 
 
 @register
@@ -50,8 +56,12 @@ class LRQKScorer(SoftmaxScorer):
         nb, h, bs, d = keys.shape
         r = min(self.rank, bs, d)
         k = keys.float()
-        basis = torch.linalg.svd(k, full_matrices=False).Vh[..., :r, :]  # [nb, H, r, D], orthonormal rows
-        coeff = k @ basis.transpose(-1, -2)                              # [nb, H, bs, r]
+        gram = (k @ k.transpose(-1, -2)).flatten(0, 1)                              # [nb * H, bs, bs]
+        # batched eigh's workspace grows with the batch (about 0.3 MB per 16 x 16 matrix on CUDA):
+        # at most EIGH_BATCH matrices per call bounds it
+        coeff = torch.cat([torch.linalg.eigh(g).eigenvectors[..., -r:] for g in gram.split(EIGH_BATCH)])
+        coeff = coeff.view(nb, h, bs, r)                                             # top r, orthonormal
+        basis = coeff.transpose(-1, -2) @ k                                         # [nb, H, r, D]
         return torch.cat([basis.flatten(2), coeff.flatten(2)], -1).to(torch.bfloat16)
 
     def cold_logits(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
@@ -65,3 +75,7 @@ class LRQKScorer(SoftmaxScorer):
         proj = torch.einsum("bhgd,bchrd->bchgr", q, basis)  # q on each block's basis
         logits = torch.einsum("bchgr,bchtr->bhgct", proj, coeff) * scale
         return logits.reshape(B, g.num_q_heads, C * g.block_size)
+
+    def fused_mass(self, kernels, query, summaries, cold_slots, cold_lens, scale):
+        r = min(self.rank, self.geometry.block_size, self.geometry.head_dim)
+        return kernels.lrqk_mass(query, summaries, r, cold_slots, cold_lens, scale)

@@ -33,9 +33,10 @@ channel + a bf16 scale: 66 bytes per token-head for D=128, vs 256 in bf16).
 The host pool stores K/V in the model dtype, so the engine does not apply it;
 the selection benchmark reports its accuracy and PCIe trade-off.
 
-GPU path: every row of the decode batch at once in torch (``SoftmaxScorer``), which
-dequantizes the whole cold range; a fused "dequantize landmark + q.k + softmax" Triton
-kernel, which would not, is not written.
+GPU path: ``csrc_triton/score_summary.py::qlandmark_mass``, one launch for the decode batch
+(plus the shared softmax pass): the query is rotated once (a [B*Hq, D] x [D, D] product), and
+each program dequantizes its blocks' codes in registers (codebook in L1), so only the 34-byte
+summaries are read from HBM. CPU: the torch ``cold_logits`` below, which is its reference.
 """
 
 from __future__ import annotations
@@ -173,3 +174,8 @@ class QLandmarkScorer(SoftmaxScorer):
         q = (query.float() @ hadamard(g.head_dim, query.device)).reshape(B, g.num_kv_heads, g.group_size, g.head_dim)
         logits = torch.einsum("bhgd,bhnd->bhgn", q, k_hat) * scale
         return logits.reshape(B, g.num_q_heads, -1)
+
+    def fused_mass(self, kernels, query, summaries, cold_slots, cold_lens, scale):
+        q_rot = query.float() @ hadamard(self.geometry.head_dim, query.device)
+        codebook = gaussian_codebook(VEC, CODES, self.grid, device=query.device)
+        return kernels.qlandmark_mass(q_rot, summaries, codebook, cold_slots, cold_lens, scale)

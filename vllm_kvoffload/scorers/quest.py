@@ -76,7 +76,7 @@ class QuestScorer(Scorer):
         mass = group_softmax_mass(logits, g.num_kv_heads)
         return (mass / self.page_size).repeat_interleave(self.page_size, dim=-1)
 
-    def score_batched(self, query, summaries, cold_slots, cold_blocks, cold_lens, scale):
+    def score_batched(self, query, summaries, cold_slots, cold_lens, scale):
         return batched_page_mass(batched_ops(query.is_cuda).score_mass, query, summaries, cold_slots, cold_lens,
                                  self.page_size, scale)
 

@@ -27,14 +27,17 @@ exact keys from the host):
     outside it; to keep ShadowKV's outlier share, their number scales with the
     cold context: 48 per 128K tokens (``outliers_per_token``), at least 0.
   * A chunk score is broadcast to its tokens as mass / chunk_size.
-GPU path: the landmark GEMM + softmax is a plain dense kernel (no custom
-Triton kernel needed beyond the shared top-k).
+Batched path (``score_batched``, the whole decode batch with no loop over requests): the
+landmarks are scored as keys by the exact-topk kernel (``csrc_triton/score.py``: a block of
+the summary table holds ``block_size / 8`` landmark "tokens"), then the outliers of every row
+are promoted at once (a stable sort of the cosines, cut at each row's own count).
 """
 
 from __future__ import annotations
 
 import torch
 
+from vllm_kvoffload.ops import batched_ops
 from vllm_kvoffload.scorers import register
 from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
 
@@ -73,11 +76,35 @@ class ShadowKVScorer(Scorer):
         g = self.geometry
         mass = self.chunk_mass(query, summaries, scale)
         n_chunks = mass.shape[1]
-        n_out = min(n_chunks, round(self.outliers_per_token * n_chunks * self.chunk_size))
+        n_out = min(n_chunks, self.outlier_count(n_chunks * self.chunk_size))
         if n_out:
             cos = summaries[..., g.head_dim].transpose(0, 1).reshape(g.num_kv_heads, -1).float()
-            out = cos.topk(n_out, dim=-1, largest=False).indices
+            out = cos.sort(dim=-1, stable=True).indices[:, :n_out]  # lowest cosine first; ties by position
             # outlier chunks outrank every other chunk: add the row max to them
             mass = mass.scatter_add(-1, out, mass.amax(-1, keepdim=True).expand_as(out))
             mass = mass * (g.group_size / mass.sum(-1, keepdim=True))
         return (mass / self.chunk_size).repeat_interleave(self.chunk_size, dim=-1)
+
+    def outlier_count(self, cold_tokens):
+        """Outlier chunks of a row with ``cold_tokens`` cold tokens (an int, or a tensor of them)."""
+        x = self.outliers_per_token * cold_tokens
+        return round(x) if isinstance(x, float) else x.round().long()  # both round half to even
+
+    def score_batched(self, query, summaries, cold_slots, cold_lens, scale):
+        g = self.geometry
+        cs, D = self.chunk_size, g.head_dim
+        n_chunks = (cold_lens // cs).to(torch.int32)
+        # chunk masses [B, Hkv, C]: the landmarks [S, Hkv, chunks_per_block, D] scored as keys
+        mass = batched_ops(query.is_cuda).score_mass(query, summaries[..., :D], None, cold_slots, n_chunks, scale)
+        C = mass.shape[-1]
+        valid = torch.arange(C, device=mass.device)[None, None, :] < n_chunks.long()[:, None, None]
+        n_out_max = min(C, self.outlier_count(C * cs))
+        if n_out_max:
+            cos = summaries[cold_slots.long(), :, :, D].transpose(1, 2).reshape(mass.shape).float()
+            order = cos.masked_fill(~valid, float("inf")).sort(dim=-1, stable=True).indices[..., :n_out_max]
+            rank_ok = torch.arange(n_out_max, device=mass.device) < self.outlier_count(n_chunks.long() * cs)[:, None]
+            row_max = mass.amax(-1, keepdim=True).clamp_min(0)  # 0 on rows without cold chunks
+            mass = mass.scatter_add(-1, order, (row_max * rank_ok[:, None, :]).expand_as(order))
+            total = mass.masked_fill(~valid, 0).sum(-1, keepdim=True)
+            mass = torch.where(valid, mass * (g.group_size / total.clamp_min(1e-30)), float("-inf"))
+        return (mass / cs).repeat_interleave(cs, dim=-1)

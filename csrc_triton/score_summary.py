@@ -1,0 +1,183 @@
+"""Fused scoring of cold tokens from compact summaries: qlandmark, infinigen and lrqk.
+
+Each scorer's torch ``cold_logits`` (``vllm_kvoffload/scorers/<name>.py``, the reference)
+rebuilds an estimated key per cold token and takes ``scale * q.k``; the mass is the
+softmax over the row's cold tokens, summed over the GQA group. Here one program per
+(chunk of cold tokens, KV head, request) walks its chunk one block at a time, reads the
+block's summary once (never a rebuilt key in HBM), and writes log2-scaled logits plus
+per-chunk (max, sum) into the workspace of ``score.py``, whose second pass
+(``finish_mass``) turns them into masses. Per block and KV head ``h`` (query heads
+``hG..hG+G-1``, token ``t`` of the block):
+
+  qlandmark  summary uint8 [BS, D/4 + 2]: codes c[t, j] into a [256, 4] codebook, then a
+             bf16 scale s[t] (two bytes, little-endian). l = (qH) . (cb[c[t, d/4], d%4] * s[t]),
+             with the query already rotated (qH, fp32) by the dispatcher.
+  infinigen  summary bf16 [BS + 1, R]: row 0 the block's R kept channel indices, rows 1.. the
+             keys on them. l = q[idx] . part[t].
+  lrqk       summary bf16 [R * D + BS * R]: basis B [R, D], then coefficients A [BS, R].
+             l = (q B^T) . A[t].
+
+qlandmark walks tiles of several blocks (64 tokens by default) and holds the 4 KB codebook in
+the program (``tl.gather`` from registers / shared memory): on an H100 that is 6x faster than
+gathering each code's entry from global memory (``local_cb=False``, kept as the cross-check),
+see ``examples/gpu_scorers.py`` and docs/kernels.md. The per-block kinds walk one block per step.
+
+Tile constraints: D and BS powers of two, BS >= 16 (``tl.dot``); the dispatchers raise
+otherwise, and the scorers fall back to their torch path for smaller blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, cdiv, interpreting, mma, next_pow2
+from .score import finish_mass, plan, workspace
+
+NEG = tl.constexpr(-1.0e30)
+QLANDMARK, INFINIGEN, LRQK = 0, 1, 2
+VEC = 4  # channels per qlandmark code
+
+
+@triton.jit
+def _qlandmark_tile(tok, tmask, cb_ptr, cb, q, D: tl.constexpr, BLOCK_N: tl.constexpr, LOCAL_CB: tl.constexpr):
+    # tok [BLOCK_N]: each token's summary row (D/4 codes, then 2 scale bytes)
+    offs_j = tl.arange(0, D // 4)
+    offs_v = tl.arange(0, 4)
+    code = tl.load(tok[:, None] + offs_j[None, :], mask=tmask[:, None], other=0).to(tl.int32)  # [N, D/4]
+    entry = (code * 4)[:, :, None] + offs_v[None, None, :]                        # [N, D/4, 4]
+    if LOCAL_CB:  # the codebook held by the program (registers / shared memory)
+        k_unit = tl.reshape(tl.gather(cb, tl.reshape(entry, (BLOCK_N * D,)), 0), (BLOCK_N, D))
+    else:  # gathered from global memory (L1)
+        k_unit = tl.reshape(tl.load(cb_ptr + entry), (BLOCK_N, D))                 # channel 4j + v
+    lo = tl.load(tok + D // 4, mask=tmask, other=0).to(tl.uint16)
+    hi = tl.load(tok + D // 4 + 1, mask=tmask, other=0).to(tl.uint16)
+    s = (lo | (hi << 8)).to(tl.bfloat16, bitcast=True).to(tl.float32)            # [N]
+    return tl.dot(q, tl.trans(k_unit)) * s[None, :]                               # [G_PAD, N]
+
+
+@triton.jit
+def _infinigen_tile(base, q_rows, gmask, offs_t, R, R_PAD: tl.constexpr, F32: tl.constexpr):
+    offs_r = tl.arange(0, R_PAD)
+    rmask = offs_r < R
+    idx = tl.load(base + offs_r, mask=rmask, other=0.0).to(tl.int32)            # kept channels
+    q_sel = tl.load(q_rows[:, None] + idx[None, :], mask=gmask[:, None] & rmask[None, :], other=0.0)
+    part = tl.load(base + (1 + offs_t)[:, None] * R + offs_r[None, :], mask=rmask[None, :], other=0.0)
+    return mma(q_sel.to(part.dtype), tl.trans(part), F32)                        # [G_PAD, BS]
+
+
+@triton.jit
+def _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD: tl.constexpr, D: tl.constexpr, F32: tl.constexpr):
+    offs_r = tl.arange(0, R_PAD)
+    rmask = offs_r < R
+    basis = tl.load(base + offs_r[:, None] * D + offs_d[None, :], mask=rmask[:, None], other=0.0)  # [R_PAD, D]
+    coeff = tl.load(base + R * D + offs_t[:, None] * R + offs_r[None, :], mask=rmask[None, :], other=0.0)
+    proj = mma(q.to(basis.dtype), tl.trans(basis), F32)                          # [G_PAD, R_PAD] fp32
+    return tl.dot(proj, tl.trans(coeff.to(tl.float32)))                          # [G_PAD, BS]
+
+
+@triton.jit(do_not_specialize=['s_slb', 'N_MAX', 'NC', 'CHUNK', 'R'])  # per-step sizes: no recompiles
+def _summary_logits(
+    q_ptr, s_ptr, cb_ptr, slots_ptr, len_ptr, lg_ptr, pm_ptr, ps_ptr,
+    qk_scale,
+    s_qb, s_qh,                    # query [B, Hq, D]
+    s_sslot, s_sh,                 # summaries [S, Hkv, ...], each (slot, head) row contiguous
+    s_slb,                         # cold_slots [B, max_cold_blocks]
+    Hq, N_MAX, NC, CHUNK, R,
+    G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, R_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, KIND: tl.constexpr, F32: tl.constexpr, LOCAL_CB: tl.constexpr,
+):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_g = tl.arange(0, G_PAD)
+    offs_d = tl.arange(0, D)
+    offs_t = tl.arange(0, BLOCK_N)  # qlandmark: any multiple of BS; the per-block kinds: BS
+    gmask = offs_g < G
+    qh = h * G + offs_g
+    q_rows = q_ptr + b * s_qb + qh * s_qh
+    q = tl.load(q_rows[:, None] + offs_d[None, :], mask=gmask[:, None], other=0.0)
+    n = tl.load(len_ptr + b)
+    lo = c * CHUNK  # a multiple of BS: chunks hold whole blocks
+    hi = tl.minimum(lo + CHUNK, n)
+    lg_row = (b * Hq + qh).to(tl.int64) * N_MAX
+    m_i = tl.full([G_PAD], NEG, tl.float32)
+    s_i = tl.zeros([G_PAD], tl.float32)
+    cb = tl.load(cb_ptr + tl.arange(0, 1024)) if KIND == 0 and LOCAL_CB else 0.0  # [256 x 4] codebook
+    for start in range(lo, hi, BLOCK_N):
+        t = start + offs_t
+        tmask = t < hi
+        if KIND == 0:  # per-token summaries: a tile may span several blocks
+            slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
+            tok = s_ptr + slot * s_sslot + h * s_sh + (t % BS) * (D // 4 + 2)
+            l = _qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB)
+        else:  # per-block summaries: one block per tile
+            slot = tl.load(slots_ptr + b * s_slb + start // BS).to(tl.int64)
+            base = s_ptr + slot * s_sslot + h * s_sh
+            if KIND == 1:
+                l = _infinigen_tile(base, q_rows, gmask, offs_t, R, R_PAD, F32)
+            else:
+                l = _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD, D, F32)
+        l = tl.where(tmask[None, :], l * qk_scale, float("-inf"))
+        tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=gmask[:, None] & tmask[None, :])
+        m_new = tl.maximum(m_i, tl.max(l, 1))
+        s_i = s_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(l - m_new[:, None]), 1)
+        m_i = m_new
+    ws = (b * Hq + qh) * NC + c
+    tl.store(pm_ptr + ws, m_i, mask=gmask)
+    tl.store(ps_ptr + ws, s_i, mask=gmask)
+
+
+def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_lens, scale, out=None,
+            chunk=None, block_n=None, num_warps=4, local_cb=False):
+    B, Hq, D = query.shape
+    S, Hkv = summaries.shape[:2]
+    bs = {QLANDMARK: lambda: summaries.shape[2], INFINIGEN: lambda: summaries.shape[2] - 1,
+          LRQK: lambda: (summaries.shape[2] - rank * D) // rank}[kind]()
+    if D != next_pow2(D) or bs != next_pow2(bs) or bs < 16:
+        raise ValueError(f"fused summary scoring needs power-of-two head_dim and block_size >= 16, "
+                         f"got head_dim={D}, block_size={bs}")
+    if query.stride(-1) != 1 or summaries[0, 0].numel() != summaries.stride(1) or summaries.stride(-1) != 1:
+        raise ValueError("query rows and each (slot, KV head) summary must be contiguous")
+    n_max = cold_slots.shape[1] * bs
+    block_n = block_n or bs
+    assert block_n % bs == 0 and (kind == QLANDMARK or block_n == bs), (block_n, bs)
+    chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
+    assert chunk % block_n == 0, (chunk, block_n)
+    NC = max(1, cdiv(n_max, chunk))
+    logits, pm, ps = workspace(B, Hq, n_max, NC, query.device)
+    G = Hq // Hkv
+    _summary_logits[(NC, Hkv, B)](
+        query, summaries, codebook if codebook is not None else summaries, cold_slots, cold_lens,
+        logits, pm, ps, scale * LOG2E,
+        query.stride(0), query.stride(1), summaries.stride(0), summaries.stride(1), cold_slots.stride(0),
+        Hq, n_max, NC, chunk, max(rank, 1),
+        G=G, G_PAD=max(16, next_pow2(G)), D=D, BS=bs, R_PAD=max(16, next_pow2(rank)),
+        BLOCK_N=block_n, KIND=kind, F32=interpreting(), LOCAL_CB=local_cb, num_warps=num_warps,
+    )
+    return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
+
+
+def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, scale, out=None, chunk=None,
+                   block_n=None, num_warps=4, local_cb=True):
+    """query_rotated [B, Hq, D] fp32 (the query times the Hadamard matrix); summaries
+    [S, Hkv, BS, D/4 + 2] uint8; codebook [256, 4] fp32 -> mass [B, Hkv, max_cold * BS]."""
+    assert summaries.dtype == torch.uint8 and codebook.shape == (256, VEC) and codebook.is_contiguous()
+    assert summaries.shape[-1] == query_rotated.shape[-1] // VEC + 2
+    bs = summaries.shape[2]
+    block_n = block_n or max(bs, 64)  # tokens per tile (several blocks): fewer, longer loop steps
+    return _launch(QLANDMARK, query_rotated.float(), summaries, codebook.float(), 0, cold_slots, cold_lens,
+                   scale, out, chunk, block_n, num_warps, local_cb)
+
+
+def infinigen_mass(query, summaries, cold_slots, cold_lens, scale, out=None, chunk=None):
+    """summaries [S, Hkv, BS + 1, R] bf16 (row 0: channel indices) -> mass [B, Hkv, max_cold * BS]."""
+    return _launch(INFINIGEN, query, summaries, None, summaries.shape[-1], cold_slots, cold_lens, scale,
+                   out, chunk)
+
+
+def lrqk_mass(query, summaries, rank, cold_slots, cold_lens, scale, out=None, chunk=None):
+    """summaries [S, Hkv, rank * D + BS * rank] bf16 (basis, then coefficients)
+    -> mass [B, Hkv, max_cold * BS]."""
+    return _launch(LRQK, query, summaries, None, rank, cold_slots, cold_lens, scale, out, chunk)

@@ -1,0 +1,106 @@
+"""The fused summary scorers (csrc_triton/score_summary.py: qlandmark, infinigen, lrqk) against
+each scorer's own torch ``score``, one request at a time, on fresh random keys and paddings that
+are not multiples of the tile (G = 7, rows without cold blocks, slots in random order)."""
+
+import pytest
+import torch
+
+from conftest import CUDA, INTERPRET, rel_err
+
+triton = pytest.importorskip("triton")
+
+from vllm_kvoffload.ops import triton_kernels  # noqa: E402
+from vllm_kvoffload.scorers import create_scorer  # noqa: E402
+from vllm_kvoffload.scorers.base import KVGeometry  # noqa: E402
+
+CASES = [  # B, Hq, Hkv, D, block_size, cold blocks per row
+    (3, 8, 2, 64, 16, [5, 0, 3]),
+    (2, 4, 4, 64, 32, [7, 2]),
+    (2, 16, 2, 128, 16, [3, 1]),
+]
+if not INTERPRET:
+    CASES += [(8, 32, 8, 128, 16, [301, 7, 0, 150, 299, 1, 64, 33]), (4, 28, 4, 64, 32, [1001, 3, 500, 77])]
+
+
+def make_case(name, B, Hq, Hkv, D, bs, cold, device):
+    seed = torch.seed() % 2**31
+    g = torch.Generator().manual_seed(seed)
+    scorer = create_scorer(name, KVGeometry(num_kv_heads=Hkv, num_q_heads=Hq, head_dim=D, block_size=bs,
+                                            dtype=torch.bfloat16))
+    slots_total = sum(cold) + 4
+    bias = torch.randn(Hkv, 1, D, generator=g) * 0.5  # keys with a per-head offset, like real ones
+    keys = (torch.randn(slots_total, Hkv, bs, D, generator=g) * 2 + bias[None]).to(torch.bfloat16)
+    summaries = scorer.summarize(keys.to(device))
+    perm = torch.randperm(slots_total, generator=g)
+    cold_slots = torch.zeros(B, max(max(cold), 1), dtype=torch.int32)
+    start = 0
+    for b, n in enumerate(cold):
+        cold_slots[b, :n] = perm[start:start + n].int()
+        start += n
+    query = (torch.randn(B, Hq, D, generator=g) * 1.5).to(torch.bfloat16)
+    cold_lens = torch.tensor(cold, dtype=torch.int32) * bs
+    return scorer, query.to(device), summaries, cold_slots.to(device), cold_lens.to(device)
+
+
+@pytest.mark.parametrize("name", ["qlandmark", "infinigen", "lrqk"])
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", CASES)
+def test_fused_summary_mass_matches_scorer(device, name, B, Hq, Hkv, D, bs, cold):
+    scorer, query, summaries, cold_slots, cold_lens = make_case(name, B, Hq, Hkv, D, bs, cold, device)
+    scale = D ** -0.5
+    mass = scorer.fused_mass(triton_kernels, query, summaries, cold_slots, cold_lens, scale).cpu()
+    assert mass.shape == (B, Hkv, cold_slots.shape[1] * bs) and not mass.isnan().any()
+    for b, n in enumerate(cold):
+        assert torch.isneginf(mass[b, :, n * bs:]).all()
+        if n:
+            ref = scorer.score(query[b], summaries[cold_slots[b, :n].long()], scale).cpu()
+            assert rel_err(mass[b, :, :n * bs], ref) <= 1e-2, rel_err(mass[b, :, :n * bs], ref)
+            torch.testing.assert_close(mass[b, :, :n * bs].sum(-1), torch.full((Hkv,), Hq / Hkv), rtol=1e-3,
+                                       atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["qlandmark", "infinigen", "lrqk"])
+def test_kernels_write_every_entry(device, name):
+    """Poisoned outputs: every entry of ``out`` is written (a mass or -inf), never left NaN."""
+    B, Hq, Hkv, D, bs, cold = 3, 8, 2, 64, 16, [4, 0, 2]
+    scorer, query, summaries, cold_slots, cold_lens = make_case(name, B, Hq, Hkv, D, bs, cold, device)
+    out = torch.full((B, Hkv, cold_slots.shape[1] * bs), float("nan"), device=device)
+    if name == "qlandmark":
+        from vllm_kvoffload.scorers.qlandmark import CODES, VEC, gaussian_codebook, hadamard
+        q_rot = query.float() @ hadamard(D, device)
+        triton_kernels.qlandmark_mass(q_rot, summaries, gaussian_codebook(VEC, CODES, device=device), cold_slots,
+                                      cold_lens, D ** -0.5, out=out)
+    elif name == "infinigen":
+        triton_kernels.infinigen_mass(query, summaries, cold_slots, cold_lens, D ** -0.5, out=out)
+    else:
+        triton_kernels.lrqk_mass(query, summaries, 8, cold_slots, cold_lens, D ** -0.5, out=out)
+    assert not out.isnan().any()
+    assert torch.isneginf(out[1]).all() and torch.isfinite(out[0]).all()
+
+
+def test_small_blocks_are_refused_with_the_reason(device):
+    scorer, query, summaries, cold_slots, cold_lens = make_case("infinigen", 1, 4, 2, 64, 8, [3], device)
+    with pytest.raises(ValueError, match="block_size >= 16, got head_dim=64, block_size=8"):
+        triton_kernels.infinigen_mass(query, summaries, cold_slots, cold_lens, 0.125)
+
+
+@pytest.mark.skipif(not CUDA, reason="the scorers pick the fused kernel on CUDA tensors only")
+@pytest.mark.parametrize("name", ["qlandmark", "infinigen", "lrqk"])
+def test_score_batched_uses_the_kernel_on_cuda(name, monkeypatch):
+    scorer, query, summaries, cold_slots, cold_lens = make_case(name, 2, 8, 2, 64, 16, [3, 2], "cuda")
+    calls = []
+    real = getattr(triton_kernels, f"{name}_mass")
+    monkeypatch.setattr(triton_kernels, f"{name}_mass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scorer.score_batched(query, summaries, cold_slots, cold_lens, 0.125)
+    assert calls == [1]
+
+
+def test_qlandmark_codebook_in_program_equals_global_gathers(device):
+    """The two ways to read the codebook (held by the program, or gathered from memory per code)."""
+    B, Hq, Hkv, D, bs, cold = 2, 8, 2, 64, 16, [6, 3]
+    scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark", B, Hq, Hkv, D, bs, cold, device)
+    from vllm_kvoffload.scorers.qlandmark import CODES, VEC, gaussian_codebook, hadamard
+    args = (query.float() @ hadamard(D, device), summaries, gaussian_codebook(VEC, CODES, device=device),
+            cold_slots, cold_lens, D ** -0.5)
+    local = triton_kernels.qlandmark_mass(*args, local_cb=True)
+    gathered = triton_kernels.qlandmark_mass(*args, local_cb=False, block_n=32)
+    torch.testing.assert_close(local, gathered, rtol=1e-5, atol=1e-6)
