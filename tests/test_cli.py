@@ -46,7 +46,7 @@ def test_vllm_serve_help_lists_flags():
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in ("--kv-offload ", "--kv-offload-budget", "--kv-offload-sink-tokens",
                  "--kv-offload-window-tokens", "--kv-offload-granularity", "--kv-offload-topp",
-                 "--kv-offload-device-cache"):
+                 "--kv-offload-topp-min-tokens", "--kv-offload-device-cache"):
         assert flag in out.stdout, flag
     assert "exact-topk" in out.stdout
 

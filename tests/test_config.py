@@ -23,6 +23,7 @@ def test_defaults_are_stock():
         ({"scorer": "exact-topk", "sink_tokens": "x"}, ["sink_tokens", "'x'"]),
         ({"scorer": "exact-topk", "granularity": "page"}, ["granularity", "'token'", "'block'", "'page'"]),
         ({"scorer": "exact-topk", "topp": 1.5}, ["topp", "1.5"]),
+        ({"scorer": "exact-topk", "topp_min_tokens": 0}, ["topp_min_tokens", "greater than or equal to 1", "0"]),
         ({"scorer": "exact-topk", "bugdet": 0.1}, ["bugdet", "unknown setting", "budget"]),
         ([1, 2], ["JSON object"]),
     ],

@@ -19,6 +19,7 @@ FLAGS = {
     "-host-gb": "host_gb",
     "-host-blocks": "host_blocks",
     "-topp": "topp",
+    "-topp-min-tokens": "topp_min_tokens",
     "-device-cache": "device_cache",
 }
 
@@ -65,6 +66,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-offload-topp", dest="kv_offload_topp", type=_field_type("topp"),
                        help="Adaptive budget: keep cold tokens until their estimated attention "
                             "mass reaches this share in (0, 1]; the budget is the upper bound.")
+    group.add_argument("--kv-offload-topp-min-tokens", dest="kv_offload_topp_min_tokens",
+                       type=_field_type("topp_min_tokens"),
+                       help="With --kv-offload-topp: the fewest cold tokens kept per KV head "
+                            f"(an integer >= 1, capped by the budget). Default: {d.topp_min_tokens}.")
     group.add_argument("--kv-offload-device-cache", dest="kv_offload_device_cache",
                        action=argparse.BooleanOptionalAction, default=None,
                        help="Reuse the previous step's fetched tokens on the device; only newly "

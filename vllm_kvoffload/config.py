@@ -54,7 +54,10 @@ class KVOffloadConfig(BaseModel):
 
     topp: float | None = Field(default=None, gt=0, le=1)
     """Adaptive budget: keep tokens until their estimated attention mass reaches
-    this share (bounded above by ``budget``)."""
+    this share (bounded above by ``budget``, below by ``topp_min_tokens``)."""
+
+    topp_min_tokens: int = Field(default=1, ge=1)
+    """With ``topp``: the fewest cold tokens kept per KV head (capped by the budget)."""
 
     @field_validator("scorer")
     @classmethod

@@ -227,7 +227,8 @@ class OffloadRuntime:
                 summaries = self.pool.summaries[layer][row.cold_slots.to(self.pool.summaries[layer].device)]
                 mass = self.pool.scorer.score(query[r], summaries, impl.scale)
                 idx, valid = select_cold_tokens(mass, row.budget, granularity=self.config.granularity,
-                                                block_size=self.block_size, topp=self.config.topp)
+                                                block_size=self.block_size, topp=self.config.topp,
+                                                min_tokens=self.config.topp_min_tokens)
                 sk, sv = self.pool.gather(layer, row.cold_slots, idx)
                 sk, sv = sk.to(rk.device), sv.to(rk.device)
             output[r] = sparse_decode_attention(query[r], rk, rv, sk, sv, valid, impl.scale)

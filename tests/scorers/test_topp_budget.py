@@ -44,6 +44,17 @@ def test_topp_respects_the_budget_cap():
         assert set(idx[h].tolist()) == set(mass[h].topk(k).indices.tolist())
 
 
+def test_topp_keeps_at_least_min_tokens():
+    mass = _mass("oracle", temperature=20.0)  # very peaked: p=0.3 alone keeps a handful
+    _, alone = select_cold_tokens(mass, 64, topp=0.3)
+    idx, valid = select_cold_tokens(mass, 64, topp=0.3, min_tokens=40)
+    assert alone.sum(-1).max() < 40 and valid.sum(-1).tolist() == [40, 40]
+    for h in range(2):  # the floor keeps the 40 largest
+        assert set(idx[h][valid[h]].tolist()) == set(mass[h].topk(40).indices.tolist())
+    _, capped = select_cold_tokens(mass, 16, topp=0.3, min_tokens=40)  # the budget caps the floor
+    assert capped.sum(-1).tolist() == [16, 16]
+
+
 def test_topp_keeps_at_least_one_token():
     mass = _mass("oracle", temperature=20.0)  # very peaked
     idx, valid = select_cold_tokens(mass, 64, topp=0.01)

@@ -12,6 +12,7 @@ def select_cold_tokens(
     granularity: str = "token",
     block_size: int = 16,
     topp: float | None = None,
+    min_tokens: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """mass: [num_kv_heads, n] estimated attention mass of each cold token.
 
@@ -22,7 +23,7 @@ def select_cold_tokens(
     * token granularity: the ``k`` tokens of largest mass per head;
     * block granularity: whole blocks ranked by their best token, ``ceil(k/bs)`` of them;
     * ``topp``: keep the smallest prefix (by mass) reaching share ``topp`` of the
-      head's cold mass, capped at the ``k`` of the budget.
+      head's cold mass, within [``min_tokens``, ``k``] tokens (the budget caps the minimum too).
     Invariant: with k >= n every cold token is selected on every head.
     """
     num_heads, n = mass.shape
@@ -43,7 +44,8 @@ def select_cold_tokens(
     if topp is not None:
         share = top.values.cumsum(-1) / mass.float().sum(-1, keepdim=True).clamp_min(1e-30)
         # keep token i while the mass before it is still short of p
-        valid = torch.cat([torch.ones_like(share[:, :1], dtype=torch.bool), share[:, :-1] < topp], -1)
+        reached_before = torch.cat([torch.zeros_like(share[:, :1], dtype=torch.bool), share[:, :-1] >= topp], -1)
+        valid = ~reached_before | (torch.arange(k, device=mass.device) < min_tokens)
     else:
         valid = torch.ones_like(top.indices, dtype=torch.bool)
     order = top.indices.argsort(dim=-1)
