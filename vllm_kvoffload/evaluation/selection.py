@@ -9,7 +9,8 @@ KV head, top-k at token granularity) on seeded synthetic Q/K (or a dump with
 * mass recall: share of the true softmax mass over the cold tokens that falls
   on the selected tokens (per query head, averaged);
 * needle recall: share of the planted needles (the context's largest q.k per
-  KV head) that are selected;
+  KV head) that are selected (a dump may give per-step needles, [steps, Hkv, M],
+  -1 for none: then each step is scored on its own, steps without one skipped);
 * output error: relative L2 error of attention over the selected cold tokens
   against attention over all cold tokens (cold-only, no resident tokens);
 * device bytes per token: the scorer's summary, all layers of the reference
@@ -58,7 +59,7 @@ class SyntheticQK:
     q: torch.Tensor        # [steps, Hq, D] post-RoPE
     k: torch.Tensor        # [Hkv, N, D] post-RoPE
     v: torch.Tensor        # [Hkv, N, D]
-    needles: torch.Tensor  # [Hkv, M] token positions
+    needles: torch.Tensor  # [Hkv, M] token positions (or per step: [steps, Hkv, M], -1 = none)
 
     @property
     def scale(self) -> float:
@@ -168,7 +169,10 @@ def evaluate(data: SyntheticQK, scorers: list[str], budgets=BUDGETS, block_size:
     hkv, n, _ = data.k.shape
     n = n // block_size * block_size
     k, v = data.k[:, :n].bfloat16(), data.v[:, :n].bfloat16()
-    needles = data.needles[data.needles < n].view(hkv, -1) if data.needles.numel() else data.needles
+    if data.needles.dim() == 3:  # per step; positions cut off with the last partial block count as none
+        needles = data.needles.masked_fill(data.needles >= n, -1)
+    else:
+        needles = data.needles[data.needles < n].view(hkv, -1) if data.needles.numel() else data.needles
     geom = KVGeometry(hkv, hq, d, block_size, torch.bfloat16)
     ref_geom = KVGeometry(REFERENCE["num_kv_heads"], REFERENCE["num_q_heads"], REFERENCE["head_dim"],
                           REFERENCE["block_size"], torch.bfloat16)
@@ -212,8 +216,12 @@ def evaluate(data: SyntheticQK, scorers: list[str], budgets=BUDGETS, block_size:
                 out_err.append(((o - o_ref).norm() / o_ref.norm()).item())
             needle_rec = float("nan")
             if needles.numel():
-                hit = [(idx[:, :, None] == needles[:, None, :]).any(1).float().mean().item() for idx in sel]
-                needle_rec = sum(hit) / len(hit)
+                hit = []
+                for t, idx in enumerate(sel):
+                    nd = needles[t] if needles.dim() == 3 else needles
+                    if (nd >= 0).any():
+                        hit.append((idx[:, :, None] == nd[:, None, :]).any(1)[nd >= 0].float().mean().item())
+                needle_rec = sum(hit) / len(hit) if hit else float("nan")
             miss = 1.0
             if base in CACHED and steps > 1:
                 policy, factor = CACHED[base]
@@ -271,7 +279,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def load_qk(path: str) -> SyntheticQK:
     """A dump of real Q/K: ``torch.save({"q": [steps, Hq, D], "k": [Hkv, N, D],
-    "v": optional, "needles": optional [Hkv, M]}, path)`` (post-RoPE)."""
+    "v": optional, "needles": optional [Hkv, M] or [steps, Hkv, M]}, path)`` (post-RoPE;
+    other keys are ignored; ``evaluation/qk_dump.py`` writes them from the trained model)."""
     d = torch.load(path, map_location="cpu")
     v = d.get("v", torch.randn_like(d["k"]))
     needles = d.get("needles", torch.empty(d["k"].shape[0], 0, dtype=torch.long))
