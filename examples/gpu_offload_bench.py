@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 OUT = Path(os.environ.get("OUT", "gpu-results"))
@@ -43,13 +44,13 @@ def run_child(args: list[str], timeout: int) -> dict:
 
 
 # ---- correctness: tiny bf16 model, stock vs offload at full budget ----------------------
-def child_greedy(model: str, offload: str | None, n_tokens: int, prompts_file: str = "") -> None:
+def child_greedy(model: str, offload: str | None, n_tokens: int, prompts_file: str = "", gpu_util: float = 0.3) -> None:
     from vllm import LLM, SamplingParams
 
     kw = {}
     if offload:
         kw["additional_config"] = {"kv_offload": json.loads(offload)}
-    llm = LLM(model=model, dtype="bfloat16", max_model_len=10240, gpu_memory_utilization=0.3,
+    llm = LLM(model=model, dtype="bfloat16", max_model_len=10240, gpu_memory_utilization=gpu_util,
               enforce_eager=True, seed=0, **kw)
     if prompts_file:  # the trained model: its own task, stopping at its EOS
         prompts = json.loads(Path(prompts_file).read_text())
@@ -109,21 +110,29 @@ def correctness(args) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # children read the runtime's fetch counters
 
     report = {}
-    models = {arch: (str(build_tiny_model(OUT / f"tiny-{arch}-d64", arch, max_len=8192, hidden=256, heads=8,
+    models = {arch: (str(build_tiny_model(OUT / f"tiny-{arch}-d64", arch, max_len=10240, hidden=256, heads=8,
                                           kv_heads=2, head_dim=64, seed=1)), "") for arch in args.archs}
     if args.model:
         models["trained"] = (args.model, trained_prompts(args.model))
+    util = str(round(0.9 / args.parallel, 3))
     for arch, (model, prompts) in models.items():
-        stock = run_child(["_greedy", model, "", str(args.tokens), prompts], 600)
+        stock = run_child(["_greedy", model, "", str(args.tokens), prompts, util], 600)
         entry = {"tokens_per_prompt": args.tokens, "stock_error": stock.get("error")}
+        jobs = {}  # entry key -> kv_offload settings ("" = stock)
         for name in args.variants:
             cfg = VARIANTS[name]
-            r = run_child(["_greedy", model, json.dumps(cfg) if cfg else "", str(args.tokens), prompts], 600)
+            for scorer in (args.scorers if cfg else [None]):
+                key = name if scorer in (None, "exact-topk") else f"{scorer}/{name}"
+                jobs[key] = json.dumps({**cfg, "scorer": scorer}) if cfg else ""
+        with ThreadPoolExecutor(args.parallel) as pool:  # each child is its own process and engine
+            runs = dict(zip(jobs, pool.map(lambda c: run_child(["_greedy", model, c, str(args.tokens), prompts, util],
+                                                               600), jobs.values())))
+        for key, r in runs.items():
             if "rows" in r and "rows" in stock:
-                entry[name] = {**compare_rows(stock, r), "tokens": [len(x["tokens"]) for x in r["rows"]],
-                               "fetch": r.get("fetch")}
+                entry[key] = {**compare_rows(stock, r), "tokens": [len(x["tokens"]) for x in r["rows"]],
+                              "fetch": r.get("fetch"), "wall_s": r.get("wall_s")}
             else:
-                entry[name] = {"error": r.get("error"), "log_tail": r.get("log_tail", "")[-1500:]}
+                entry[key] = {"error": r.get("error"), "log_tail": r.get("log_tail", "")[-1500:]}
         report[arch] = entry
     return report
 
@@ -312,7 +321,7 @@ def throughput(args) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_greedy":
-        return child_greedy(sys.argv[2], sys.argv[3] or None, int(sys.argv[4]), sys.argv[5])
+        return child_greedy(sys.argv[2], sys.argv[3] or None, int(sys.argv[4]), sys.argv[5], float(sys.argv[6]))
     if len(sys.argv) > 1 and sys.argv[1] == "_throughput":
         a = sys.argv[2:]
         return child_throughput(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), bool(a[6]))
@@ -326,6 +335,9 @@ def main() -> None:
     c.add_argument("--archs", nargs="*", default=["llama", "qwen3"], help="random-weight tiny models")
     c.add_argument("--model", help="also a trained model folder (prompts: its held-out Text2JSON)")
     c.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    c.add_argument("--scorers", nargs="+", default=["exact-topk"],
+                   help="run each offload variant with each of these scorers (stock runs once)")
+    c.add_argument("--parallel", type=int, default=1, help="engines at once (each gets 0.9/N of the GPU)")
     t = sub.add_parser("throughput", help="decode tok/s of full batches in steady state, against stock")
     p = sub.add_parser("profile", help="time, torch.profiler and cProfile of steady decode steps")
     for q in (t, p):
