@@ -43,7 +43,7 @@ def main() -> None:
         ax.set_title(run["command"].split("throughput")[-1].strip() or "defaults", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
     axes[0].set_ylabel("decode tokens/s (steady, full batch)")
-    fig.suptitle(f"{data['device']}: dummy Llama-3.1-8B, 32K prompts, eager; ratios against the stock run of the same call",
+    fig.suptitle(f"{data['device']}: dummy Llama-3.1-8B, 32K prompts, eager unless --cuda-graphs; ratios against the stock run of the same call",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(res / "throughput.png", dpi=120)
