@@ -237,7 +237,7 @@ def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_
 
 
 def child_profile(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
-                  tag: str) -> None:
+                  tag: str, graphs: bool) -> None:
     """``steps`` plain steps, then ``steps`` under torch.profiler (kernel time per step, top
     kernels and host ops), then ``steps`` under cProfile (Python)."""
     import cProfile
@@ -246,7 +246,7 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
 
     from torch.profiler import ProfilerActivity, profile
 
-    eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=False)
+    eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
     plain = eng.timed(steps)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         profiled = eng.timed(steps)["step_s"]
@@ -286,8 +286,9 @@ def profile_steps(args) -> dict:
     runs = [("stock", args.stock_requests, "", "0.9"),
             (f"{args.scorer}-{args.budgets[0]}", args.offload_requests, offload_settings(args, args.budgets[0]),
              str(args.offload_gpu_util))]
-    results = [run_child(["_profile", str(model), str(n), str(args.context), c, util, str(args.steps), tag], 600)
-               for tag, n, c, util in runs]
+    graphs = "1" if args.cuda_graphs else ""
+    results = [run_child(["_profile", str(model), str(n), str(args.context), c, util, str(args.steps), tag, graphs],
+                         600) for tag, n, c, util in runs]
     return {"device": torch.cuda.get_device_name(), "results": results}
 
 
@@ -327,7 +328,7 @@ def main() -> None:
         return child_throughput(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), bool(a[6]))
     if len(sys.argv) > 1 and sys.argv[1] == "_profile":
         a = sys.argv[2:]
-        return child_profile(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), a[6])
+        return child_profile(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), a[6], bool(a[7]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("correctness")
@@ -350,8 +351,8 @@ def main() -> None:
         q.add_argument("--scorer", default="exact-topk")
         q.add_argument("--budgets", type=float, nargs="+", default=[0.03])
         q.add_argument("--steps", type=int, default=8 if q is p else 32, help="timed steady steps")
+        q.add_argument("--cuda-graphs", action="store_true", help="let vLLM capture CUDA graphs (both engines)")
     t.add_argument("--no-cache-too", action="store_true", help="also the first budget without the device cache")
-    t.add_argument("--cuda-graphs", action="store_true", help="let vLLM capture CUDA graphs (both engines)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"correctness": correctness, "throughput": throughput, "profile": profile_steps}[args.cmd](args)
