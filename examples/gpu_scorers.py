@@ -25,6 +25,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+
+from gpu_kernels import timeit  # noqa: E402
 
 from vllm_kvoffload.ops import triton_kernels  # noqa: E402
 from vllm_kvoffload.scorers import available, create_scorer  # noqa: E402
@@ -33,18 +36,7 @@ from vllm_kvoffload.scorers.base import KVGeometry, Scorer, SoftmaxScorer, maske
 
 
 def median_ms(fn, reps: int, flush: torch.Tensor) -> float:
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    return sorted(ts)[len(ts) // 2]
+    return 1e3 * timeit(fn, reps, flush)  # examples/gpu_kernels.py's timer (L2 flushed, median)
 
 
 def torch_path(scorer: Scorer):

@@ -27,3 +27,14 @@ def device():
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.float(), ref.float()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+def random_cold_slots(cold: list[int], slots_total: int, g: torch.Generator) -> torch.Tensor:
+    """[B, max(cold)] int32: each row's cold blocks on distinct random slots (zero padding)."""
+    perm = torch.randperm(slots_total, generator=g)
+    cold_slots = torch.zeros(len(cold), max(max(cold), 1), dtype=torch.int32)
+    start = 0
+    for b, n in enumerate(cold):
+        cold_slots[b, :n] = perm[start:start + n].int()
+        start += n
+    return cold_slots

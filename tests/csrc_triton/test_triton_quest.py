@@ -5,7 +5,7 @@ keys of width 2D) against the per-request torch references, ``QuestScorer.score`
 import pytest
 import torch
 
-from conftest import INTERPRET, rel_err
+from conftest import INTERPRET, random_cold_slots, rel_err
 
 triton = pytest.importorskip("triton")
 
@@ -32,12 +32,7 @@ def test_quest_batched_kernel_matches_reference(device, B, Hq, Hkv, D, bs, ps, c
     slots_total = sum(cold) + 4
     keys = (torch.randn(slots_total, Hkv, bs, D, generator=g) * 2).to(torch.bfloat16)
     summaries = scorer.summarize(keys)  # [slots, Hkv, P, 2, D]
-    perm = torch.randperm(slots_total, generator=g)
-    cold_slots = torch.zeros(B, max(max(cold), 1), dtype=torch.int32)
-    start = 0
-    for b, n in enumerate(cold):
-        cold_slots[b, :n] = perm[start:start + n].int()
-        start += n
+    cold_slots = random_cold_slots(cold, slots_total, g)
     query = torch.randn(B, Hq, D, generator=g).to(torch.bfloat16)
     scale = D ** -0.5
     cold_lens = torch.tensor(cold, dtype=torch.int32) * bs

@@ -5,7 +5,7 @@ are not multiples of the tile (G = 7, rows without cold blocks, slots in random 
 import pytest
 import torch
 
-from conftest import CUDA, INTERPRET, rel_err
+from conftest import CUDA, INTERPRET, random_cold_slots, rel_err
 
 triton = pytest.importorskip("triton")
 
@@ -31,12 +31,7 @@ def make_case(name, B, Hq, Hkv, D, bs, cold, device):
     bias = torch.randn(Hkv, 1, D, generator=g) * 0.5  # keys with a per-head offset, like real ones
     keys = (torch.randn(slots_total, Hkv, bs, D, generator=g) * 2 + bias[None]).to(torch.bfloat16)
     summaries = scorer.summarize(keys.to(device))
-    perm = torch.randperm(slots_total, generator=g)
-    cold_slots = torch.zeros(B, max(max(cold), 1), dtype=torch.int32)
-    start = 0
-    for b, n in enumerate(cold):
-        cold_slots[b, :n] = perm[start:start + n].int()
-        start += n
+    cold_slots = random_cold_slots(cold, slots_total, g)
     query = (torch.randn(B, Hq, D, generator=g) * 1.5).to(torch.bfloat16)
     cold_lens = torch.tensor(cold, dtype=torch.int32) * bs
     return scorer, query.to(device), summaries, cold_slots.to(device), cold_lens.to(device)
