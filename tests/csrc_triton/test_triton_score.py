@@ -76,3 +76,29 @@ def test_quantize_fp8(device, shape):
     x2 = torch.full(shape, float("nan"), device=device).to(torch.bfloat16)
     dequantize_fp8(q, s, out=x2)
     assert torch.equal(x2, deq)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", [(3, 8, 2, 64, 16, [5, 0, 3]), (2, 28, 4, 128, 32, [7, 2])])
+def test_exact_topk_fp8_scorer_through_the_kernel(device, B, Hq, Hkv, D, bs, cold):
+    """exact-topk-fp8 packs fp8 keys and their fp32 scales in one uint8 summary; the kernel reads
+    them through strided views. Against the scorer's own per-request torch ``score``."""
+    from conftest import random_cold_slots
+    from vllm_kvoffload.ops import triton_kernels
+    from vllm_kvoffload.scorers import KVGeometry, create_scorer
+
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    scorer = create_scorer("exact-topk-fp8", KVGeometry(Hkv, Hq, D, bs, torch.bfloat16))
+    slots_total = sum(cold) + 3
+    keys = (torch.randn(slots_total, Hkv, bs, D, generator=g) * 2).to(torch.bfloat16)
+    summaries = scorer.summarize(keys).to(device)
+    cold_slots = random_cold_slots(cold, slots_total, g).to(device)
+    cold_lens = (torch.tensor(cold, dtype=torch.int32) * bs).to(device)
+    query = torch.randn(B, Hq, D, generator=g).to(torch.bfloat16).to(device)
+    k8, ks = scorer.keys_and_scales(summaries)
+    mass = triton_kernels.score_mass(query, k8, ks, cold_slots, cold_lens, D ** -0.5,
+                                     block_n=32 if INTERPRET else None).cpu()
+    for b, n in enumerate(cold):
+        assert torch.isneginf(mass[b, :, n * bs:]).all()
+        if n:
+            ref = scorer.score(query[b].cpu(), summaries[cold_slots[b, :n].long()].cpu(), D ** -0.5)
+            assert rel_err(mass[b, :, :n * bs], ref) <= 1e-2

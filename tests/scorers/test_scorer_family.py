@@ -10,7 +10,7 @@ from vllm_kvoffload.ops.attention import dense_decode_attention, sparse_decode_a
 from vllm_kvoffload.ops.select import select_cold_tokens
 from vllm_kvoffload.scorers import KVGeometry, available, create_scorer
 
-ALL = ["exact-topk", "oracle", "qlandmark", "shadowkv", "quest", "arkvale", "infinigen", "lrqk"]
+ALL = ["exact-topk", "exact-topk-fp8", "oracle", "qlandmark", "shadowkv", "quest", "arkvale", "infinigen", "lrqk"]
 GEOM = KVGeometry(num_kv_heads=2, num_q_heads=8, head_dim=64, block_size=32, dtype=torch.bfloat16)
 SCALE = GEOM.head_dim**-0.5
 
@@ -110,7 +110,7 @@ def test_planted_needle_is_the_exact_argmax():
     assert logits.argmax(-1).tolist() == needles.tolist()
 
 
-@pytest.mark.parametrize("name", ["oracle", "exact-topk", "qlandmark"])
+@pytest.mark.parametrize("name", ["oracle", "exact-topk", "exact-topk-fp8", "qlandmark"])
 def test_planted_needle_found_at_one_percent(name):
     q, keys, needles = _planted()
     assert _selects_needle(name, q, keys, needles) == [True, True]

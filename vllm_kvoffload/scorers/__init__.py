@@ -9,6 +9,7 @@ from vllm_kvoffload.scorers.base import KVGeometry, Scorer
 # name -> module that defines it; one scorer per file.
 _MODULES = {
     "exact-topk": "vllm_kvoffload.scorers.exact_topk",
+    "exact-topk-fp8": "vllm_kvoffload.scorers.exact_topk_fp8",
     "oracle": "vllm_kvoffload.scorers.oracle",
     "qlandmark": "vllm_kvoffload.scorers.qlandmark",
     "shadowkv": "vllm_kvoffload.scorers.shadowkv",
