@@ -129,13 +129,18 @@ def _summary_logits(
     tl.store(ps_ptr + ws, s_i, mask=gmask)
 
 
+def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
+    """Whether the fused kernels tile this shape (``tl.dot``: powers of two, blocks >= 16)."""
+    return head_dim == next_pow2(head_dim) and block_size == next_pow2(block_size) and block_size >= 16
+
+
 def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_lens, scale, out=None,
             chunk=None, block_n=None, num_warps=4, local_cb=False):
     B, Hq, D = query.shape
     S, Hkv = summaries.shape[:2]
     bs = {QLANDMARK: lambda: summaries.shape[2], INFINIGEN: lambda: summaries.shape[2] - 1,
           LRQK: lambda: (summaries.shape[2] - rank * D) // rank}[kind]()
-    if D != next_pow2(D) or bs != next_pow2(bs) or bs < 16:
+    if not summary_scoring_tiles(D, bs):
         raise ValueError(f"fused summary scoring needs power-of-two head_dim and block_size >= 16, "
                          f"got head_dim={D}, block_size={bs}")
     if query.stride(-1) != 1 or summaries[0, 0].numel() != summaries.stride(1) or summaries.stride(-1) != 1:

@@ -32,7 +32,7 @@ from gpu_kernels import timeit  # noqa: E402
 from vllm_kvoffload.ops import triton_kernels  # noqa: E402
 from vllm_kvoffload.scorers import available, create_scorer  # noqa: E402
 from vllm_kvoffload.scorers.qlandmark import CODES, VEC, gaussian_codebook, hadamard  # noqa: E402
-from vllm_kvoffload.scorers.base import KVGeometry, Scorer, SoftmaxScorer, masked_group_mass  # noqa: E402
+from vllm_kvoffload.scorers.base import KVGeometry, Scorer, SoftmaxScorer  # noqa: E402
 
 
 def median_ms(fn, reps: int, flush: torch.Tensor) -> float:
@@ -41,11 +41,7 @@ def median_ms(fn, reps: int, flush: torch.Tensor) -> float:
 
 def torch_path(scorer: Scorer):
     """The scorer's batched scoring without its fused kernel (what the GPU ran before it)."""
-    if isinstance(scorer, SoftmaxScorer):
-        g = scorer.geometry
-        return lambda q, s, slots, lens, scale: masked_group_mass(
-            scorer.cold_logits(q, s[slots.long()], scale), lens, g.num_kv_heads)
-    return None
+    return scorer.torch_mass if isinstance(scorer, SoftmaxScorer) else None
 
 
 def main() -> int:

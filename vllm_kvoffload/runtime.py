@@ -129,10 +129,8 @@ class OffloadRuntime:
     # ---- GPU: one launch per kernel for the whole decode batch --------------------------
     def use_batched_kernels(self) -> bool:
         """Batched path: FlashAttention-layout caches (``impl.kv5``), token top-k with a
-        fixed budget, any scorer (``Scorer.score_batched``: one fused kernel for exact-topk,
-        oracle, quest and arkvale; the whole batch in torch for the ``SoftmaxScorer``s; one
-        torch ``score`` per request for shadowkv). Triton on GPU, the batched torch references
-        elsewhere (tests)."""
+        fixed budget, any scorer (``Scorer.score_batched``: the whole batch in one fused
+        scoring launch on GPU). Triton on GPU, the batched torch references elsewhere (tests)."""
         first = next(iter(self.layers.values()), None)
         return (first is not None and hasattr(first.impl, "kv5")
                 and self.config.topp is None and self.config.granularity == "token")

@@ -120,12 +120,18 @@ class SoftmaxScorer(Scorer):
         block's summary once instead of materialising every cold token's estimated key."""
         raise NotImplementedError
 
-    def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
-                      cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
-        g = self.geometry
-        if query.is_cuda and g.block_size >= 16 and g.block_size & (g.block_size - 1) == 0 \
-                and g.head_dim & (g.head_dim - 1) == 0:  # the fused kernels' tile constraints
-            return self.fused_mass(batched_ops(True), query, summaries, cold_slots, cold_lens, scale)
+    def torch_mass(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
+                   cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
+        """``score_batched`` in torch: every row's estimated keys at once (CPU, and GPU shapes
+        the fused kernels do not tile)."""
         # padding slots are gathered too (any valid slot); their tokens are masked out below
         logits = self.cold_logits(query, summaries[cold_slots.long()], scale)
-        return masked_group_mass(logits, cold_lens, g.num_kv_heads)
+        return masked_group_mass(logits, cold_lens, self.geometry.num_kv_heads)
+
+    def score_batched(self, query: torch.Tensor, summaries: torch.Tensor, cold_slots: torch.Tensor,
+                      cold_lens: torch.Tensor, scale: float) -> torch.Tensor:
+        if query.is_cuda:
+            kernels = batched_ops(True)
+            if kernels.summary_scoring_tiles(self.geometry.head_dim, self.geometry.block_size):
+                return self.fused_mass(kernels, query, summaries, cold_slots, cold_lens, scale)
+        return self.torch_mass(query, summaries, cold_slots, cold_lens, scale)

@@ -18,11 +18,11 @@ import torch
 from vllm_kvoffload.ops import batched_ops
 from vllm_kvoffload.ops.quantize_ref import FP8, dequantize_fp8_ref, quantize_fp8_ref
 from vllm_kvoffload.scorers import register
-from vllm_kvoffload.scorers.base import Scorer, group_softmax_mass
+from vllm_kvoffload.scorers.exact_topk import ExactTopKScorer
 
 
 @register
-class ExactTopKFP8Scorer(Scorer):
+class ExactTopKFP8Scorer(ExactTopKScorer):
     name = "exact-topk-fp8"
 
     def summary_spec(self):
@@ -42,12 +42,8 @@ class ExactTopKFP8Scorer(Scorer):
         return keys, summaries[..., n:].view(torch.float32)
 
     def score(self, query: torch.Tensor, summaries: torch.Tensor, scale: float) -> torch.Tensor:
-        g = self.geometry
-        keys = dequantize_fp8_ref(*self.keys_and_scales(summaries), torch.float32)  # [nb, Hkv, bs, D]
-        keys = keys.permute(1, 0, 2, 3).reshape(g.num_kv_heads, -1, g.head_dim)
-        q = query.float().view(g.num_kv_heads, g.group_size, g.head_dim)
-        logits = torch.einsum("hgd,hnd->hgn", q, keys) * scale
-        return group_softmax_mass(logits.reshape(g.num_q_heads, -1), g.num_kv_heads)
+        # exact-topk's scoring over the dequantized keys [nb, Hkv, bs, D]
+        return super().score(query, dequantize_fp8_ref(*self.keys_and_scales(summaries), torch.float32), scale)
 
     def score_batched(self, query, summaries, cold_slots, cold_lens, scale):
         """The fused scoring kernel's fp8 path, one launch for the batch."""

@@ -35,8 +35,8 @@ the selection benchmark reports its accuracy and PCIe trade-off.
 
 GPU path: ``csrc_triton/score_summary.py::qlandmark_mass``, one launch for the decode batch
 (plus the shared softmax pass): the query is rotated once (a [B*Hq, D] x [D, D] product), and
-each program dequantizes its blocks' codes in registers (codebook in L1), so only the 34-byte
-summaries are read from HBM. CPU: the torch ``cold_logits`` below, which is its reference.
+each program dequantizes its blocks' codes in registers against a codebook it holds, so only the
+34-byte summaries are read from HBM. CPU: the torch ``cold_logits`` below, which is its reference.
 """
 
 from __future__ import annotations
@@ -171,11 +171,14 @@ class QLandmarkScorer(SoftmaxScorer):
         g = self.geometry
         k_hat = self.landmarks(summaries)
         B = query.shape[0]
-        q = (query.float() @ hadamard(g.head_dim, query.device)).reshape(B, g.num_kv_heads, g.group_size, g.head_dim)
+        q = self.rotated(query).reshape(B, g.num_kv_heads, g.group_size, g.head_dim)
         logits = torch.einsum("bhgd,bhnd->bhgn", q, k_hat) * scale
         return logits.reshape(B, g.num_q_heads, -1)
 
+    def rotated(self, query: torch.Tensor) -> torch.Tensor:
+        """The query in the landmarks' Hadamard basis, fp32 (dot products are unchanged)."""
+        return query.float() @ hadamard(self.geometry.head_dim, query.device)
+
     def fused_mass(self, kernels, query, summaries, cold_slots, cold_lens, scale):
-        q_rot = query.float() @ hadamard(self.geometry.head_dim, query.device)
         codebook = gaussian_codebook(VEC, CODES, self.grid, device=query.device)
-        return kernels.qlandmark_mass(q_rot, summaries, codebook, cold_slots, cold_lens, scale)
+        return kernels.qlandmark_mass(self.rotated(query), summaries, codebook, cold_slots, cold_lens, scale)
