@@ -261,6 +261,7 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
     pr.disable()
     text = io.StringIO()
     pstats.Stats(pr, stream=text).sort_stats("cumulative").print_stats(60)
+    pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(40)
     (OUT / f"profile-{tag}-python.txt").write_text(text.getvalue())
     print(json.dumps({"tag": tag, **eng.summary(plain), "steps": steps, "step_ms_under_torch_profiler": 1e3 * profiled,
                       "kernel_ms_per_step": kernel_us / 1e3 / steps, "step_ms_under_cprofile": 1e3 * cprof}))
@@ -283,9 +284,11 @@ def profile_steps(args) -> dict:
 
     model = dummy_llama()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    runs = [("stock", args.stock_requests, "", "0.9"),
-            (f"{args.scorer}-{args.budgets[0]}", args.offload_requests, offload_settings(args, args.budgets[0]),
-             str(args.offload_gpu_util))]
+    runs = [] if args.no_stock else [("stock", args.stock_requests, "", "0.9")]
+    for scorer in args.scorers or [args.scorer]:
+        args.scorer = scorer
+        runs.append((f"{scorer}-{args.budgets[0]}", args.offload_requests, offload_settings(args, args.budgets[0]),
+                     str(args.offload_gpu_util)))
     graphs = "1" if args.cuda_graphs else ""
     results = [run_child(["_profile", str(model), str(n), str(args.context), c, util, str(args.steps), tag, graphs],
                          600) for tag, n, c, util in runs]
@@ -352,6 +355,8 @@ def main() -> None:
         q.add_argument("--budgets", type=float, nargs="+", default=[0.03])
         q.add_argument("--steps", type=int, default=8 if q is p else 32, help="timed steady steps")
         q.add_argument("--cuda-graphs", action="store_true", help="let vLLM capture CUDA graphs (both engines)")
+    p.add_argument("--scorers", nargs="+", help="profile each of these scorers (default: --scorer)")
+    p.add_argument("--no-stock", action="store_true", help="skip the stock engine")
     t.add_argument("--no-cache-too", action="store_true", help="also the first budget without the device cache")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

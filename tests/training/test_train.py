@@ -139,3 +139,20 @@ def test_init_starts_from_the_checkpoint_weights(tmp_path):
         train.main(["--out", str(tmp_path / "d"), "--steps", "1", "--init", str(ckpt), *TINY, "--layers", "3"])
     with pytest.raises(SystemExit, match="--init and --resume"):
         train.main(["--out", "x", "--init", str(ckpt), "--resume", str(ckpt)])
+
+
+def test_curriculum_from_skips_the_early_phases(tmp_path):
+    """--curriculum-from 0.8 starts in the last phase (4K-16K contexts); the default starts
+    in the first (384-1K)."""
+    from vllm_kvoffload.training import data
+
+    args = ["--steps", "2", "--eval-samples", "0", "--warmup-max", "0", *TINY, "--batch-tokens", "512"]
+    train.main(["--out", str(tmp_path / "late"), "--curriculum-from", "0.8", *args])
+    train.main(["--out", str(tmp_path / "early"), *args])
+    late = [json.loads(line)["context"] for line in open(tmp_path / "late" / "log.jsonl")]
+    early = [json.loads(line)["context"] for line in open(tmp_path / "early" / "log.jsonl")]
+    lo, hi = data.CURRICULUM[-1][1]
+    assert all(lo <= c <= hi for c in late), late
+    assert early[0] <= data.CURRICULUM[0][1][1], early  # step 0 of 2: progress 0
+    with pytest.raises(SystemExit, match="--curriculum-from 1.0"):
+        train.main(["--out", "x", "--curriculum-from", "1.0"])

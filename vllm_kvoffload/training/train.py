@@ -139,7 +139,8 @@ def train(args) -> dict:
             """Where the curriculum stands at run progress ``prog``; None during the copy warm-up."""
             if copy_from is None:
                 return None
-            return (prog - copy_from) / (1 - copy_from)
+            done = (prog - copy_from) / (1 - copy_from)
+            return args.curriculum_from + (1 - args.curriculum_from) * done
 
         def progress_at(i: int) -> float:
             elapsed = trained_s + time.time() - t0
@@ -239,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
                     help="the copy warm-up ends when a warm-up batch's answer token accuracy reaches this")
     ap.add_argument("--warmup-max", type=float, default=0.25,
                     help="... or when this fraction of the run is spent (0: no warm-up)")
+    ap.add_argument("--curriculum-from", type=float, default=0.0,
+                    help="start the curriculum at this point in [0, 1) (e.g. 0.35 skips its short-context "
+                         "phases when continuing a trained model with --init)")
     ap.add_argument("--prompt-weight", type=float, default=0.1, help="loss weight of prompt tokens (answer: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
@@ -256,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("steps", "batch_tokens", "hidden", "layers", "heads", "kv_heads", "head_dim"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if not 0.0 <= args.curriculum_from < 1.0:
+        raise SystemExit(f"--curriculum-from {args.curriculum_from}: must be in [0, 1)")
     if args.session_steps is not None and args.session_steps < 1:
         raise SystemExit(f"--session-steps {args.session_steps}: must be >= 1")
     for name in ("time_limit", "session_limit"):
