@@ -10,6 +10,7 @@ Needs vLLM 0.32 (see ../shared/gpu/README.md for the bundle on a machine without
 """
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -309,7 +310,8 @@ def throughput(args) -> dict:
     stock.update(config="stock", budget=None, device=device, context=args.context, cuda_graphs=args.cuda_graphs)
     results = [stock]
     variants = [(b, True) for b in args.budgets] + ([(args.budgets[0], False)] if args.no_cache_too else [])
-    for budget, cache in variants:
+    for scorer, (budget, cache) in itertools.product(args.scorers or [args.scorer], variants):
+        args.scorer = scorer
         r = run_child(["_throughput", str(model), str(args.offload_requests), str(args.context),
                        offload_settings(args, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs], 600)
         r.update(config=args.scorer, budget=budget, device_cache=cache, device=device, context=args.context,
@@ -355,7 +357,8 @@ def main() -> None:
         q.add_argument("--budgets", type=float, nargs="+", default=[0.03])
         q.add_argument("--steps", type=int, default=8 if q is p else 32, help="timed steady steps")
         q.add_argument("--cuda-graphs", action="store_true", help="let vLLM capture CUDA graphs (both engines)")
-    p.add_argument("--scorers", nargs="+", help="profile each of these scorers (default: --scorer)")
+    for q in (t, p):
+        q.add_argument("--scorers", nargs="+", help="run each of these scorers (default: --scorer)")
     p.add_argument("--no-stock", action="store_true", help="skip the stock engine")
     t.add_argument("--no-cache-too", action="store_true", help="also the first budget without the device cache")
     args = parser.parse_args()
