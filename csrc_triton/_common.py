@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -25,8 +26,13 @@ def cdiv(a: int, b: int) -> int:
 
 def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
     return 8  # interpreter: few programs keep it fast
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:  # asked per launch: cached, off the decode hot path
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @triton.jit

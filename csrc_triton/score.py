@@ -11,7 +11,8 @@ Two passes, token axis of each (request, KV head) cut into chunks of CHUNK:
      then mass = sum_g exp2(l - M_g) / S_g; -inf past cold_lens[b].
 Re-reading G fp32 logits (4G bytes/token) is far cheaper than re-reading the key
 (D*2 bytes). For fp8 the scale multiplies the logit (it factors out of q·k); the
-fp8 key is widened to bf16 exactly, and q stays bf16.
+fp8 key is widened to fp16 exactly and q is rounded to fp16 (exact below 65504); bf16
+keys and q stay bf16.
 Tile constraints: D power of two >= 16, BLOCK_N multiple of 16, CHUNK multiple of BLOCK_N.
 """
 
@@ -36,7 +37,7 @@ def _score_logits(
     s_slb,                         # cold_slots [B, max_cold_blocks]
     Hq, N_MAX, NC,
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-    CHUNK, BLOCK_N: tl.constexpr, FP8: tl.constexpr, F32: tl.constexpr,
+    CHUNK, BLOCK_N: tl.constexpr, FP8: tl.constexpr, F32: tl.constexpr, WIDEN: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -47,7 +48,7 @@ def _score_logits(
     gmask = offs_g < G
     qh = h * G + offs_g
     q = tl.load(q_ptr + b * s_qb + qh[:, None] * s_qh + offs_d[None, :], mask=gmask[:, None], other=0.0)
-    q = q.to(tl.bfloat16)
+    q = q.to(WIDEN)  # bf16 for bf16 keys; fp8 keys widen to WIDEN (fp16: one cvt per pair)
     n = tl.load(len_ptr + b)
     lo = c * CHUNK
     hi = tl.minimum(lo + CHUNK, n)
@@ -60,7 +61,7 @@ def _score_logits(
         slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
         row = slot * s_kslot + h * s_kh + (t % BS) * s_ktok
         k = tl.load(k_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
-        l = mma(q, tl.trans(k.to(tl.bfloat16)), F32)  # [G_PAD, BLOCK_N] fp32
+        l = mma(q, tl.trans(k.to(WIDEN)), F32)  # [G_PAD, BLOCK_N] fp32
         if FP8:
             ks = tl.load(ks_ptr + slot * s_sslot + h * s_sh + t % BS, mask=tmask, other=0.0)
             l = l * (ks * qk_scale)[None, :]
@@ -120,8 +121,13 @@ def plan(B: int, Hkv: int, n_max: int, device: torch.device, block_n: int) -> in
 
 
 def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None, out=None,
-               chunk=None, block_n=None, num_warps=4, num_stages=None):
-    """Same contract as ``score_mass_ref``. Returns mass [B, Hkv, n_max] fp32."""
+               chunk=None, block_n=None, num_warps=4, num_stages=None, fp8_widen="fp16"):
+    """Same contract as ``score_mass_ref``. Returns mass [B, Hkv, n_max] fp32.
+
+    fp8 keys are widened to ``fp8_widen`` ("fp16" or "bf16") for the dot; the query is
+    rounded to the same type. e4m3 values are exact in both; a bf16 query is exact in fp16
+    when |q| < 65504 (post-RoPE queries are far below), and the fp16 widening is one
+    conversion instruction per pair of elements, the bf16 one several."""
     B, Hq, D = query.shape
     _, Hkv, BS, Dk = keys.shape
     assert Dk == D and Hq % Hkv == 0 and D == next_pow2(D) and BS == next_pow2(BS)
@@ -129,6 +135,9 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     fp8 = keys.dtype == torch.float8_e4m3fn
     assert fp8 == (key_scale is not None)
     num_stages = num_stages or (2 if fp8 else 3)  # tuned on H100 (examples/gpu_kernels.py sizes)
+    if fp8_widen not in ("fp16", "bf16"):
+        raise ValueError(f"fp8_widen={fp8_widen!r}: accepted 'fp16', 'bf16'")
+    widen = tl.float16 if fp8 and fp8_widen == "fp16" else tl.bfloat16
     G = Hq // Hkv
     G_PAD = max(16, next_pow2(G))
     n_max = n_max or cold_slots.shape[1] * BS
@@ -144,7 +153,7 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
         query, keys, ks, cold_slots, cold_lens, logits, pm, ps, scale * LOG2E,
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), *s_s,
         cold_slots.stride(0), Hq, n_max, NC,
-        G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n, FP8=fp8, F32=interpreting(),
+        G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n, FP8=fp8, F32=interpreting(), WIDEN=widen,
         num_warps=num_warps, num_stages=num_stages,
     )
     return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)

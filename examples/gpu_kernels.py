@@ -131,7 +131,8 @@ def sweep(K_, ck, dev):
         if ties:
             mass = (mass * 4096).round() / 4096
         mass = torch.where(torch.arange(n, device=dev) < lens[:, None, None], mass, float("-inf"))
-        ck.add(f"topk B={B} Hkv={Hkv} n={n} k={k} ties={ties}", check_topk(K_, mass, lens, k, topk_ref))
+        for name, fn in TOPK_FNS.items():
+            ck.add(f"{name} B={B} Hkv={Hkv} n={n} k={k} ties={ties}", check_topk(K_, mass, lens, k, topk_ref, fn))
     # gather, both paths
     for B, Hkv, bs, D, n, K in ((3, 2, 16, 128, 301, 45), (2, 4, 32, 64, 77, 100)):
         ncb = -(-n // bs)
@@ -152,11 +153,14 @@ def sweep(K_, ck, dev):
                and torch.equal(torch.where(valid, ov_, 0), rv))
 
 
-def check_topk(K_, mass, lens, k, topk_ref):
+TOPK_FNS = {"topk": "topk_select", "topk_fast": "topk_select_fast"}  # the baseline kernel, its faster variant
+
+
+def check_topk(K_, mass, lens, k, topk_ref, fn="topk_select"):
     B, Hkv, _ = mass.shape
     idx = torch.full((B, Hkv, k), -7, dtype=torch.int32, device=mass.device)
     cnt = torch.full((B, Hkv), -7, dtype=torch.int32, device=mass.device)
-    K_["topk"].topk_select(mass, lens, k, idx=idx, counts=cnt)
+    getattr(K_["topk"], fn)(mass, lens, k, idx=idx, counts=cnt)
     ridx, rcnt = topk_ref(mass, lens, k)
     if not torch.equal(cnt, rcnt):
         return False
@@ -247,7 +251,10 @@ def realistic(K_, ck, dev, a, flush):
     del ref, ref8
     # --- top-k
     ck.add("realistic topk", check_topk(K_, mass, cl, K, topk_ref))
+    ck.add("realistic topk_fast", check_topk(K_, mass, cl, K, topk_ref, "topk_select_fast"))
     idx, cnt = K_["topk"].topk_select(mass, cl, K)
+    idx_f, cnt_f = K_["topk"].topk_select_fast(mass, cl, K)
+    ck.add("realistic topk_fast == topk (ties: lowest index)", torch.equal(idx_f, idx) and torch.equal(cnt_f, cnt))
     idx8, _ = K_["topk"].topk_select(mass8, cl, K)
     recall = recall_at_k(idx, idx8, cnt)
     print(f"  fp8 scoring keeps {recall:.3f} of the bf16 top-{K}", flush=True)
@@ -282,11 +289,28 @@ def realistic(K_, ck, dev, a, flush):
     res["score_bf16"] = dict(time_s=t_s, bytes=K_["score"].bytes_touched(q, keys, None, cl), peak=HBM_PEAK)
     t_s8 = T(lambda: K_["score"].score_mass(q, keys8, kscale, cs, cl, scale, out=mass8))
     res["score_fp8"] = dict(time_s=t_s8, bytes=K_["score"].bytes_touched(q, keys8, kscale, cl), peak=HBM_PEAK)
+    t_s8b = T(lambda: K_["score"].score_mass(q, keys8, kscale, cs, cl, scale, out=mass8, fp8_widen="bf16"))
+    res["score_fp8 (widened to bf16)"] = dict(time_s=t_s8b, bytes=res["score_fp8"]["bytes"], peak=HBM_PEAK)
+    # exact-topk-fp8's engine layout: keys and scales packed in one uint8 summary per (slot, head)
+    S_, H_, bs_, D_ = keys8.shape
+    packed = torch.empty(S_, H_, bs_ * (D_ + 4), dtype=torch.uint8, device=dev)
+    packed[..., : bs_ * D_] = keys8.view(torch.uint8).flatten(2)
+    packed[..., bs_ * D_:] = kscale.view(torch.uint8).flatten(2)
+    pk = packed[..., : bs_ * D_].view(keys8.dtype).unflatten(-1, (bs_, D_))
+    ps_ = packed[..., bs_ * D_:].view(torch.float32)
+    ck.add("realistic score fp8 packed layout", torch.equal(
+        K_["score"].score_mass(q, pk, ps_, cs, cl, scale), K_["score"].score_mass(q, keys8, kscale, cs, cl, scale)))
+    t_s8p = T(lambda: K_["score"].score_mass(q, pk, ps_, cs, cl, scale, out=mass8))
+    res["score_fp8 (packed summary layout)"] = dict(time_s=t_s8p, bytes=res["score_fp8"]["bytes"], peak=HBM_PEAK)
+    del packed, pk, ps_
     t_q = T(lambda: K_["quantize"].quantize_fp8(keys, out=keys8, scale=kscale))
     res["quantize_fp8"] = dict(time_s=t_q, bytes=keys.numel() * 3 + kscale.numel() * 4, peak=HBM_PEAK)
     t_k = T(lambda: K_["topk"].topk_select(mass, cl, K, idx=idx, counts=cnt))
     res["topk"] = dict(time_s=t_k, bytes=n_cold * Hkv * 4 + idx.numel() * 4, peak=HBM_PEAK,
                        note="unique bytes; the row is re-read 10x from L2")
+    t_kf = T(lambda: K_["topk"].topk_select_fast(mass, cl, K, idx=idx_f, counts=cnt_f))
+    res["topk_fast"] = dict(time_s=t_kf, bytes=res["topk"]["bytes"], peak=HBM_PEAK,
+                            note="unique bytes; the row is re-read 4x from L2")
     t_torch_topk = T(lambda: torch.topk(mass, K, dim=-1))
     res["torch.topk (no compaction/sort)"] = dict(time_s=t_torch_topk, bytes=mass.numel() * 4 + idx.numel() * 12,
                                                   peak=HBM_PEAK)

@@ -44,16 +44,17 @@ def check_mass(mass, ref, cold_lens, G):
 
 
 @pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_cold,chunk", CASES)
-@pytest.mark.parametrize("kind", ["bf16", "fp8"])
+@pytest.mark.parametrize("kind", ["bf16", "fp8", "fp8-bf16-widen"])
 def test_score_mass(device, B, Hq, Hkv, D, bs, max_cold, chunk, kind):
     seed = torch.seed() % 2**31
     q, keys, slots, lens = make_inputs(B, Hq, Hkv, D, bs, max_cold, device, seed)
     scale = D**-0.5
     kscale = None
-    if kind == "fp8":
+    if kind.startswith("fp8"):
         keys, kscale = quantize_fp8_ref(keys)  # the fp8 *load* path works in the interpreter
     out = torch.full((B, Hkv, slots.shape[1] * bs), float("nan"), device=device)
-    score_mass(q, keys, kscale, slots, lens, scale, out=out, chunk=chunk, block_n=32 if INTERPRET else None)
+    score_mass(q, keys, kscale, slots, lens, scale, out=out, chunk=chunk, block_n=32 if INTERPRET else None,
+               fp8_widen="bf16" if kind == "fp8-bf16-widen" else "fp16")
     ref = score_mass_ref(q, keys, kscale, slots, lens, scale)
     check_mass(out, ref, lens, Hq // Hkv)
 
@@ -102,3 +103,10 @@ def test_exact_topk_fp8_scorer_through_the_kernel(device, B, Hq, Hkv, D, bs, col
         if n:
             ref = scorer.score(query[b].cpu(), summaries[cold_slots[b, :n].long()].cpu(), D ** -0.5)
             assert rel_err(mass[b, :, :n * bs], ref) <= 1e-2
+
+
+def test_score_mass_names_a_bad_widening(device):
+    q, keys, slots, lens = make_inputs(1, 4, 4, 64, 16, 20, device, 0)
+    keys, kscale = quantize_fp8_ref(keys)
+    with pytest.raises(ValueError, match="fp8_widen='fp32'"):
+        score_mass(q, keys, kscale, slots, lens, 0.125, fp8_widen="fp32")

@@ -26,8 +26,14 @@ def flash_kv5(kv_cache: torch.Tensor, head_size: int) -> torch.Tensor:
 
 
 class OffloadFlashAttentionImpl(OffloadImplMixin, FlashAttentionImpl):
+    _kv5: tuple | None = None  # (cache key, view) of the last kv_cache seen
+
     def kv5(self, kv_cache: torch.Tensor) -> torch.Tensor:
-        return flash_kv5(kv_cache, self.head_size)
+        # A layer's cache tensor is allocated once, so its view is built once (asked per step).
+        key = (kv_cache.data_ptr(), kv_cache.shape, kv_cache.stride())
+        if self._kv5 is None or self._kv5[0] != key:
+            self._kv5 = (key, flash_kv5(kv_cache, self.head_size))
+        return self._kv5[1]
 
     def kv_views(self, kv_cache: torch.Tensor, blocks: torch.Tensor):
         """Keys, values of ``blocks``: [n, kv_heads, block_size, dim] each."""

@@ -53,5 +53,7 @@ def __getattr__(attr: str):
         "summary_scoring_tiles": "score_summary",
     }
     if attr in where:
-        return getattr(load(where[attr]), attr)
+        fn = getattr(load(where[attr]), attr)
+        globals()[attr] = fn  # later lookups skip this hook (it runs per kernel launch otherwise)
+        return fn
     raise AttributeError(attr)
