@@ -6,11 +6,17 @@ from conftest import INTERPRET
 triton = pytest.importorskip("triton")
 
 from vllm_kvoffload.ops.topk_ref import topk_ref  # noqa: E402
-from vllm_kvoffload.ops.triton_kernels import topk_select  # noqa: E402
+from vllm_kvoffload.ops.triton_kernels import load  # noqa: E402
 
 CASES = [(2, 3, 100, 7), (3, 2, 257, 40), (2, 2, 50, 64)]  # B, Hkv, n_max, k (k > n too)
 if not INTERPRET:
     CASES += [(32, 8, 32464, 983), (4, 8, 70001, 2100), (5, 4, 1000, 1000)]
+BLOCK = 64 if INTERPRET else 1024  # several tiles per row, the last one partial
+SELECTS = ["topk_select", "topk_select_fast"]  # the baseline kernel and its faster variant
+
+
+def select_fn(name):
+    return getattr(load("topk"), name)
 
 
 def make_mass(B, Hkv, n_max, device, seed, ties):
@@ -25,38 +31,84 @@ def make_mass(B, Hkv, n_max, device, seed, ties):
     return mass.to(device), lens.to(device)
 
 
+def lowest_index_topk(mass, lens, k, budgets=None):
+    """The kernels' exact output: topk_ref's selection with ties at the k-th value resolved
+    lowest index first (torch.topk, so topk_ref, may pick any of them), zeros past the count."""
+    B, Hkv, _ = mass.shape
+    idx = torch.zeros(B, Hkv, k, dtype=torch.int32)
+    for b in range(B):
+        n = int(lens[b])
+        kk = min(k, n) if budgets is None else min(k, n, int(budgets[b]))
+        for h in range(Hkv):
+            order = torch.sort(mass[b, h, :n].cpu(), descending=True, stable=True).indices
+            idx[b, h, :kk] = order[:kk].sort().values.int()
+    return idx.to(mass.device)
+
+
+def check(mass, lens, k, idx, cnt, budgets=None):
+    """Bit-identical to lowest_index_topk; same counts and the same multiset of selected masses
+    as topk_ref (so identical to topk_ref wherever the k-th value has no tie)."""
+    ref_idx, ref_cnt = topk_ref(mass, lens, k, budgets=budgets)
+    assert torch.equal(cnt, ref_cnt)
+    assert torch.equal(idx, lowest_index_topk(mass, lens, k, budgets))
+    for b in range(mass.shape[0]):
+        for h in range(mass.shape[1]):
+            c = int(cnt[b, h])
+            sel = mass[b, h].gather(0, idx[b, h, :c].long()).sort().values
+            ref = mass[b, h].gather(0, ref_idx[b, h, :c].long()).sort().values
+            assert torch.equal(sel, ref)
+
+
+@pytest.mark.parametrize("fn", SELECTS)
 @pytest.mark.parametrize("B,Hkv,n_max,k", CASES)
 @pytest.mark.parametrize("ties", [False, True])
-def test_topk(device, B, Hkv, n_max, k, ties):
+def test_topk(device, fn, B, Hkv, n_max, k, ties):
     seed = torch.seed() % 2**31
     mass, lens = make_mass(B, Hkv, n_max, device, seed, ties)
-    idx = torch.full((B, Hkv, k), -7, dtype=torch.int32, device=device)
+    idx = torch.full((B, Hkv, k), -7, dtype=torch.int32, device=device)  # poisoned outputs
     cnt = torch.full((B, Hkv), -7, dtype=torch.int32, device=device)
-    topk_select(mass, lens, k, idx=idx, counts=cnt, block=64 if INTERPRET else 1024)
-    ref_idx, ref_cnt = topk_ref(mass, lens, k)
-    assert torch.equal(cnt, ref_cnt), seed
-    for b in range(B):
-        for h in range(Hkv):
-            c = int(cnt[b, h])
-            got = idx[b, h, :c].long()
-            assert (got.diff() > 0).all() and (idx[b, h, c:] == 0).all(), seed
-            assert ((got >= 0) & (got < int(lens[b]))).all(), seed
-            # same multiset of selected masses (ties may pick different tokens)
-            sel = mass[b, h].gather(0, got).sort().values
-            ref = mass[b, h].gather(0, ref_idx[b, h, :c].long()).sort().values
-            assert torch.equal(sel, ref), seed
+    out = select_fn(fn)(mass, lens, k, idx=idx, counts=cnt, block=BLOCK)
+    assert out[0] is idx and out[1] is cnt
+    try:
+        check(mass, lens, k, idx, cnt)
+    except AssertionError as e:
+        raise AssertionError(f"seed {seed}") from e
 
 
+@pytest.mark.parametrize("fn", SELECTS)
 @pytest.mark.parametrize("B,Hkv,n_max,k", CASES[:2])
-def test_topk_per_request_budgets(device, B, Hkv, n_max, k):
+def test_topk_per_request_budgets(device, fn, B, Hkv, n_max, k):
     seed = torch.seed() % 2**31
     mass, lens = make_mass(B, Hkv, n_max, device, seed, ties=False)
     budgets = torch.randint(1, k + 1, (B,), dtype=torch.int32).to(device)
-    idx, cnt = topk_select(mass, lens, k, budgets=budgets, block=64 if INTERPRET else 1024)
-    ref_idx, ref_cnt = topk_ref(mass, lens, k, budgets=budgets)
-    assert torch.equal(cnt, ref_cnt), seed
+    idx, cnt = select_fn(fn)(mass, lens, k, budgets=budgets, block=BLOCK)
     assert (cnt <= budgets[:, None]).all(), seed
-    for b in range(B):
-        for h in range(Hkv):
-            c = int(cnt[b, h])
-            assert torch.equal(idx[b, h, :c].sort().values, ref_idx[b, h, :c].sort().values), seed
+    try:
+        check(mass, lens, k, idx, cnt, budgets)
+    except AssertionError as e:
+        raise AssertionError(f"seed {seed}") from e
+
+
+def edge_rows(kind, Hkv, n, device):
+    g = torch.Generator().manual_seed(0)
+    if kind == "equal":  # every mass a tie
+        return torch.full((1, Hkv, n), 0.25, device=device)
+    if kind == "zeros":
+        return torch.zeros(1, Hkv, n, device=device)
+    if kind == "narrow":  # one binade, shared high mantissa bits: many candidates in every pass
+        return (1 + torch.randint(0, 64, (1, Hkv, n), generator=g) * 2.0**-22).to(device)
+    if kind == "spread":  # from denormals to 2**40
+        return (2.0 ** torch.randint(-149, 41, (1, Hkv, n), generator=g).double()).float().to(device)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("fn", SELECTS)
+@pytest.mark.parametrize("kind", ["equal", "zeros", "narrow", "spread"])
+@pytest.mark.parametrize("n,k", [(150, 1), (150, 37), (150, 149), (150, 150), (150, 200), (0, 5), (7, 0)])
+def test_topk_edge_rows(device, fn, kind, n, k):
+    mass = edge_rows(kind, 2, n, device)
+    lens = torch.tensor([n], dtype=torch.int32, device=device)
+    idx = torch.full((1, 2, k), -7, dtype=torch.int32, device=device)
+    cnt = torch.full((1, 2), -7, dtype=torch.int32, device=device)
+    select_fn(fn)(mass, lens, k, idx=idx, counts=cnt, block=BLOCK)
+    check(mass, lens, k, idx, cnt)
