@@ -5,18 +5,32 @@ Reference: ``vllm_kvoffload/ops/offload_ref.py`` (same arguments and layouts).
   blocks   [n] int (device)                     device blocks leaving the device
   host_kv  [num_slots, num_layers, 2, Hkv, block_size, D]  the pinned host pool
   slots    [n] int (device)                     their host slots
-Grid (n, Hkv, 2): each program moves one (block, head, K|V) tile of block_size x D
-elements over PCIe, in stream order: it runs before any later kernel can overwrite
-the freed device blocks, and the host never waits for it.
+``store_blocks_uva`` moves one layer: grid (n, Hkv, 2). ``store_blocks_all_layers_uva``
+moves every layer in one launch: grid (n, 2 * Hkv, num_layers), each program reading its
+layer's cache base address from a device table (all layers' kv5 views share one shape
+and strides). Each program moves one (block, head, K|V) tile of block_size x D elements
+over PCIe, in stream order: it runs before any later kernel can overwrite the freed
+device blocks, and the host never waits for it.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting
+from ._common import interpreting, next_pow2
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+@triton.jit
+def _copy_tile(src, dst, blk, slot, layer, kv, h,
+               s_kv, s_blk, s_tok, s_h, d_slot, d_layer, d_kv, d_h, d_tok,
+               BS: tl.constexpr, D: tl.constexpr):
+    """The (blk, h, kv) tile of a kv5 cache at ``src`` -> (slot, layer, kv, h) of the host pool."""
+    t = tl.arange(0, BS)
+    d = tl.arange(0, D)
+    x = tl.load(src + kv * s_kv + blk * s_blk + h * s_h + t[:, None] * s_tok + d[None, :])
+    tl.store(dst + slot * d_slot + layer * d_layer + kv * d_kv + h * d_h + t[:, None] * d_tok + d[None, :], x)
 
 
 @triton.jit(do_not_specialize=['layer'])  # per-step sizes: no recompiles
@@ -29,20 +43,39 @@ def _store_blocks(src_ptr, blk_ptr, dst_ptr, slot_ptr, layer,
     kv = tl.program_id(2)
     blk = tl.load(blk_ptr + i).to(tl.int64)
     slot = tl.load(slot_ptr + i).to(tl.int64)
-    t = tl.arange(0, BS)
-    d = tl.arange(0, D)
-    x = tl.load(src_ptr + kv * s_kv + blk * s_blk + h * s_h + t[:, None] * s_tok + d[None, :])
     dst = dst_ptr.to(tl.pointer_type(DTYPE)) if FROM_INT else dst_ptr
-    tl.store(dst + slot * d_slot + layer * d_layer + kv * d_kv + h * d_h + t[:, None] * d_tok + d[None, :], x)
+    _copy_tile(src_ptr, dst, blk, slot, layer, kv, h, s_kv, s_blk, s_tok, s_h,
+               d_slot, d_layer, d_kv, d_h, d_tok, BS, D)
 
 
-def store_blocks_uva(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Tensor, layer: int,
-                     slots: torch.Tensor, mode: str = "tensor", num_warps: int = 4) -> None:
+@triton.jit
+def _store_blocks_all_layers(table_ptr, blk_ptr, dst_ptr, slot_ptr,
+                             s_kv, s_blk, s_tok, s_h,             # strides of every layer's kv5
+                             d_slot, d_layer, d_kv, d_h, d_tok,   # host_kv strides (D contiguous)
+                             HKV: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, DTYPE: tl.constexpr):
+    i = tl.program_id(0)
+    kv = tl.program_id(1) // HKV
+    h = tl.program_id(1) % HKV
+    layer = tl.program_id(2).to(tl.int64)
+    src = tl.load(table_ptr + layer).to(tl.pointer_type(DTYPE))  # this layer's kv5 base address
+    blk = tl.load(blk_ptr + i).to(tl.int64)
+    slot = tl.load(slot_ptr + i).to(tl.int64)
+    _copy_tile(src, dst_ptr, blk, slot, layer, kv, h, s_kv, s_blk, s_tok, s_h,
+               d_slot, d_layer, d_kv, d_h, d_tok, BS, D)
+
+
+def _check_pool(kv5: torch.Tensor, host_kv: torch.Tensor) -> None:
     two, _, BS, Hkv, D = kv5.shape
     assert two == 2 and kv5.stride(-1) == 1 and host_kv.stride(-1) == 1
     assert host_kv.shape[2:] == (2, Hkv, BS, D) and host_kv.dtype == kv5.dtype
     if host_kv.device.type == "cpu" and not interpreting():
         assert host_kv.is_pinned(), "zero-copy stores need pinned (page-locked) host memory"
+
+
+def store_blocks_uva(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Tensor, layer: int,
+                     slots: torch.Tensor, mode: str = "tensor", num_warps: int = 4) -> None:
+    _check_pool(kv5, host_kv)
+    _, _, BS, Hkv, D = kv5.shape
     n = blocks.numel()
     if n == 0:
         return
@@ -52,3 +85,35 @@ def store_blocks_uva(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Ten
                                kv5.stride(0), kv5.stride(1), kv5.stride(2), kv5.stride(3),
                                st[0], st[1], st[2], st[3], st[4],
                                BS=BS, D=D, FROM_INT=mode == "int", DTYPE=_TL[kv5.dtype], num_warps=num_warps)
+
+
+def layer_pointer_table(kv5s: list[torch.Tensor]) -> torch.Tensor:
+    """Device int64 [num_layers]: the base address of each layer's kv5 view, the table
+    ``store_blocks_all_layers_uva`` reads. Checks the invariant the kernel relies on: every
+    view has the first one's shape, strides, dtype and device."""
+    first = kv5s[0]
+    for kv5 in kv5s:
+        assert (kv5.shape, kv5.stride(), kv5.dtype, kv5.device) == \
+            (first.shape, first.stride(), first.dtype, first.device), "kv5 views must share one layout"
+    return torch.tensor([kv5.data_ptr() for kv5 in kv5s], dtype=torch.int64, device=first.device)
+
+
+def store_blocks_all_layers_uva(kv5s: list[torch.Tensor], blocks: torch.Tensor, host_kv: torch.Tensor,
+                                slots: torch.Tensor, table: torch.Tensor | None = None,
+                                num_warps: int = 4) -> None:
+    """``store_blocks_uva`` for every layer at once: kv5s[layer] -> host_kv[:, layer].
+    table: ``layer_pointer_table(kv5s)``, passed by callers that cache it (built here otherwise)."""
+    kv5 = kv5s[0]
+    _check_pool(kv5, host_kv)
+    _, _, BS, Hkv, D = kv5.shape
+    assert len(kv5s) == host_kv.shape[1] and BS == next_pow2(BS) and D == next_pow2(D)
+    n = blocks.numel()
+    if n == 0:
+        return
+    table = layer_pointer_table(kv5s) if table is None else table
+    st = host_kv.stride()
+    _store_blocks_all_layers[(n, 2 * Hkv, len(kv5s))](
+        table, blocks, host_kv, slots,
+        kv5.stride(0), kv5.stride(1), kv5.stride(2), kv5.stride(3),
+        st[0], st[1], st[2], st[3], st[4],
+        HKV=Hkv, BS=BS, D=D, DTYPE=_TL[kv5.dtype], num_warps=num_warps)

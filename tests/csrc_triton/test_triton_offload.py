@@ -1,28 +1,34 @@
 import pytest
 import torch
 
-from conftest import INTERPRET
-
 triton = pytest.importorskip("triton")
 
-from vllm_kvoffload.ops.offload_ref import store_blocks_ref  # noqa: E402
-from vllm_kvoffload.ops.triton_kernels import store_blocks_uva  # noqa: E402
+from vllm_kvoffload.ops.offload_ref import store_blocks_all_layers_ref, store_blocks_ref  # noqa: E402
+from vllm_kvoffload.ops.triton_kernels import load, store_blocks_uva  # noqa: E402
+
+
+def flash_kv5(nb, Hkv, BS, D, device, dtype=torch.bfloat16):
+    """A random cache as vLLM's FlashAttention logical view [blocks, Hkv, bs, 2D] with NHD
+    strides, and its kv5 view [2, blocks, bs, Hkv, D]. Returns (physical cache, kv5)."""
+    phys = torch.randn(nb, BS, Hkv, 2 * D, device=device).to(dtype)
+    kv = phys.transpose(1, 2)
+    k, v = kv.transpose(1, 2).split(D, dim=-1)
+    kv5 = torch.as_strided(kv, (2, *k.shape), (v.storage_offset() - k.storage_offset(), *k.stride()),
+                           k.storage_offset())
+    return phys, kv5
+
+
+def poisoned_pool(slots_total, layers, Hkv, BS, D, device):
+    return torch.full((slots_total, layers, 2, Hkv, BS, D), float("nan"), dtype=torch.bfloat16,
+                      pin_memory=device.type == "cuda")
 
 
 @pytest.mark.parametrize("Hkv,BS,D", [(2, 16, 64), (8, 16, 128), (1, 32, 64)])
 @pytest.mark.parametrize("mode", ["tensor", "int"])
 def test_store_blocks(device, Hkv, BS, D, mode):
-    if INTERPRET and mode == "int":
-        pytest.skip("the interpreter cannot dereference raw integer addresses")
     nb, slots_total, layers = 11, 9, 3
-    # the cache as vLLM's FlashAttention logical view [blocks, Hkv, bs, 2D] with NHD strides
-    phys = torch.randn(nb, BS, Hkv, 2 * D, device=device).to(torch.bfloat16)
-    kv = phys.transpose(1, 2)
-    k, v = kv.transpose(1, 2).split(D, dim=-1)
-    kv5 = torch.as_strided(kv, (2, *k.shape), (v.storage_offset() - k.storage_offset(), *k.stride()),
-                           k.storage_offset())
-    pin = device.type == "cuda"
-    host = torch.full((slots_total, layers, 2, Hkv, BS, D), float("nan"), dtype=torch.bfloat16, pin_memory=pin)
+    phys, kv5 = flash_kv5(nb, Hkv, BS, D, device)
+    host = poisoned_pool(slots_total, layers, Hkv, BS, D, device)
     want = host.clone()
     blocks = torch.tensor([3, 0, 10, 7], device=device)
     slots = torch.tensor([8, 1, 4, 0], device=device)
@@ -32,3 +38,92 @@ def test_store_blocks(device, Hkv, BS, D, mode):
     store_blocks_ref(kv5, blocks, want, 2, slots)
     assert torch.equal(host.nan_to_num(7.0), want.nan_to_num(7.0))  # untouched slots stay NaN
     assert torch.equal(host[8, 2, 0], phys[3, :, :, :D].transpose(0, 1).cpu())
+
+
+@pytest.mark.parametrize("layers,Hkv,BS,D,n", [(3, 3, 16, 64, 5), (5, 1, 32, 128, 7), (2, 8, 16, 128, 1)])
+def test_store_blocks_all_layers(device, layers, Hkv, BS, D, n):
+    """One launch for every layer (per-layer base addresses from a device table) equals the
+    per-layer reference; blocks and slots in random order, int32 ids as the runtime uploads them."""
+    seed = torch.seed() % 2**31
+    torch.manual_seed(seed)
+    nb, slots_total = 2 * n + 3, 2 * n + 1
+    caches = [flash_kv5(nb, Hkv, BS, D, device) for _ in range(layers)]
+    kv5s = [kv5 for _, kv5 in caches]
+    host = poisoned_pool(slots_total, layers, Hkv, BS, D, device)
+    want = host.clone()
+    blocks = torch.randperm(nb)[:n].to(device, torch.int32)
+    slots = torch.randperm(slots_total)[:n].to(device, torch.int32)
+    offload = load("offload")
+    offload.store_blocks_all_layers_uva(kv5s, blocks, host, slots, table=offload.layer_pointer_table(kv5s))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    store_blocks_all_layers_ref(kv5s, blocks, want, slots)
+    assert torch.equal(host.nan_to_num(7.0), want.nan_to_num(7.0)), f"seed {seed}"  # untouched slots stay NaN
+    assert host[slots.cpu().long()].isnan().sum() == 0 and host.isnan().any(), f"seed {seed}"
+    b, s = int(blocks[0]), int(slots[0])
+    for layer, (phys, _) in enumerate(caches):  # the layout, independently of the reference
+        assert torch.equal(host[s, layer, 1], phys[b, :, :, D:].transpose(0, 1).cpu()), f"seed {seed}"
+
+
+def test_layer_pointer_table_refuses_mixed_layouts(device):
+    offload = load("offload")
+    _, a = flash_kv5(5, 2, 16, 64, device)
+    _, b = flash_kv5(6, 2, 16, 64, device)  # one block more: another shape
+    assert offload.layer_pointer_table([a, a]).tolist() == [a.data_ptr()] * 2
+    with pytest.raises(AssertionError, match="one layout"):
+        offload.layer_pointer_table([a, b])
+
+
+@pytest.mark.parametrize("scorer", ["exact-topk", "exact-topk-fp8"])
+def test_pool_store_from_caches_equals_per_layer_store(device, scorer):
+    """HostPool's GPU store (one launch for all layers, then per-layer summaries) fills the
+    pool and the summaries exactly like its per-layer copy path."""
+    from vllm_kvoffload.host_pool import HostPool
+    from vllm_kvoffload.scorers import KVGeometry, create_scorer
+
+    seed = torch.seed() % 2**31
+    torch.manual_seed(seed)
+    layers, Hkv, BS, D, nb, num_slots = 3, 2, 16, 64, 9, 7
+    geometry = KVGeometry(Hkv, 2 * Hkv, D, BS, torch.bfloat16)
+    pools = [HostPool(num_slots, layers, Hkv, BS, D, torch.bfloat16, create_scorer(scorer, geometry), device)
+             for _ in range(2)]
+    for pool in pools:
+        pool.kv.fill_(float("nan"))
+        for s in pool.summaries:
+            s.zero_()
+    kv5s = [flash_kv5(nb, Hkv, BS, D, device)[1] for _ in range(layers)]
+    blocks = torch.tensor([4, 8, 0, 5], dtype=torch.int32, device=device)
+    slots = torch.tensor([6, 0, 3, 2], dtype=torch.int32, device=device)
+    pools[0].store_from_caches(kv5s, load("offload").layer_pointer_table(kv5s), blocks, slots)
+    for layer, kv5 in enumerate(kv5s):
+        kv = kv5[:, blocks.long()].transpose(2, 3)  # [2, n, Hkv, bs, D]
+        pools[1].store(layer, slots.cpu().long(), kv[0], kv[1])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    assert torch.equal(pools[0].kv.nan_to_num(7.0), pools[1].kv.nan_to_num(7.0)), f"seed {seed}"
+    assert not pools[0].kv[slots.cpu().long()].isnan().any(), f"seed {seed}"
+    for got, want in zip(pools[0].summaries, pools[1].summaries):
+        assert torch.equal(got.cpu(), want.cpu()) and want.any(), f"seed {seed}"
+
+
+def test_runtime_builds_layer_views_once_per_cache(device):
+    """The runtime's kv5 views and address table follow the layers' cache tensors: reused
+    while they stay, rebuilt when one is replaced."""
+    from types import SimpleNamespace
+
+    from vllm_kvoffload.attention.backend_cuda import flash_kv5 as vllm_flash_kv5
+    from vllm_kvoffload.config import KVOffloadConfig
+    from vllm_kvoffload.runtime import OffloadRuntime
+
+    runtime = OffloadRuntime(KVOffloadConfig.parse({"budget": 0.1}), 16)
+    impl = SimpleNamespace(kv5=lambda cache: vllm_flash_kv5(cache, 64))
+    for name in ("l0", "l1"):
+        runtime.add_layer(name, SimpleNamespace(impl=impl, kv_cache=torch.randn(5, 2, 16, 128, device=device)))
+    kv5s, table = runtime._layer_views()
+    caches = [layer.kv_cache for layer in runtime.layers.values()]
+    assert table.tolist() == [c.data_ptr() for c in caches] and kv5s[1].data_ptr() == caches[1].data_ptr()
+    assert runtime._layer_views()[1] is table  # same caches: nothing rebuilt
+    runtime.layers["l1"].kv_cache = torch.randn(5, 2, 16, 128, device=device)
+    kv5s, table = runtime._layer_views()
+    assert table.tolist()[1] == runtime.layers["l1"].kv_cache.data_ptr()
+    assert torch.equal(kv5s[1][0, 3, :, 1], runtime.layers["l1"].kv_cache[3, 1, :, :64])

@@ -9,3 +9,10 @@ def store_blocks_ref(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Ten
                      slots: torch.Tensor) -> None:
     tiles = kv5[:, blocks.long()].permute(1, 0, 3, 2, 4)  # [n, 2, Hkv, bs, D]
     host_kv[slots.cpu().long(), layer] = tiles.to(host_kv.device)
+
+
+def store_blocks_all_layers_ref(kv5s: list[torch.Tensor], blocks: torch.Tensor, host_kv: torch.Tensor,
+                                slots: torch.Tensor) -> None:
+    """Every layer at once: kv5s[layer] -> host_kv[:, layer]."""
+    for layer, kv5 in enumerate(kv5s):
+        store_blocks_ref(kv5, blocks, host_kv, layer, slots)
