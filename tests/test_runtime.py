@@ -22,6 +22,7 @@ class FlashLayoutImpl:
     """Geometry plus the CUDA impl's own cache views (the code under test reads them)."""
 
     num_heads, num_kv_heads, head_size, scale = HQ, HKV, D, 1 / math.sqrt(D)
+    _kv5 = None  # OffloadFlashAttentionImpl.kv5 caches its view here
     kv5 = OffloadFlashAttentionImpl.kv5
     kv_views = OffloadFlashAttentionImpl.kv_views
 
@@ -131,3 +132,24 @@ def test_device_cache_off_reads_the_pool():
     runtime.pool.kv.fill_(float("nan"))
     after = run_step(runtime, rows, table, query, check_per_row=False)
     assert after[0].isnan().all() and runtime.fetch_stats()["cache_hits"] == 0
+
+
+def test_rows_follow_blocks_going_cold_between_steps():
+    """A plan that moves one more block of a request to the host changes its next rows:
+    one cold slot more, one resident block less (the cached cold-slot tensors follow)."""
+    runtime, rows, table, caches = setup(0.2)
+    a = runtime.cold["a"]
+    logical = runtime.sink_blocks + len(a)  # a's first resident block after the sink
+    free = next(s for s in range(64) if all(s not in slots for slots in runtime.cold.values()))
+    block = int(table[0, logical])
+    runtime.apply_plan(SimpleNamespace(released=[], copies=[("a", logical, block, free)]), 64)
+    after = runtime.plan_decodes(3, torch.tensor((300, 150, 40)), table)
+    assert after[0].cold_slots.tolist() == rows[0].cold_slots.tolist() + [free]
+    assert after[0].resident_blocks.tolist() == [b for b in rows[0].resident_blocks.tolist() if b != block]
+    assert after[0].resident_tokens == rows[0].resident_tokens - BS
+    k, v = runtime.pool.read_blocks(0, torch.tensor([free]))
+    assert torch.equal(k[0], caches[0][block, :, :, :D]) and torch.equal(v[0], caches[0][block, :, :, D:])
+    for r_after, r_before in zip(after[1:], rows[1:]):  # b and c: unchanged
+        assert r_after.cold_slots.tolist() == r_before.cold_slots.tolist()
+        assert r_after.resident_blocks.tolist() == r_before.resident_blocks.tolist()
+    run_step(runtime, after, table, torch.randn(3, HQ, D))  # batched path == per-row path

@@ -39,14 +39,17 @@ class HostPool:
         self.kv[host_slots, layer, 1] = values.to(self.kv.device)
         self.summaries[layer][slots.to(self.summaries[layer].device)] = self.scorer.summarize(keys)
 
-    def store_from_cache(self, layer: int, kv5: torch.Tensor, blocks: torch.Tensor, slots: torch.Tensor) -> None:
-        """GPU: device blocks of the cache view kv5 [2, blocks, bs, Hkv, D] straight into
-        their pinned slots with zero-copy stores (stream-ordered, no host sync)."""
-        from vllm_kvoffload.ops.triton_kernels import store_blocks_uva
+    def store_from_caches(self, kv5s: list[torch.Tensor], table: torch.Tensor, blocks: torch.Tensor,
+                          slots: torch.Tensor) -> None:
+        """GPU: device blocks of every layer's cache view kv5s[layer] [2, blocks, bs, Hkv, D]
+        straight into their pinned slots, all layers in one zero-copy launch (stream-ordered,
+        no host sync; table: ``offload.layer_pointer_table(kv5s)``), then each layer's summaries."""
+        from vllm_kvoffload.ops.triton_kernels import load
 
-        store_blocks_uva(kv5, blocks, self.kv, layer, slots)
-        keys = kv5[0, blocks].transpose(1, 2)  # [n, Hkv, bs, D]
-        self.summaries[layer][slots] = self.scorer.summarize(keys)
+        load("offload").store_blocks_all_layers_uva(kv5s, blocks, self.kv, slots, table=table)
+        for layer, kv5 in enumerate(kv5s):
+            keys = kv5[0, blocks].transpose(1, 2)  # [n, Hkv, bs, D]
+            self.summaries[layer][slots] = self.scorer.summarize(keys)
 
     def gather(self, layer: int, slots: torch.Tensor, token_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cold tokens chosen per KV head. slots: [n_cold_blocks] (the request's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from vllm.logger import init_logger
 
@@ -35,6 +36,56 @@ class DecodeRow:
     budget: int                  # cold tokens to select per KV head
 
 
+_NO_SLOTS = torch.empty(0, dtype=torch.long)  # cold_slots of a row with nothing offloaded (never written)
+_ALIGN = 4  # int32 elements: each packed array starts on a 16-byte boundary, as Triton specializes pointers
+
+
+def _pad_rows(tensors: list[torch.Tensor], width: int) -> np.ndarray:
+    """[len(tensors), width] int32: row i holds the 1-D CPU tensor tensors[i], then zeros."""
+    lens = np.array([t.numel() for t in tensors])
+    out = np.zeros((len(tensors), width), dtype=np.int32)
+    out[np.arange(width) < lens[:, None]] = torch.cat(tensors).numpy()  # row-major: row by row
+    return out
+
+
+class HostToDevice:
+    """Int32 host arrays to the device in ONE copy of a packed buffer; returns device views
+    of the pieces. On CUDA the buffer is a pinned staging buffer, reused across calls and
+    grown when needed, and the copy is asynchronous. Invariant: the host refills it only
+    after the previous copy out of it has finished (an event), so no copy reads a
+    half-written plan."""
+
+    def __init__(self):
+        self.staging = torch.empty(0, dtype=torch.int32)
+        self.copied = None  # CUDA event recorded after the last copy out of ``staging``
+
+    def upload(self, arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+        sizes = [-(-a.size // _ALIGN) * _ALIGN for a in arrays.values()]
+        host = self._host_buffer(sum(sizes), device)
+        flat, start = host.numpy(), 0
+        for a, size in zip(arrays.values(), sizes):
+            flat[start:start + a.size] = a.ravel()  # values fit int32 (block ids, slots, lengths)
+            start += size
+        dev = host.to(device, non_blocking=True)
+        if device.type == "cuda":
+            self.copied.record()  # on the stream of the copy
+        views, start = {}, 0
+        for (name, a), size in zip(arrays.items(), sizes):
+            views[name] = dev[start:start + a.size].view(a.shape)
+            start += size
+        return views
+
+    def _host_buffer(self, n: int, device: torch.device) -> torch.Tensor:
+        if device.type != "cuda":
+            return torch.empty(n, dtype=torch.int32)  # the views alias it: a fresh one per call
+        if self.copied is None:
+            self.copied = torch.cuda.Event()
+        self.copied.synchronize()  # the last copy out of the staging buffer has finished
+        if self.staging.numel() < n:
+            self.staging = torch.empty(max(n, 2 * self.staging.numel()), dtype=torch.int32, pin_memory=True)
+        return self.staging[:n]
+
+
 class OffloadRuntime:
     def __init__(self, config: KVOffloadConfig, block_size: int):
         self.config = config
@@ -44,6 +95,9 @@ class OffloadRuntime:
         self.layers: dict[str, torch.nn.Module] = {}
         self.pool: HostPool | None = None
         self.cold: dict[str, list[int]] = {}  # req id -> host slots in logical order
+        # req id -> its cold list as a CPU int64 tensor; apply_plan drops the entry of every
+        # request whose list it changes, so an entry always equals its list
+        self.cold_tensors: dict[str, torch.Tensor] = {}
         self.runner = None  # the model runner, for the batch's request ids
         self.batched: dict | None = None  # this step's device plan for the Triton path
         # The device cache (batched path): per layer, the last step's (idx, counts, keys,
@@ -53,6 +107,12 @@ class OffloadRuntime:
         self.cached_req_ids: list[str | None] = []
         self.released: set[str] = set()  # since the last plan: their cache rows are stale
         self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
+        self.plan_upload = HostToDevice()  # the per-step decode plan
+        self.copy_upload = HostToDevice()  # the blocks going cold and their slots
+        # Zero-copy store: every layer's kv5 view and their base-address table, built from the
+        # caches whose data_ptrs are ``views_key`` (vLLM allocates the caches once).
+        self.views_key: tuple[int, ...] | None = None
+        self.views: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
     # ---- set-up -------------------------------------------------------------
     def add_layer(self, name: str, layer: torch.nn.Module) -> None:
@@ -76,6 +136,7 @@ class OffloadRuntime:
     def apply_plan(self, plan, num_slots: int) -> None:
         for req_id in plan.released:
             self.cold.pop(req_id, None)
+            self.cold_tensors.pop(req_id, None)
             self.released.add(req_id)
         if not plan.copies:
             return
@@ -85,39 +146,62 @@ class OffloadRuntime:
             slots = self.cold.setdefault(req_id, [])
             assert logical == self.sink_blocks + len(slots), "cold blocks must stay contiguous"
             slots.append(slot)
+            self.cold_tensors.pop(req_id, None)
+        blocks = np.array([c[2] for c in plan.copies], dtype=np.int64)
+        slots = np.array([c[3] for c in plan.copies], dtype=np.int64)
         device = first.kv_cache.device
-        blocks = torch.tensor([c[2] for c in plan.copies], device=device)
-        slots = torch.tensor([c[3] for c in plan.copies])
-        zero_copy = device.type == "cuda" and hasattr(first.impl, "kv5")
-        if zero_copy:
-            slots = slots.to(device)
-        for name, layer in self.layers.items():
-            if zero_copy:
-                pool.store_from_cache(self.layer_index[name], layer.impl.kv5(layer.kv_cache), blocks, slots)
-            else:
+        if device.type == "cuda" and hasattr(first.impl, "kv5"):
+            dev = self.copy_upload.upload({"blocks": blocks, "slots": slots}, device)
+            pool.store_from_caches(*self._layer_views(), dev["blocks"], dev["slots"])
+        else:
+            blocks, slots = torch.from_numpy(blocks).to(device), torch.from_numpy(slots)
+            for name, layer in self.layers.items():
                 keys, values = layer.impl.kv_views(layer.kv_cache, blocks)
                 pool.store(self.layer_index[name], slots, keys, values)
 
+    def _layer_views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every layer's kv5 view in host-pool layer order (``layers`` and ``layer_index``
+        share insertion order) and the device table of their base addresses, rebuilt only
+        when a layer's cache tensor moved."""
+        key = tuple(layer.kv_cache.data_ptr() for layer in self.layers.values())
+        if key != self.views_key:
+            from vllm_kvoffload.ops.triton_kernels import load
+
+            kv5s = [layer.impl.kv5(layer.kv_cache) for layer in self.layers.values()]
+            self.views = kv5s, load("offload").layer_pointer_table(kv5s)
+            self.views_key = key
+        return self.views
+
     # ---- per step -------------------------------------------------------------
     def plan_decodes(self, num_decodes: int, seq_lens: torch.Tensor, block_table: torch.Tensor) -> list[DecodeRow]:
+        """seq_lens: CPU (or device) tensor; block_table: the step's device block table."""
         # Rows without a request (vLLM's dummy/profiling runs) have no cold blocks.
         known = self.runner.input_batch.req_ids[:num_decodes] if self.runner is not None else []
         req_ids = list(known) + [None] * (num_decodes - len(known))
         seq_lens = seq_lens[:num_decodes].tolist()
-        block_table = block_table[:num_decodes].cpu()  # one device sync per step, not per row
+        table = block_table[:num_decodes].cpu().numpy()  # one device sync per step, not per row
+        bs = self.block_size
         rows = []
         for r, (req_id, seq_len) in enumerate(zip(req_ids, seq_lens)):
-            nblocks = -(-seq_len // self.block_size)
-            slots = self.cold.get(req_id, []) if req_id is not None else []
+            nblocks = -(-seq_len // bs)
+            cold = self._cold_slots(req_id)
             sink = min(self.sink_blocks, nblocks)
-            logical = list(range(sink)) + list(range(sink + len(slots), nblocks))
-            resident = block_table[r, logical]
-            cold_tokens = len(slots) * self.block_size
+            # logical blocks [sink, sink + #cold) are in the host pool; the others are resident
+            resident = np.concatenate((table[r, :sink], table[r, sink + cold.numel():nblocks]))
             rows.append(DecodeRow(
-                req_id=req_id, seq_len=seq_len, resident_blocks=resident,
-                resident_tokens=seq_len - cold_tokens, cold_slots=torch.tensor(slots, dtype=torch.long),
+                req_id=req_id, seq_len=seq_len, resident_blocks=torch.from_numpy(resident),
+                resident_tokens=seq_len - cold.numel() * bs, cold_slots=cold,
                 budget=self.config.budget_tokens(seq_len)))
         return rows
+
+    def _cold_slots(self, req_id: str | None) -> torch.Tensor:
+        """The request's host slots in logical order, CPU int64 (shared: read only)."""
+        if req_id is None or req_id not in self.cold:
+            return _NO_SLOTS
+        slots = self.cold_tensors.get(req_id)
+        if slots is None:
+            slots = self.cold_tensors[req_id] = torch.from_numpy(np.array(self.cold[req_id], dtype=np.int64))
+        return slots
 
     def decode(self, layer_name: str, impl, query: torch.Tensor, kv_cache: torch.Tensor,
                rows: list[DecodeRow], output: torch.Tensor) -> None:
@@ -136,31 +220,28 @@ class OffloadRuntime:
                 and self.config.topp is None and self.config.granularity == "token")
 
     def plan_batched(self, rows: list[DecodeRow], block_table: torch.Tensor) -> None:
-        """Device tensors shared by every layer of this step (plan once, run per layer)."""
+        """Device tensors shared by every layer of this step (plan once, run per layer): built
+        in numpy, then one host->device copy of one packed int32 buffer, sliced on the device."""
         self.batched = None
         if not rows or not self.use_batched_kernels():
             return
-        dev = block_table.device
-        B = len(rows)
         bs = self.block_size
-        max_res = max(-(-r.resident_tokens // bs) for r in rows)
-        max_cold = max(1, max(r.cold_slots.numel() for r in rows))
-        res = torch.zeros(B, max_res, dtype=torch.int32)
-        cold = torch.zeros(B, max_cold, dtype=torch.int32)
-        for i, r in enumerate(rows):
-            res[i, : r.resident_blocks.numel()] = r.resident_blocks.cpu()
-            cold[i, : r.cold_slots.numel()] = r.cold_slots
-        cold_lens = torch.tensor([r.cold_slots.numel() * bs for r in rows], dtype=torch.int32)
-        budgets = torch.tensor([r.budget for r in rows], dtype=torch.int32)
-        k = max(1, min(int(budgets.max()), int(cold_lens.max())))
-        res_lens = torch.tensor([r.resident_tokens for r in rows], dtype=torch.int32)
+        res_lens = np.array([r.resident_tokens for r in rows], dtype=np.int32)
+        cold_blocks = np.array([r.cold_slots.numel() for r in rows], dtype=np.int32)
+        budgets = np.array([r.budget for r in rows], dtype=np.int32)
+        res = _pad_rows([r.resident_blocks for r in rows], int((-(-res_lens // bs)).max()))
+        cold = _pad_rows([r.cold_slots for r in rows], max(1, int(cold_blocks.max())))
+        cold_lens = cold_blocks * bs
         any_cold = bool(cold_lens.max() > 0)
-        self.batched = dict(
-            res_table=res.to(dev), res_lens=res_lens.to(dev), cold_slots=cold.to(dev),
-            cold_lens=cold_lens.to(dev), budgets=budgets.to(dev), k=k, any_cold=any_cold,
-            cache_rows=self._cache_rows(rows, any_cold, dev))
+        arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
+        cache_rows = self._cache_rows(rows, any_cold)
+        if cache_rows is not None:
+            arrays["cache_rows"] = cache_rows
+        dev = self.plan_upload.upload(arrays, block_table.device)
+        self.batched = dict(dev, k=max(1, min(int(budgets.max()), int(cold_lens.max()))), any_cold=any_cold,
+                            cache_rows=dev.get("cache_rows"))
 
-    def _cache_rows(self, rows: list[DecodeRow], any_cold: bool, device) -> torch.Tensor | None:
+    def _cache_rows(self, rows: list[DecodeRow], any_cold: bool) -> np.ndarray | None:
         """Row of each decode row's request in the device cache (-1: none), or None when
         the cache is off or empty. Every layer rewrites the cache this step, so it then
         follows this step's rows."""
@@ -172,7 +253,7 @@ class OffloadRuntime:
         self.cached_req_ids = [r.req_id for r in rows]
         if not self.cached:
             return None
-        return torch.tensor([where.get(r.req_id, -1) for r in rows], dtype=torch.int32).to(device)
+        return np.array([where.get(r.req_id, -1) for r in rows], dtype=np.int32)
 
     def fetch_stats(self) -> dict:
         """Tokens gathered for decode attention so far, and the share the device cache served."""

@@ -107,6 +107,13 @@ class OffloadImplMixin:
         return output
 
 
+def seq_lens_cpu(cm) -> torch.Tensor:
+    """The batch's sequence lengths on the host without a device sync where vLLM keeps a CPU
+    copy: ``seq_lens_cpu_upper_bound`` is exact except for async speculative decoding,
+    which kv_offload refuses (plugin.py)."""
+    return cm.seq_lens_cpu_upper_bound if cm.seq_lens_cpu_upper_bound is not None else cm.seq_lens.cpu()
+
+
 class OffloadBuilderMixin:
     """Put first in the bases of a platform builder: decode rows are planned here,
     the rest goes to the stock builder through ``super().build``."""
@@ -119,7 +126,7 @@ class OffloadBuilderMixin:
             return super().build(common_prefix_len, cm, fast_build)
         nd = count_leading_decodes(cm.query_start_loc_cpu)
         runtime = current_runtime()
-        rows = runtime.plan_decodes(nd, cm.seq_lens.cpu(), cm.block_table_tensor) if nd else []
+        rows = runtime.plan_decodes(nd, seq_lens_cpu(cm), cm.block_table_tensor) if nd else []
         runtime.plan_batched(rows, cm.block_table_tensor)
         prefill = None
         if nd < cm.num_reqs:
