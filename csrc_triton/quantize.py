@@ -3,11 +3,6 @@ Reference: ``vllm_kvoffload/ops/quantize_ref.py`` (scale = max|x| / 448).
 
 Grid (cdiv(R, BLOCK_R),): a program quantizes BLOCK_R rows of D contiguous
 elements (R = x.numel() // D). D must be a power of two.
-
-``quantize_fp8`` equals the reference bit for bit: both divisions are IEEE-rounded
-(``div_rn``; Triton's ``/`` is approximate on GPU), and each value is rounded to nearest
-even onto the e4m3 grid in fp32 before the cast, so the cast itself is exact (the Triton
-interpreter's own fp32 -> fp8 rounding is wrong; hardware and torch round to nearest even).
 """
 
 from __future__ import annotations
@@ -20,21 +15,6 @@ from ._common import cdiv, next_pow2
 
 FP8_MAX = tl.constexpr(448.0)
 SCALE_MIN = tl.constexpr(1e-12)
-RNE_SHIFT = tl.constexpr(12582912.0)  # 1.5 * 2**23: (a + it) - it rounds |a| < 2**22 to an integer, ties to even
-
-
-@triton.jit
-def _round_to_e4m3(v):
-    """fp32 v (|v| <= 448) rounded to nearest even onto the float8 e4m3 grid, still fp32.
-    The grid spacing at v is 2**(e - 3) for v's binary exponent e, and 2**-9 for e4m3's
-    subnormals (e < -6); scaling by powers of two is exact, so only the RNE add rounds."""
-    e = (v.to(tl.int32, bitcast=True) >> 23) & 0xFF     # v's biased fp32 exponent
-    e = tl.maximum(e, 127 - 6)                          # subnormals keep the spacing of 2**-6's binade
-    ulp = ((e - 3) << 23).to(tl.float32, bitcast=True)  # 2**(e - 127 - 3)
-    inv_ulp = ((257 - e) << 23).to(tl.float32, bitcast=True)  # 1 / ulp
-    a = tl.abs(v) * inv_ulp                             # < 16: the grid points are the integers
-    r = ((a + RNE_SHIFT) - RNE_SHIFT) * ulp
-    return tl.where(v.to(tl.int32, bitcast=True) < 0, -r, r)  # the sign bit, -0.0 included
 
 
 @triton.jit
@@ -44,10 +24,9 @@ def _quantize_rows(x_ptr, q_ptr, s_ptr, R, D: tl.constexpr, BLOCK_R: tl.constexp
     rm = r < R
     off = r.to(tl.int64)[:, None] * D + d[None, :]
     x = tl.load(x_ptr + off, mask=rm[:, None], other=0.0).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x), 1), SCALE_MIN * FP8_MAX)
-    scale = tl.math.div_rn(amax, tl.full(amax.shape, FP8_MAX, tl.float32))  # div_rn does not broadcast
-    q = tl.clamp(tl.math.div_rn(x, tl.broadcast_to(scale[:, None], x.shape)), -FP8_MAX, FP8_MAX)
-    tl.store(q_ptr + off, _round_to_e4m3(q).to(q_ptr.dtype.element_ty), mask=rm[:, None])
+    scale = tl.maximum(tl.max(tl.abs(x), 1), SCALE_MIN * FP8_MAX) / FP8_MAX
+    q = tl.clamp(x / scale[:, None], -FP8_MAX, FP8_MAX)
+    tl.store(q_ptr + off, q.to(q_ptr.dtype.element_ty), mask=rm[:, None])
     tl.store(s_ptr + r, scale, mask=rm)
 
 

@@ -153,7 +153,7 @@ def sweep(K_, ck, dev):
                and torch.equal(torch.where(valid, ov_, 0), rv))
 
 
-TOPK_FNS = {"topk": "topk_select", "topk_fast": "topk_select_fast"}  # the baseline kernel, its faster variant
+TOPK_FNS = {"topk": "topk_select"}
 
 
 def check_topk(K_, mass, lens, k, topk_ref, fn="topk_select"):
@@ -251,10 +251,7 @@ def realistic(K_, ck, dev, a, flush):
     del ref, ref8
     # --- top-k
     ck.add("realistic topk", check_topk(K_, mass, cl, K, topk_ref))
-    ck.add("realistic topk_fast", check_topk(K_, mass, cl, K, topk_ref, "topk_select_fast"))
     idx, cnt = K_["topk"].topk_select(mass, cl, K)
-    idx_f, cnt_f = K_["topk"].topk_select_fast(mass, cl, K)
-    ck.add("realistic topk_fast == topk (ties: lowest index)", torch.equal(idx_f, idx) and torch.equal(cnt_f, cnt))
     idx8, _ = K_["topk"].topk_select(mass8, cl, K)
     recall = recall_at_k(idx, idx8, cnt)
     print(f"  fp8 scoring keeps {recall:.3f} of the bf16 top-{K}", flush=True)
@@ -308,9 +305,6 @@ def realistic(K_, ck, dev, a, flush):
     t_k = T(lambda: K_["topk"].topk_select(mass, cl, K, idx=idx, counts=cnt))
     res["topk"] = dict(time_s=t_k, bytes=n_cold * Hkv * 4 + idx.numel() * 4, peak=HBM_PEAK,
                        note="unique bytes; the row is re-read 10x from L2")
-    t_kf = T(lambda: K_["topk"].topk_select_fast(mass, cl, K, idx=idx_f, counts=cnt_f))
-    res["topk_fast"] = dict(time_s=t_kf, bytes=res["topk"]["bytes"], peak=HBM_PEAK,
-                            note="unique bytes; the row is re-read 4x from L2")
     t_torch_topk = T(lambda: torch.topk(mass, K, dim=-1))
     res["torch.topk (no compaction/sort)"] = dict(time_s=t_torch_topk, bytes=mass.numel() * 4 + idx.numel() * 12,
                                                   peak=HBM_PEAK)

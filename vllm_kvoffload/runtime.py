@@ -271,7 +271,7 @@ class OffloadRuntime:
                 mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
                                                       b["cold_lens"], impl.scale)
             with phase("select"):
-                idx, counts = tk.topk_select_fast(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
+                idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
             with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
                 cached = self.cached.get(layer) if b["cache_rows"] is not None else None
                 if cached is None:

@@ -3,7 +3,7 @@ the same signature and is tested against the function here."""
 
 
 def batched_ops(cuda: bool):
-    """The batched decode operations (score_mass, topk_select[_fast], gather_uva, gather_cached, sparse_decode):
+    """The batched decode operations (score_mass, topk_select, gather_uva, gather_cached, sparse_decode):
     the Triton kernels on GPU, these torch references otherwise (CPU tests)."""
     if cuda:
         from vllm_kvoffload.ops import triton_kernels
@@ -21,7 +21,7 @@ def batched_ops(cuda: bool):
         result = sparse_decode_ref(*args, **kwargs)
         return result if out is None else out.copy_(result)
 
-    return SimpleNamespace(score_mass=score_mass_ref, topk_select=topk_ref, topk_select_fast=topk_ref,
+    return SimpleNamespace(score_mass=score_mass_ref, topk_select=topk_ref,
                            gather_uva=gather_ref,
                            gather_cached=gather_cached_ref,
                            sparse_decode=sparse_decode)

@@ -43,7 +43,6 @@ def __getattr__(attr: str):
         "quantize_fp8": "quantize",
         "dequantize_fp8": "quantize",
         "topk_select": "topk",
-        "topk_select_fast": "topk",
         "gather_uva": "gather",
         "gather_copy_engine": "gather",
         "gather_cached": "gather",
