@@ -109,6 +109,7 @@ def test_pool_store_from_caches_equals_per_layer_store(device, scorer):
 def test_runtime_builds_layer_views_once_per_cache(device):
     """The runtime's kv5 views and address table follow the layers' cache tensors: reused
     while they stay, rebuilt when one is replaced."""
+    pytest.importorskip("vllm")  # the runtime imports vLLM (the bare GPU machine has none)
     from types import SimpleNamespace
 
     from vllm_kvoffload.attention.backend_cuda import flash_kv5 as vllm_flash_kv5
