@@ -275,8 +275,8 @@ def dummy_llama() -> Path:
     return model
 
 
-def offload_settings(args, budget: float, device_cache: bool = True) -> str:
-    return json.dumps({"scorer": args.scorer, "budget": budget, "window_tokens": 256, "sink_tokens": 16,
+def offload_settings(args, scorer: str, budget: float, device_cache: bool = True) -> str:
+    return json.dumps({"scorer": scorer, "budget": budget, "window_tokens": 256, "sink_tokens": 16,
                        "host_gb": args.host_gb, "device_cache": device_cache})
 
 
@@ -287,8 +287,8 @@ def profile_steps(args) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     runs = [] if args.no_stock else [("stock", args.stock_requests, "", "0.9")]
     for scorer in args.scorers or [args.scorer]:
-        args.scorer = scorer
-        runs.append((f"{scorer}-{args.budgets[0]}", args.offload_requests, offload_settings(args, args.budgets[0]),
+        runs.append((f"{scorer}-{args.budgets[0]}", args.offload_requests,
+                     offload_settings(args, scorer, args.budgets[0]),
                      str(args.offload_gpu_util)))
     graphs = "1" if args.cuda_graphs else ""
     results = [run_child(["_profile", str(model), str(n), str(args.context), c, util, str(args.steps), tag, graphs],
@@ -311,10 +311,9 @@ def throughput(args) -> dict:
     results = [stock]
     variants = [(b, True) for b in args.budgets] + ([(args.budgets[0], False)] if args.no_cache_too else [])
     for scorer, (budget, cache) in itertools.product(args.scorers or [args.scorer], variants):
-        args.scorer = scorer
         r = run_child(["_throughput", str(model), str(args.offload_requests), str(args.context),
-                       offload_settings(args, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs], 600)
-        r.update(config=args.scorer, budget=budget, device_cache=cache, device=device, context=args.context,
+                       offload_settings(args, scorer, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs], 600)
+        r.update(config=scorer, budget=budget, device_cache=cache, device=device, context=args.context,
                  cuda_graphs=args.cuda_graphs, stock_decode_tok_s=stock.get("decode_tok_s"),
                  stock_n_requests=args.stock_requests)
         if "decode_tok_s" in r and stock.get("decode_tok_s"):
