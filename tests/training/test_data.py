@@ -53,3 +53,45 @@ def test_needle_answer_follows_the_question_order():
     ans = data.needle_answer(s)
     assert [l.split(" is ")[0] for l in ans.split("\n")] == s["asked"]
     assert needle.score_one(ans, s)["recall"] == 1.0
+
+
+def test_mix_replaces_the_long_context_phases_only():
+    mix = data.parse_mix("text2json=1")
+    assert data.phase(0.5, mix)[1] == mix and data.phase(0.99, mix)[1] == mix
+    assert data.phase(0.1, mix)[1] == data.CURRICULUM[0][2]  # the short phases keep their own
+    assert data.phase(0.5)[1] == data.MIX
+    batch = data.make_batch(0, 4, 0.5, 6000, 0.1, mix)
+    for row in range(batch.ids.shape[0]):
+        answer = batch.targets[row][batch.weights[row] == 1.0][:-1].tolist()
+        assert json.loads(bytes(answer).decode())  # every sample is Text2JSON
+
+
+@pytest.mark.parametrize("text,message", [
+    ("summary=1", "'summary=1' is not TASK=SHARE"), ("needle", "'needle' is not TASK=SHARE"),
+    ("needle=lots", "share 'lots' of needle is not a number"), ("copy=-0.5", "must be >= 0"),
+    ("copy=0,needle=0", "must not all be 0")])
+def test_bad_mix_is_named(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        data.parse_mix(text)
+
+
+@pytest.mark.parametrize("task", ["text2json", "needle"])
+def test_decision_weight_falls_on_the_first_byte_of_each_looked_up_value(task):
+    mix = data.parse_mix(f"{task}=1")
+    plain = data.make_batch(0, 2, 0.5, 4000, 0.1, mix)
+    heavy = data.make_batch(0, 2, 0.5, 4000, 0.1, mix, decision_weight=5.0)
+    assert heavy.ids.equal(plain.ids)
+    for row in range(heavy.ids.shape[0]):
+        answer_at = (plain.weights[row] == 1.0).nonzero().flatten()
+        raw = bytes(plain.targets[row, answer_at][:-1].tolist())  # offsets are in bytes (tokens)
+        answer = raw.decode()
+        marked = [int(i) - int(answer_at[0]) for i in (heavy.weights[row] == 5.0).nonzero().flatten()]
+        if task == "text2json":
+            values = [v for e in json.loads(answer) for v in e.values()]
+            expected = [m.end() for m in re.finditer(b'": "', raw)]
+        else:
+            values = [line.split(" is ")[1] for line in answer.split("\n")]
+            expected = [m.end() for m in re.finditer(b" is ", raw)]
+        assert marked == expected and len(marked) == len(values)
+        assert [raw[i] for i in marked] == [v.encode()[0] for v in values]
+        assert (heavy.weights[row] != plain.weights[row]).sum() == len(marked)  # nothing else changes

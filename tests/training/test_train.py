@@ -35,6 +35,10 @@ def test_bad_arguments_are_named():
         train.main(["--out", "x", "--layers", "0"])
     with pytest.raises(SystemExit, match="--session-steps 0"):
         train.main(["--out", "x", "--session-steps", "0"])
+    with pytest.raises(SystemExit, match="--decision-weight 0"):
+        train.main(["--out", "x", "--decision-weight", "0"])
+    with pytest.raises(SystemExit, match="--mix 'json=1'"):
+        train.main(["--out", "x", "--mix", "json=1"])
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
@@ -156,3 +160,16 @@ def test_curriculum_from_skips_the_early_phases(tmp_path):
     assert early[0] <= data.CURRICULUM[0][1][1], early  # step 0 of 2: progress 0
     with pytest.raises(SystemExit, match="--curriculum-from 1.0"):
         train.main(["--out", "x", "--curriculum-from", "1.0"])
+
+
+@pytest.mark.slow
+def test_compiled_training_computes_the_eager_loss(tmp_path):
+    """--compile (torch.compile, dynamic shapes) trains the same model: step 0 sees the same
+    weights and batch, so its loss matches the eager run's up to fusion rounding."""
+    args = ["--steps", "1", "--eval-samples", "0", "--warmup-max", "0", *TINY, "--batch-tokens", "512"]
+    train.main(["--out", str(tmp_path / "eager"), *args])
+    train.main(["--out", str(tmp_path / "compiled"), "--compile", *args])
+    eager, compiled = (json.loads(open(tmp_path / run / "log.jsonl").readline())
+                       for run in ("eager", "compiled"))
+    assert eager["context"] == compiled["context"]
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)

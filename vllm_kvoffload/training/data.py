@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ CURRICULUM = ((0.15, (384, 1024), (("needle", 0.6), ("copy", 0.3), ("letters", 0
               (0.6, (1024, 4096), MIX),
               (0.8, (2048, 8192), MIX),
               (1.0, (4096, 16384), MIX))
+Mix = tuple[tuple[str, float], ...]
+TASKS = ("text2json", "needle", "copy", "letters")
 MAX_ENTITIES, MAX_NEEDLES = 10, 8  # the held-out tasks' sizes
 TRAIN_NEEDLES = 32  # training packs up to this many: dense lookups, more signal per token
 
@@ -119,14 +122,49 @@ def copy_sample(ctx: int, rng: random.Random) -> tuple[dict, str]:
     return {"prompt": f"Copy the following lines exactly.\n\n{text}"}, text
 
 
-def phase(progress: float | None) -> tuple[tuple[int, int], tuple[tuple[str, float], ...]]:
-    """The (context range, task mix) of the curriculum at ``progress`` in [0, 1]; None: the warm-up."""
+def phase(progress: float | None, mix: Mix | None = None) -> tuple[tuple[int, int], Mix]:
+    """The (context range, task mix) of the curriculum at ``progress`` in [0, 1]; None: the warm-up.
+    ``mix`` replaces ``MIX`` in the phases that use it (the long-context ones)."""
     if progress is None:
         return WARMUP
-    for upto, ctx, mix in CURRICULUM:
+    for upto, ctx, phase_mix in CURRICULUM:
         if progress < upto:
-            return ctx, mix
-    return CURRICULUM[-1][1], CURRICULUM[-1][2]
+            break
+    return ctx, (mix if mix is not None and phase_mix is MIX else phase_mix)
+
+
+def parse_mix(text: str) -> Mix:
+    """``"text2json=0.7,needle=0.2,copy=0.1"`` -> a mix; shares need not sum to 1 (they are weights)."""
+    mix = []
+    for part in text.split(","):
+        task, sep, share = part.partition("=")
+        task = task.strip()
+        if not sep or task not in TASKS:
+            raise ValueError(f"--mix {text!r}: {part!r} is not TASK=SHARE with TASK one of {', '.join(TASKS)}")
+        try:
+            value = float(share)
+        except ValueError:
+            raise ValueError(f"--mix {text!r}: share {share!r} of {task} is not a number") from None
+        if value < 0:
+            raise ValueError(f"--mix {text!r}: share {value} of {task} must be >= 0")
+        mix.append((task, value))
+    if sum(v for _, v in mix) <= 0:
+        raise ValueError(f"--mix {text!r}: the shares must not all be 0")
+    return tuple(mix)
+
+
+_VALUE_START = {"text2json": re.compile(rb'": "'), "needle": re.compile(rb" is ")}
+
+
+def decision_offsets(task: str, answer: bytes) -> list[int]:
+    """Byte offsets in ``answer`` of the tokens that need a lookup in the context, not a copy of
+    what precedes them: the first byte of every Text2JSON value (the name starts an entity: which
+    one comes next; the other fields: which value belongs to it) and the first digit of every
+    needle code. Everything after such a byte is mostly a continuation that an induction head copies."""
+    pattern = _VALUE_START.get(task)
+    if pattern is None:
+        return []
+    return [m.end() for m in pattern.finditer(answer) if m.end() < len(answer)]
 
 
 @dataclass
@@ -137,20 +175,27 @@ class Batch:
     context: int
 
 
-def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, prompt_weight: float) -> Batch:
+def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, prompt_weight: float,
+               mix: Mix | None = None, decision_weight: float = 1.0) -> Batch:
     """Batch ``step`` of the run: samples until they hold ``batch_tokens`` tokens, of one context length
-    drawn from the curriculum's range at ``progress`` (fraction of the curriculum done; None: warm-up)."""
+    drawn from the curriculum's range at ``progress`` (fraction of the curriculum done; None: warm-up).
+    Answer tokens weigh 1, except ``decision_offsets``' tokens, which weigh ``decision_weight``."""
     rng = random.Random(f"train/{seed}/{step}")
-    (lo, hi), mix = phase(progress)
+    (lo, hi), mix = phase(progress, mix)
     ctx = rng.randint(lo, hi)
     seqs, wts = [], []
     j = tokens = 0
     while tokens < batch_tokens:  # real tokens, so short copy samples count as short
         task = rng.choices([t for t, _ in mix], [w for _, w in mix])[0]
         sample, answer = make_sample(task, ctx, f"train/{seed}/{step}/{j}")
-        p, a = encode_prompt(sample["prompt"]), list(answer.encode("utf-8")) + [EOS]
+        encoded = answer.encode("utf-8")
+        p, a = encode_prompt(sample["prompt"]), list(encoded) + [EOS]
+        answer_w = [1.0] * len(a)
+        if decision_weight != 1.0:
+            for i in decision_offsets(task, encoded):
+                answer_w[i] = decision_weight
         seqs.append(p + a)
-        wts.append([prompt_weight] * (len(p) - 1) + [1.0] * len(a))  # weight of predicting token t+1
+        wts.append([prompt_weight] * (len(p) - 1) + answer_w)  # weight of predicting token t+1
         j, tokens = j + 1, tokens + len(seqs[-1])
     T = max(len(s) for s in seqs) - 1
     ids = torch.full((len(seqs), T), PAD, dtype=torch.long)

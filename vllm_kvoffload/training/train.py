@@ -134,6 +134,9 @@ def train(args) -> dict:
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     workers = args.data_workers if args.data_workers is not None else (4 if dev.type == "cuda" else 0)
     prefetch = Prefetcher(workers)
+    mix = data.parse_mix(args.mix) if args.mix else None
+    # The compiled module shares the eager one's parameters; evaluation and checkpoints use the eager one.
+    forward = torch.compile(model, dynamic=True) if args.compile else model
     try:
         def curriculum_progress(prog: float) -> float | None:
             """Where the curriculum stands at run progress ``prog``; None during the copy warm-up."""
@@ -147,7 +150,8 @@ def train(args) -> dict:
             return max(i / args.steps, elapsed / args.time_limit if args.time_limit else 0.0)
 
         def batch_args(i: int) -> tuple:  # the curriculum reads progress; the step keys the samples
-            return args.seed, i, curriculum_progress(progress_at(i)), args.batch_tokens, args.prompt_weight
+            return (args.seed, i, curriculum_progress(progress_at(i)), args.batch_tokens, args.prompt_weight,
+                    mix, args.decision_weight)
 
         first_step = step
         while True:
@@ -165,7 +169,7 @@ def train(args) -> dict:
                 g["lr"] = lr
             ids, tgt, w = (x.to(dev, non_blocking=True) for x in (batch.ids, batch.targets, batch.weights))
             with amp:
-                logits = model(ids)
+                logits = forward(ids)
             nll = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
             loss = (nll * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
@@ -244,6 +248,13 @@ def parser() -> argparse.ArgumentParser:
                     help="start the curriculum at this point in [0, 1) (e.g. 0.35 skips its short-context "
                          "phases when continuing a trained model with --init)")
     ap.add_argument("--prompt-weight", type=float, default=0.1, help="loss weight of prompt tokens (answer: 1)")
+    ap.add_argument("--decision-weight", type=float, default=1.0,
+                    help="loss weight of the answer tokens that need a lookup: the first byte of each "
+                         "Text2JSON value and of each needle code (other answer tokens: 1)")
+    ap.add_argument("--mix", default=None,
+                    help="task mix of the long-context phases, e.g. text2json=0.7,needle=0.2,copy=0.1 "
+                         f"(default {','.join(f'{t}={w}' for t, w in data.MIX)}; tasks: {', '.join(data.TASKS)})")
+    ap.add_argument("--compile", action="store_true", help="train through torch.compile (dynamic shapes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--log-every", type=int, default=10)
@@ -270,6 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("warmup_copy_acc", "warmup_max"):
         if not 0 <= getattr(args, name) <= 1:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be in [0, 1]")
+    if args.decision_weight <= 0:
+        raise SystemExit(f"--decision-weight {args.decision_weight}: must be > 0")
+    if args.mix:
+        try:
+            data.parse_mix(args.mix)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     if args.data_workers is not None and args.data_workers < 0:
         raise SystemExit(f"--data-workers {args.data_workers}: must be >= 0")
     if args.init and not Path(args.init).is_file():
