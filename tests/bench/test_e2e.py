@@ -121,28 +121,34 @@ def test_compare_two_endpoints_table_and_plots(vllm_server, tmp_path, capsys):
 
 def test_ctrl_c_keeps_partial_results_and_resume_finishes(vllm_server, tmp_path):
     out = tmp_path / "int"
-    cmd = [sys.executable, "-m", "vllm_kvoffload.bench", "needle", "--synthetic", "16",
+    n = 32
+    cmd = [sys.executable, "-m", "vllm_kvoffload.bench", "needle", "--synthetic", str(n),
            "--context-tokens", "1500", "--needles", "2", "--max-tokens", "32", "--concurrency", "1",
            "--base-url", vllm_server, "--output", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # The child must start with Ctrl-C's default disposition (an ignored SIGINT is inherited).
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not (out / "records.jsonl").exists() or len(_records(out)) < 2:
             assert proc.poll() is None and time.time() < deadline, "no records before the deadline"
-            time.sleep(0.1)
+            time.sleep(0.02)
+        sent_at, seen = time.time(), len(_records(out))
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    ends = sorted(r.get("t_end", 0) - sent_at for r in _records(out))
+    assert proc.returncode == 130, (f"exit {proc.returncode}; {seen} records when SIGINT was sent, "
+                                    f"records ended at {[round(e, 2) for e in ends]} s from it; stderr: {err}")
     assert "rerun the same command to resume" in err
     first = _records(out)
     s = _summary(out)
-    assert 2 <= len(first) < 16 and s["complete"] is False and s["n_done"] == len(first)
+    assert 2 <= len(first) < n and s["complete"] is False and s["n_done"] == len(first)
     # resume: the remaining samples only, nothing lost or redone
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     final = _records(out)
     assert final[:len(first)] == first
-    assert sorted(r["id"] for r in final) == sorted(f"0-{i}" for i in range(16))
+    assert sorted(r["id"] for r in final) == sorted(f"0-{i}" for i in range(n))
     assert _summary(out)["complete"]
