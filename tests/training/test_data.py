@@ -95,3 +95,11 @@ def test_decision_weight_falls_on_the_first_byte_of_each_looked_up_value(task):
         assert marked == expected and len(marked) == len(values)
         assert [raw[i] for i in marked] == [v.encode()[0] for v in values]
         assert (heavy.weights[row] != plain.weights[row]).sum() == len(marked)  # nothing else changes
+
+
+def test_answer_mask_covers_the_answer_whatever_its_weights():
+    mix = data.parse_mix("text2json=1")
+    plain = data.make_batch(0, 2, 0.5, 4000, 0.1, mix)
+    heavy = data.make_batch(0, 2, 0.5, 4000, 0.1, mix, decision_weight=5.0)
+    assert plain.answer.equal(plain.weights == 1.0) and heavy.answer.equal(plain.answer)
+    assert (heavy.weights[heavy.answer] >= 1.0).all() and (heavy.weights[~heavy.answer] < 1.0).all()

@@ -173,6 +173,7 @@ class Batch:
     targets: torch.Tensor  # [B, T] int64 next tokens
     weights: torch.Tensor  # [B, T] float32 loss weights
     context: int
+    answer: torch.Tensor  # [B, T] bool: the target is an answer token (whatever its weight)
 
 
 def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, prompt_weight: float,
@@ -183,7 +184,7 @@ def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, 
     rng = random.Random(f"train/{seed}/{step}")
     (lo, hi), mix = phase(progress, mix)
     ctx = rng.randint(lo, hi)
-    seqs, wts = [], []
+    seqs, wts, prompt_lens = [], [], []
     j = tokens = 0
     while tokens < batch_tokens:  # real tokens, so short copy samples count as short
         task = rng.choices([t for t, _ in mix], [w for _, w in mix])[0]
@@ -195,14 +196,17 @@ def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, 
             for i in decision_offsets(task, encoded):
                 answer_w[i] = decision_weight
         seqs.append(p + a)
+        prompt_lens.append(len(p))
         wts.append([prompt_weight] * (len(p) - 1) + answer_w)  # weight of predicting token t+1
         j, tokens = j + 1, tokens + len(seqs[-1])
     T = max(len(s) for s in seqs) - 1
     ids = torch.full((len(seqs), T), PAD, dtype=torch.long)
     targets = torch.full((len(seqs), T), PAD, dtype=torch.long)
     weights = torch.zeros(len(seqs), T)
-    for b, (s, w) in enumerate(zip(seqs, wts)):
+    answer = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for b, (s, w, n) in enumerate(zip(seqs, wts, prompt_lens)):
         ids[b, :len(s) - 1] = torch.tensor(s[:-1])
         targets[b, :len(s) - 1] = torch.tensor(s[1:])
         weights[b, :len(s) - 1] = torch.tensor(w)
-    return Batch(ids, targets, weights, ctx)
+        answer[b, n - 1:len(s) - 1] = True
+    return Batch(ids, targets, weights, ctx, answer)

@@ -167,7 +167,8 @@ def train(args) -> dict:
             lr = lr_at(progress, args.lr, args.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
-            ids, tgt, w = (x.to(dev, non_blocking=True) for x in (batch.ids, batch.targets, batch.weights))
+            ids, tgt, w, ans = (x.to(dev, non_blocking=True)
+                                for x in (batch.ids, batch.targets, batch.weights, batch.answer))
             with amp:
                 logits = forward(ids)
             nll = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
@@ -176,7 +177,7 @@ def train(args) -> dict:
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            ans, pred = w == 1.0, logits.argmax(-1)
+            pred = logits.argmax(-1)  # answer metrics below cover every answer token, whatever its weight
             warming = copy_from is None
             if warming:  # the gate: this batch's copies are right, or the warm-up's share is spent
                 copy_acc = (pred[ans] == tgt[ans]).float().mean().item()
