@@ -135,8 +135,6 @@ def train(args) -> dict:
     workers = args.data_workers if args.data_workers is not None else (4 if dev.type == "cuda" else 0)
     prefetch = Prefetcher(workers)
     mix = data.parse_mix(args.mix) if args.mix else None
-    # The compiled module shares the eager one's parameters; evaluation and checkpoints use the eager one.
-    forward = torch.compile(model, dynamic=True) if args.compile else model
     try:
         def curriculum_progress(prog: float) -> float | None:
             """Where the curriculum stands at run progress ``prog``; None during the copy warm-up."""
@@ -170,7 +168,7 @@ def train(args) -> dict:
             ids, tgt, w, ans = (x.to(dev, non_blocking=True)
                                 for x in (batch.ids, batch.targets, batch.weights, batch.answer))
             with amp:
-                logits = forward(ids)
+                logits = model(ids)
             nll = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
             loss = (nll * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
@@ -255,7 +253,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mix", default=None,
                     help="task mix of the long-context phases, e.g. text2json=0.7,needle=0.2,copy=0.1 "
                          f"(default {','.join(f'{t}={w}' for t, w in data.MIX)}; tasks: {', '.join(data.TASKS)})")
-    ap.add_argument("--compile", action="store_true", help="train through torch.compile (dynamic shapes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--log-every", type=int, default=10)
