@@ -5,8 +5,8 @@ Reference: ``vllm_kvoffload/ops/offload_ref.py`` (same arguments and layouts).
   blocks   [n] int (device)                     device blocks leaving the device
   host_kv  [num_slots, num_layers, 2, Hkv, block_size, D]  the pinned host pool
   slots    [n] int (device)                     their host slots
-``store_blocks_uva`` moves one layer: grid (n, Hkv, 2). ``store_blocks_all_layers_uva``
-moves every layer in one launch: grid (n, 2 * Hkv, num_layers), each program reading its
+``store_blocks_all_layers_uva`` moves every layer in one launch: grid (n, 2 * Hkv, num_layers),
+each program reading its
 layer's cache base address from a device table (all layers' kv5 views share one shape
 and strides). Each program moves one (block, head, K|V) tile of block_size x D elements
 over PCIe, in stream order: it runs before any later kernel can overwrite the freed
@@ -33,21 +33,6 @@ def _copy_tile(src, dst, blk, slot, layer, kv, h,
     tl.store(dst + slot * d_slot + layer * d_layer + kv * d_kv + h * d_h + t[:, None] * d_tok + d[None, :], x)
 
 
-@triton.jit(do_not_specialize=['layer'])  # per-step sizes: no recompiles
-def _store_blocks(src_ptr, blk_ptr, dst_ptr, slot_ptr, layer,
-                  s_kv, s_blk, s_tok, s_h,             # kv5 strides (D contiguous)
-                  d_slot, d_layer, d_kv, d_h, d_tok,   # host_kv strides (D contiguous)
-                  BS: tl.constexpr, D: tl.constexpr, FROM_INT: tl.constexpr, DTYPE: tl.constexpr):
-    i = tl.program_id(0)
-    h = tl.program_id(1)
-    kv = tl.program_id(2)
-    blk = tl.load(blk_ptr + i).to(tl.int64)
-    slot = tl.load(slot_ptr + i).to(tl.int64)
-    dst = dst_ptr.to(tl.pointer_type(DTYPE)) if FROM_INT else dst_ptr
-    _copy_tile(src_ptr, dst, blk, slot, layer, kv, h, s_kv, s_blk, s_tok, s_h,
-               d_slot, d_layer, d_kv, d_h, d_tok, BS, D)
-
-
 @triton.jit
 def _store_blocks_all_layers(table_ptr, blk_ptr, dst_ptr, slot_ptr,
                              s_kv, s_blk, s_tok, s_h,             # strides of every layer's kv5
@@ -72,21 +57,6 @@ def _check_pool(kv5: torch.Tensor, host_kv: torch.Tensor) -> None:
         assert host_kv.is_pinned(), "zero-copy stores need pinned (page-locked) host memory"
 
 
-def store_blocks_uva(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Tensor, layer: int,
-                     slots: torch.Tensor, mode: str = "tensor", num_warps: int = 4) -> None:
-    _check_pool(kv5, host_kv)
-    _, _, BS, Hkv, D = kv5.shape
-    n = blocks.numel()
-    if n == 0:
-        return
-    dst = host_kv if mode == "tensor" else host_kv.data_ptr()
-    st = host_kv.stride()
-    _store_blocks[(n, Hkv, 2)](kv5, blocks, dst, slots, layer,
-                               kv5.stride(0), kv5.stride(1), kv5.stride(2), kv5.stride(3),
-                               st[0], st[1], st[2], st[3], st[4],
-                               BS=BS, D=D, FROM_INT=mode == "int", DTYPE=_TL[kv5.dtype], num_warps=num_warps)
-
-
 def layer_pointer_table(kv5s: list[torch.Tensor]) -> torch.Tensor:
     """Device int64 [num_layers]: the base address of each layer's kv5 view, the table
     ``store_blocks_all_layers_uva`` reads. Checks the invariant the kernel relies on: every
@@ -101,7 +71,7 @@ def layer_pointer_table(kv5s: list[torch.Tensor]) -> torch.Tensor:
 def store_blocks_all_layers_uva(kv5s: list[torch.Tensor], blocks: torch.Tensor, host_kv: torch.Tensor,
                                 slots: torch.Tensor, table: torch.Tensor | None = None,
                                 num_warps: int = 4) -> None:
-    """``store_blocks_uva`` for every layer at once: kv5s[layer] -> host_kv[:, layer].
+    """Device blocks of every layer into their host slots: kv5s[layer] -> host_kv[:, layer].
     table: ``layer_pointer_table(kv5s)``, passed by callers that cache it (built here otherwise)."""
     kv5 = kv5s[0]
     _check_pool(kv5, host_kv)

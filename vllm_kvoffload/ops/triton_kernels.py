@@ -46,7 +46,6 @@ def __getattr__(attr: str):
         "gather_uva": "gather",
         "gather_copy_engine": "gather",
         "gather_cached": "gather",
-        "store_blocks_uva": "offload",
         "qlandmark_mass": "score_summary",
         "infinigen_mass": "score_summary",
         "lrqk_mass": "score_summary",

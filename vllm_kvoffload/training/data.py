@@ -33,13 +33,14 @@ WARMUP = ((384, 1024), (("letters", 1.0),))
 # Then the curriculum, over its own progress in [0, 1] (fraction done at each phase's end,
 # (min, max) context tokens, task mix): short contexts and many lookups first, so lookups are
 # learnt cheaply, then longer contexts up to the 4K-16K target range. Copy and letters are
-# training-only tasks that keep the copy heads in use.
+# training-only tasks that keep the copy heads in use. A mix of None is the long-context mix:
+# MIX, or the run's --mix.
 MIX = (("text2json", 0.5), ("needle", 0.4), ("copy", 0.1))  # run 9 (0.4/0.5/0.1) left Text2JSON furthest behind
 CURRICULUM = ((0.15, (384, 1024), (("needle", 0.6), ("copy", 0.3), ("letters", 0.1))),
               (0.35, (768, 2048), (("needle", 0.5), ("text2json", 0.35), ("copy", 0.15))),
-              (0.6, (1024, 4096), MIX),
-              (0.8, (2048, 8192), MIX),
-              (1.0, (4096, 16384), MIX))
+              (0.6, (1024, 4096), None),
+              (0.8, (2048, 8192), None),
+              (1.0, (4096, 16384), None))
 Mix = tuple[tuple[str, float], ...]
 TASKS = ("text2json", "needle", "copy", "letters")
 MAX_ENTITIES, MAX_NEEDLES = 10, 8  # the held-out tasks' sizes
@@ -124,13 +125,13 @@ def copy_sample(ctx: int, rng: random.Random) -> tuple[dict, str]:
 
 def phase(progress: float | None, mix: Mix | None = None) -> tuple[tuple[int, int], Mix]:
     """The (context range, task mix) of the curriculum at ``progress`` in [0, 1]; None: the warm-up.
-    ``mix`` replaces ``MIX`` in the phases that use it (the long-context ones)."""
+    ``mix`` replaces ``MIX`` as the long-context phases' mix."""
     if progress is None:
         return WARMUP
     for upto, ctx, phase_mix in CURRICULUM:
         if progress < upto:
             break
-    return ctx, (mix if mix is not None and phase_mix is MIX else phase_mix)
+    return ctx, phase_mix or mix or MIX
 
 
 def parse_mix(text: str) -> Mix:
