@@ -103,3 +103,30 @@ def test_answer_mask_covers_the_answer_whatever_its_weights():
     heavy = data.make_batch(0, 2, 0.5, 4000, 0.1, mix, decision_weight=5.0)
     assert plain.answer.equal(plain.weights == 1.0) and heavy.answer.equal(plain.answer)
     assert (heavy.weights[heavy.answer] >= 1.0).all() and (heavy.weights[~heavy.answer] < 1.0).all()
+
+
+def test_drill_batches_are_dense_short_text2json_and_leave_other_batches_alone():
+    plain = [data.make_batch(0, step, 0.9, 6000, 0.1) for step in range(12)]
+    drilled = [data.make_batch(0, step, 0.9, 6000, 0.1, drill=0.5) for step in range(12)]
+    assert not any(b.drill for b in plain)
+    kinds = [b.drill for b in drilled]
+    assert any(kinds) and not all(kinds)  # about half, seeded
+    for b in drilled:
+        if not b.drill:
+            assert data.phase(0.9)[0][0] <= b.context <= data.phase(0.9)[0][1]
+            continue
+        assert data.DRILL_CONTEXT[0] <= b.context <= data.DRILL_CONTEXT[1]
+        for row in range(b.ids.shape[0]):
+            answer = b.targets[row][b.answer[row]][:-1].tolist()
+            entities = json.loads(bytes(answer).decode())  # every drill sample is Text2JSON
+            assert data.DRILL_ENTITIES[0] <= len(entities) <= data.DRILL_ENTITIES[1]
+    warm = data.make_batch(0, 3, None, 4000, 0.1, drill=0.99)
+    assert not warm.drill  # the copy warm-up is never drilled
+    again = data.make_batch(0, 3, 0.9, 6000, 0.1, drill=0.5)
+    assert again.ids.equal(drilled[3].ids)
+
+
+def test_bad_drill_share_is_named(tmp_path):
+    from vllm_kvoffload.training import train
+    with pytest.raises(SystemExit, match=r"--drill 1\.5: must be in \[0, 1\)"):
+        train.main(["--out", str(tmp_path), "--drill", "1.5"])

@@ -45,6 +45,10 @@ Mix = tuple[tuple[str, float], ...]
 TASKS = ("text2json", "needle", "copy", "letters")
 MAX_ENTITIES, MAX_NEEDLES = 10, 8  # the held-out tasks' sizes
 TRAIN_NEEDLES = 32  # training packs up to this many: dense lookups, more signal per token
+# The binding drill (train.py --drill): Text2JSON at short contexts with 6-10 entities, so little
+# filler. A 32K-token drill batch holds ~16 samples and ~400 value lookups, about 10x a 4K-16K
+# batch's. Binding a value to its own entity is the shipped model's main error (docs/training.md).
+DRILL_CONTEXT, DRILL_ENTITIES = (1280, 2560), (6, MAX_ENTITIES)
 
 
 def needles_for(ctx: int, rng: random.Random) -> int:
@@ -175,21 +179,28 @@ class Batch:
     weights: torch.Tensor  # [B, T] float32 loss weights
     context: int
     answer: torch.Tensor  # [B, T] bool: the target is an answer token (whatever its weight)
+    drill: bool = False  # a binding-drill batch (DRILL_CONTEXT, DRILL_ENTITIES)
 
 
 def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, prompt_weight: float,
-               mix: Mix | None = None, decision_weight: float = 1.0) -> Batch:
+               mix: Mix | None = None, decision_weight: float = 1.0, drill: float = 0.0) -> Batch:
     """Batch ``step`` of the run: samples until they hold ``batch_tokens`` tokens, of one context length
     drawn from the curriculum's range at ``progress`` (fraction of the curriculum done; None: warm-up).
-    Answer tokens weigh 1, except ``decision_offsets``' tokens, which weigh ``decision_weight``."""
+    Answer tokens weigh 1, except ``decision_offsets``' tokens, which weigh ``decision_weight``.
+    After the warm-up, a ``drill`` share of the batches are binding drills instead (DRILL_CONTEXT)."""
     rng = random.Random(f"train/{seed}/{step}")
     (lo, hi), mix = phase(progress, mix)
+    entities = None
+    # Draw only when drilling, so runs without --drill keep their exact batches.
+    is_drill = drill > 0 and progress is not None and rng.random() < drill
+    if is_drill:
+        (lo, hi), mix, entities = DRILL_CONTEXT, (("text2json", 1.0),), DRILL_ENTITIES
     ctx = rng.randint(lo, hi)
     seqs, wts, prompt_lens = [], [], []
     j = tokens = 0
     while tokens < batch_tokens:  # real tokens, so short copy samples count as short
         task = rng.choices([t for t, _ in mix], [w for _, w in mix])[0]
-        sample, answer = make_sample(task, ctx, f"train/{seed}/{step}/{j}")
+        sample, answer = make_sample(task, ctx, f"train/{seed}/{step}/{j}", entities=entities)
         encoded = answer.encode("utf-8")
         p, a = encode_prompt(sample["prompt"]), list(encoded) + [EOS]
         answer_w = [1.0] * len(a)
@@ -210,4 +221,4 @@ def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, 
         targets[b, :len(s) - 1] = torch.tensor(s[1:])
         weights[b, :len(s) - 1] = torch.tensor(w)
         answer[b, n - 1:len(s) - 1] = True
-    return Batch(ids, targets, weights, ctx, answer)
+    return Batch(ids, targets, weights, ctx, answer, is_drill)

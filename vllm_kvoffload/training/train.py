@@ -149,7 +149,7 @@ def train(args) -> dict:
 
         def batch_args(i: int) -> tuple:  # the curriculum reads progress; the step keys the samples
             return (args.seed, i, curriculum_progress(progress_at(i)), args.batch_tokens, args.prompt_weight,
-                    mix, args.decision_weight)
+                    mix, args.decision_weight, args.drill)
 
         first_step = step
         while True:
@@ -189,7 +189,7 @@ def train(args) -> dict:
                 digits = ans & (tgt >= ord("0")) & (tgt <= ord("9"))  # codes, years: retrieved, not guessed
                 rec = {"step": step, "progress": round(progress, 4), "elapsed_s": round(elapsed, 1),
                        "lr": lr, "phase": "warmup" if warming else "curriculum",
-                       "context": batch.context, "batch": ids.shape[0],
+                       "context": batch.context, "drill": batch.drill, "batch": ids.shape[0],
                        "loss": loss.item(), "answer_loss": (nll[ans].mean()).item(),
                        "answer_token_acc": (pred[ans] == tgt[ans]).float().mean().item(),
                        "answer_digit_acc": (pred[digits] == tgt[digits]).float().mean().item(),
@@ -253,6 +253,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mix", default=None,
                     help="task mix of the long-context phases, e.g. text2json=0.7,needle=0.2,copy=0.1 "
                          f"(default {','.join(f'{t}={w}' for t, w in data.MIX)}; tasks: {', '.join(data.TASKS)})")
+    ap.add_argument("--drill", type=float, default=0.0,
+                    help="share in [0, 1) of the batches after the warm-up that are binding drills: Text2JSON at "
+                         f"{data.DRILL_CONTEXT[0]}-{data.DRILL_CONTEXT[1]} tokens with "
+                         f"{data.DRILL_ENTITIES[0]}-{data.DRILL_ENTITIES[1]} entities (default 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--log-every", type=int, default=10)
@@ -279,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("warmup_copy_acc", "warmup_max"):
         if not 0 <= getattr(args, name) <= 1:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(args, name)}: must be in [0, 1]")
+    if not 0 <= args.drill < 1:
+        raise SystemExit(f"--drill {args.drill}: must be in [0, 1) (a share of the batches)")
     if args.decision_weight <= 0:
         raise SystemExit(f"--decision-weight {args.decision_weight}: must be > 0")
     if args.mix:
