@@ -1,17 +1,31 @@
 """Top-k per (request, KV head) over the scorer's mass. Reference:
 ``vllm_kvoffload/ops/topk_ref.py`` (same arguments and layouts).
 
-Grid (Hkv, B): one program per row of n = cold_lens[b] masses, kk = min(k, n).
-Masses are fp32 >= 0, so their int32 bit patterns order like the values.
-  1. radix bisection on the bits: T = the largest pattern with count(bits >= T) >= kk,
-     4 bits per pass (16 candidate thresholds counted at once), 8 passes for bits
-     30..0; T is then exactly the kk-th largest value;
-  2. one pass counts n_gt = count(bits > T); need_eq = kk - n_gt ties are taken;
-  3. compaction in index order: keep bits > T, and the first need_eq of bits == T
-     (running count + exclusive tl.cumsum), so the output is ascending, like
-     ``ops.select``; the tail [kk, k) is written with 0.
-Every pass re-reads the row (n*4 bytes, from L2 after the first). Rows may hold
+Order: mass descending, then index ascending (ties at the k-th value: lowest index first).
+Masses are fp32 >= 0, so their int32 bit patterns order like the values; rows may hold
 -inf past n (never read). NaN masses are not supported.
+
+One launch, grid (S, Hkv, B): each row of n = cold_lens[b] masses is cut into S segments,
+kk = min(k, n) (and the request's budget).
+  1. every program selects its segment's local top-kk (``_select``, below) and writes the
+     (bits, index) pairs, ascending by index, to slice s of the row's scratch [S, k]; the
+     slice's unused tail holds bits -1, below every mass;
+  2. it then bumps the row's arrival counter (an acq_rel atomic); the program that arrives
+     last selects the global top-kk from the whole scratch, read in slice order, so ascending
+     by index, and writes their indices to the output. It resets the counter to 0.
+Exact: an element of the global top-kk has at most as many elements before it in the order
+inside its segment as in the row, so fewer than kk: it is in its segment's local top-kk.
+With S = 1 the one program writes the output directly (no scratch, no counter).
+
+``_select`` over m values (bits, indices): radix bisection finds T, the kk-th largest
+pattern, 4 bits a pass (16 candidate thresholds counted at once), 8 passes for bits 30..0;
+one pass counts n_gt = count(bits > T), so need_eq = kk - n_gt ties are taken; one pass
+compacts in order: bits > T, and the first need_eq of bits == T (running count + exclusive
+tl.cumsum). Every pass re-reads the values (from L2 after the first).
+
+Why segments: with one program per row, 16 requests x 8 KV heads is one program per SM, and
+128K rows of 4 requests leave 100 of 132 SMs idle; segments give the SMs several programs
+each, and the last program's second selection reads S * kk values, not n.
 """
 
 from __future__ import annotations
@@ -20,72 +34,144 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import cdiv, num_sms
 
-@triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih'])  # per-step sizes: no recompiles
-def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, K, s_mb, s_mh, s_ib, s_ih, Hkv,
-               BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr):
-    h = tl.program_id(0)
-    b = tl.program_id(1)
-    row = mass_ptr + b.to(tl.int64) * s_mb + h * s_mh
-    out = idx_ptr + b.to(tl.int64) * s_ib + h * s_ih
-    n = tl.load(len_ptr + b)
-    kk = tl.minimum(K, n)
-    if HAS_BUDGET:  # per-request budget; K is then only the staging width
-        kk = tl.minimum(kk, tl.load(bud_ptr + b))
+
+@triton.jit
+def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
+            WRITE_BITS: tl.constexpr, CACHE: tl.constexpr):
+    """The top-kk of src[0:m) (int32 patterns of fp32 >= 0), in order of position, written to
+    out_idx[0:kk) (and their patterns to out_bits when WRITE_BITS). The index written is the
+    position (plus ``src_idx`` as an int offset) or, when INDEXED, src_idx[position]. CACHE: the
+    loads' cache modifier (".cg" for data other programs wrote in this launch: not from L1)."""
     offs = tl.arange(0, BLOCK)
     digit = tl.arange(0, 16)
-
     prefix = tl.zeros([], tl.int32)
     for p in range(8):
         shift = tl.maximum(27 - 4 * p, 0)
         width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
         cand = prefix | (digit << shift)
         cnt = tl.zeros([16], tl.int32)
-        for start in range(0, n, BLOCK):
+        for start in range(0, m, BLOCK):
             i = start + offs
-            bits = tl.load(row + i, mask=i < n, other=-1.0).to(tl.int32, bitcast=True)  # -1.0 < every candidate
+            bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
             cnt += tl.sum((bits[None, :] >= cand[:, None]).to(tl.int32), 1)
         ok = (cnt >= kk) & (digit < (1 << width))
         d = tl.sum(ok.to(tl.int32), 0) - 1  # count(>= cand) falls with the digit; digit 0 always ok
         prefix = prefix | (tl.maximum(d, 0) << shift)
 
     n_gt = tl.zeros([], tl.int32)
-    for start in range(0, n, BLOCK):
+    for start in range(0, m, BLOCK):
         i = start + offs
-        bits = tl.load(row + i, mask=i < n, other=-1.0).to(tl.int32, bitcast=True)
+        bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)
         n_gt += tl.sum((bits > prefix).to(tl.int32), 0)
     need_eq = kk - n_gt
 
     pos = tl.zeros([], tl.int32)
     eq_seen = tl.zeros([], tl.int32)
-    for start in range(0, n, BLOCK):
+    for start in range(0, m, BLOCK):
         i = start + offs
-        bits = tl.load(row + i, mask=i < n, other=-1.0).to(tl.int32, bitcast=True)
+        bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)
         eq = (bits == prefix).to(tl.int32)
         eq_rank = eq_seen + tl.cumsum(eq, 0) - eq
         keep = ((bits > prefix) | ((eq != 0) & (eq_rank < need_eq))).to(tl.int32)
         dst = pos + tl.cumsum(keep, 0) - keep
-        tl.store(out + dst, i, mask=keep != 0)
+        if INDEXED:
+            index = tl.load(src_idx + i, mask=keep != 0, other=0, cache_modifier=CACHE)
+        else:
+            index = i + src_idx
+        tl.store(out_idx + dst, index, mask=keep != 0)
+        if WRITE_BITS:
+            tl.store(out_bits + dst, bits, mask=keep != 0)
         pos += tl.sum(keep, 0)
         eq_seen += tl.sum(eq, 0)
-    for start in range(kk, K, BLOCK):
-        i = start + offs
-        tl.store(out + i, tl.zeros([BLOCK], tl.int32), mask=i < K)
-    tl.store(cnt_ptr + b * Hkv + h, kk)
+
+
+@triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih'])  # per-step sizes: no recompiles
+def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scratch_idx, scratch_cnt, arrivals,
+               K, s_mb, s_mh, s_ib, s_ih, Hkv, S: tl.constexpr, BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr):
+    s = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    row = (mass_ptr + b.to(tl.int64) * s_mb + h * s_mh).to(tl.pointer_type(tl.int32))  # read as bits
+    out = idx_ptr + b.to(tl.int64) * s_ib + h * s_ih
+    n = tl.load(len_ptr + b)
+    kk = tl.minimum(K, n)
+    if HAS_BUDGET:  # per-request budget; K is then only the staging width
+        kk = tl.minimum(kk, tl.load(bud_ptr + b))
+    if S == 1:
+        _select(row, 0, n, kk, out, out, BLOCK, False, False, "")
+    else:
+        seg = tl.cdiv(n, S)
+        lo = tl.minimum(s * seg, n)
+        m = tl.minimum(n - lo, seg)
+        r = b * Hkv + h  # the row's scratch: S slices of K (bits, index) pairs
+        at = r.to(tl.int64) * S * K + s * K
+        local_kk = tl.minimum(kk, m)
+        _select(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, BLOCK, False, True, "")
+        for start in range(local_kk, K, BLOCK):  # the slice's tail reads as -1: below every pattern
+            i = start + tl.arange(0, BLOCK)
+            tl.store(scratch_bits + at + i, tl.full([BLOCK], -1, tl.int32), mask=i < K)
+        # The last program of the row to arrive sees every other one's scratch: each program's
+        # threads finish their stores (barrier) before its release, and the acquire precedes the reads.
+        tl.debug_barrier()
+        last = tl.atomic_add(arrivals + r, 1, sem="acq_rel", scope="gpu") == S - 1
+        tl.debug_barrier()
+        if last:
+            tl.atomic_xchg(arrivals + r, 0)  # ready for the next launch
+            row_at = r.to(tl.int64) * S * K  # slices in segment order: ascending by index
+            _select(scratch_bits + row_at, scratch_idx + row_at, S * K, kk, out, out, BLOCK, True, False, ".cg")
+    if s == 0:
+        for start in range(kk, K, BLOCK):
+            i = start + tl.arange(0, BLOCK)
+            tl.store(out + i, tl.zeros([BLOCK], tl.int32), mask=i < K)
+        tl.store(cnt_ptr + b * Hkv + h, kk)
+
+
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device, zeros between launches (kernels reset them)
+
+
+def _arrivals(rows: int, device: torch.device) -> torch.Tensor:
+    buf = _ARRIVALS.get(device)
+    if buf is None or buf.numel() < rows:
+        buf = _ARRIVALS[device] = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
+    return buf
+
+
+def segments_for(rows: int, n_max: int, k: int, device: torch.device) -> int:
+    """Programs per row: enough for about 4 per SM, while each segment stays over 4k values
+    (the last program re-reads S * k of them) and 2048 (a few tiles)."""
+    want = cdiv(4 * num_sms(device), max(rows, 1))
+    fit = n_max // max(4 * k, 2048)
+    return max(1, min(want, fit, 32))
 
 
 def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, counts=None,
-                block=4096, num_warps=8, budgets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                block=4096, num_warps=8, budgets: torch.Tensor | None = None,
+                segments: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``topk_ref``: (idx [B, Hkv, k] int32 ascending, counts [B, Hkv] int32).
     ``budgets`` [B] int32 caps each request's count below ``k`` (per-request budgets).
-    block=4096, num_warps=8 were fastest on H100 at 32K cold tokens (288 us for B=32, Hkv=8)."""
-    B, Hkv, _ = mass.shape
+    ``segments``: programs per row (default ``segments_for``; 1: one program per row).
+    block=4096, num_warps=8 were fastest on H100 at 32K cold tokens (288 us for B=32, Hkv=8,
+    one program per row)."""
+    B, Hkv, n_max = mass.shape
     assert mass.dtype == torch.float32 and mass.stride(-1) == 1
+    if segments is not None and not 1 <= segments <= 64:
+        raise ValueError(f"segments={segments}: must be in [1, 64]")
     idx = torch.empty(B, Hkv, k, dtype=torch.int32, device=mass.device) if idx is None else idx
     counts = torch.empty(B, Hkv, dtype=torch.int32, device=mass.device) if counts is None else counts
     assert counts.is_contiguous() and idx.stride(-1) == 1
+    S = segments or segments_for(B * Hkv, n_max, k, mass.device)
+    if S > 1 and k > 0:
+        scratch_bits = torch.empty(B * Hkv * S * k, dtype=torch.int32, device=mass.device)
+        scratch_idx = torch.empty_like(scratch_bits)
+        scratch_cnt = torch.empty(B * Hkv * S, dtype=torch.int32, device=mass.device)
+        arrivals = _arrivals(B * Hkv, mass.device)
+    else:
+        S = 1
+        scratch_bits = scratch_idx = scratch_cnt = arrivals = counts  # unused
     bud = budgets if budgets is not None else cold_lens
-    _topk_rows[(Hkv, B)](mass, cold_lens, bud, idx, counts, k, mass.stride(0), mass.stride(1),
-                         idx.stride(0), idx.stride(1), Hkv, BLOCK=block, HAS_BUDGET=budgets is not None,
-                         num_warps=num_warps)
+    _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, scratch_cnt, arrivals,
+                            k, mass.stride(0), mass.stride(1), idx.stride(0), idx.stride(1), Hkv, S=S,
+                            BLOCK=block, HAS_BUDGET=budgets is not None, num_warps=num_warps)
     return idx, counts

@@ -12,11 +12,15 @@ CASES = [(2, 3, 100, 7), (3, 2, 257, 40), (2, 2, 50, 64)]  # B, Hkv, n_max, k (k
 if not INTERPRET:
     CASES += [(32, 8, 32464, 983), (4, 8, 70001, 2100), (5, 4, 1000, 1000)]
 BLOCK = 64 if INTERPRET else 1024  # several tiles per row, the last one partial
-SELECTS = ["topk_select"]  # a histogram-radix variant was tried in session 8 (3283f0b): 2.9x slower on the H100
+# Programs per row: one, several (the last to arrive merges the local selections), and the
+# launcher's own choice. (A histogram-radix variant was tried in session 8, 3283f0b: 2.9x slower.)
+SELECTS = ["one", "seven"] if INTERPRET else ["one", "three", "seven", "auto"]
+SEGMENTS = {"one": 1, "three": 3, "seven": 7, "auto": None}
 
 
 def select_fn(name):
-    return getattr(load("topk"), name)
+    fn = load("topk").topk_select
+    return lambda *a, **kw: fn(*a, segments=SEGMENTS[name], **kw)
 
 
 def make_mass(B, Hkv, n_max, device, seed, ties):
@@ -73,6 +77,8 @@ def test_topk(device, fn, B, Hkv, n_max, k, ties):
         check(mass, lens, k, idx, cnt)
     except AssertionError as e:
         raise AssertionError(f"seed {seed}") from e
+    arrivals = load("topk")._ARRIVALS.get(mass.device)
+    assert arrivals is None or not arrivals.any()  # every row's last program reset its counter
 
 
 @pytest.mark.parametrize("fn", SELECTS)

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""GPU sweep of the top-k kernel (csrc_triton/topk.py): programs per row (segments) and warps,
+at the engine's decode shapes. Every configuration's output is checked bit for bit against
+one program per row (the kernel is exact, ties lowest index first), then timed with CUDA
+events (median of --reps, L2 flushed before each). Needs torch + triton and a CUDA GPU:
+
+    python examples/gpu_topk.py           # OUT=dir also writes $OUT/topk.json
+
+Masses are what the scorer hands over: softmax over each row's cold tokens of q.k logits
+(scale 4, fp32), summed over a GQA group of 4, so rows have the long tail of real masses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
+    ("32K 3%, 16 requests", 16, 8, 32768 - 288, 0.03),
+    ("32K 1.5%, 16 requests", 16, 8, 32768 - 288, 0.015),
+    ("32K 6%, 16 requests", 16, 8, 32768 - 288, 0.06),
+    ("32K 3%, 32 requests", 32, 8, 32768 - 288, 0.03),
+    ("128K 3%, 4 requests", 4, 8, 130000 - 288, 0.03),
+]
+
+
+def masses(B, Hkv, n, gen):
+    logits = torch.randn(B, Hkv, 4, n, device="cuda", generator=gen) * 4
+    mass = torch.softmax(logits, -1).sum(2)
+    lens = torch.full((B,), n, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * 7
+    for b in range(B):
+        mass[b, :, int(lens[b]):] = float("-inf")
+    return mass.contiguous(), lens
+
+
+def timed(fn, reps, flush):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        flush.zero_()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e) / 1e3)
+    return sorted(ts)[len(ts) // 2]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--warps", type=int, nargs="+", default=[4, 8, 16])
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("examples/gpu_topk.py needs a CUDA GPU; on CPU run "
+                 "TRITON_INTERPRET=1 python -m pytest tests/csrc_triton/test_triton_topk.py")
+    from vllm_kvoffload.ops.triton_kernels import load
+    topk = load("topk")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    rows, failed = [], 0
+    for name, B, Hkv, n, share in SHAPES:
+        mass, lens = masses(B, Hkv, n, gen)
+        k = int(share * n)
+        ref_idx, ref_cnt = topk.topk_select(mass, lens, k, segments=1)
+        auto = topk.segments_for(B * Hkv, n, k, mass.device)
+        for S in sorted(set(a.segments) | {auto}):
+            for w in a.warps:
+                idx, cnt = topk.topk_select(mass, lens, k, segments=S, num_warps=w)
+                ok = torch.equal(idx, ref_idx) and torch.equal(cnt, ref_cnt)
+                failed += not ok
+                t = timed(lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w), a.reps, flush)
+                rows.append(dict(shape=name, B=B, Hkv=Hkv, n=n, k=k, segments=S, auto=S == auto, warps=w,
+                                 time_us=t * 1e6, exact=ok))
+                print(f"  {name:<24} S={S:<3} warps={w:<3} {t * 1e6:8.1f} us {'ok' if ok else 'MISMATCH'}", flush=True)
+        del mass
+    print(f"\n{torch.cuda.get_device_name()}: top-k per layer (us), one program per row (S=1, 8 warps) against each "
+          f"shape's best; {failed} mismatches")
+    print(f"{'shape':<26}{'S=1 w=8':>10}{'auto':>12}{'best':>18}{'speed-up':>10}")
+    for name, *_ in SHAPES:
+        rs = [r for r in rows if r["shape"] == name]
+        base = next(r for r in rs if r["segments"] == 1 and r["warps"] == 8)
+        auto = min((r for r in rs if r["auto"] and r["warps"] == 8), key=lambda r: r["time_us"])
+        best = min(rs, key=lambda r: r["time_us"])
+        print(f"{name:<26}{base['time_us']:>10.1f}{auto['time_us']:>8.1f} S={auto['segments']:<2}"
+              f"{best['time_us']:>8.1f} S={best['segments']},w={best['warps']:<3}{base['time_us'] / best['time_us']:>8.2f}x")
+    if os.environ.get("OUT"):
+        path = Path(os.environ["OUT"]) / "topk.json"
+        path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows), indent=1))
+        print(f"wrote {path}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
