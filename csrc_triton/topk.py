@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, num_sms
+from ._common import num_sms
 
 
 @triton.jit

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gpu_kernels import timeit  # noqa: E402  (median of reps, CUDA events, L2 flushed)
 
 SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
     ("32K 3%, 16 requests", 16, 8, 32768 - 288, 0.03),
@@ -38,22 +39,6 @@ def masses(B, Hkv, n, gen):
     for b in range(B):
         mass[b, :, int(lens[b]):] = float("-inf")
     return mass.contiguous(), lens
-
-
-def timed(fn, reps, flush):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e) / 1e3)
-    return sorted(ts)[len(ts) // 2]
 
 
 def main():
@@ -80,11 +65,10 @@ def main():
                 idx, cnt = topk.topk_select(mass, lens, k, segments=S, num_warps=w)
                 ok = torch.equal(idx, ref_idx) and torch.equal(cnt, ref_cnt)
                 failed += not ok
-                t = timed(lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w), a.reps, flush)
+                t = timeit(lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w), a.reps, flush)
                 rows.append(dict(shape=name, B=B, Hkv=Hkv, n=n, k=k, segments=S, auto=S == auto, warps=w,
                                  time_us=t * 1e6, exact=ok))
                 print(f"  {name:<24} S={S:<3} warps={w:<3} {t * 1e6:8.1f} us {'ok' if ok else 'MISMATCH'}", flush=True)
-        del mass
     print(f"\n{torch.cuda.get_device_name()}: top-k per layer (us), one program per row (S=1, 8 warps) against each "
           f"shape's best; {failed} mismatches")
     print(f"{'shape':<26}{'S=1 w=8':>10}{'auto':>12}{'best':>18}{'speed-up':>10}")
