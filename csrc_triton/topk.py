@@ -128,7 +128,10 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
         tl.store(cnt_ptr + b * Hkv + h, kk)
 
 
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device, zeros between launches (kernels reset them)
+# Arrival counters, one buffer per device, all zero between launches (each row's last program
+# resets its own). Invariant: segmented launches on one device never overlap in time (the runtime
+# selects on one stream), or two launches' rows would share counters.
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}
 
 
 def _arrivals(rows: int, device: torch.device) -> torch.Tensor:
