@@ -6,9 +6,8 @@ Reference: ``vllm_kvoffload/ops/offload_ref.py`` (same arguments and layouts).
   host_kv  [num_slots, num_layers, 2, Hkv, block_size, D]  the pinned host pool
   slots    [n] int (device)                     their host slots
 ``store_blocks_all_layers_uva`` moves every layer in one launch: grid (n, 2 * Hkv, num_layers),
-each program reading its
-layer's cache base address from a device table (all layers' kv5 views share one shape
-and strides). Each program moves one (block, head, K|V) tile of block_size x D elements
+each program reading its layer's cache base address from a device table (all layers' kv5
+views share one shape and strides). Each program moves one (block, head, K|V) tile of block_size x D elements
 over PCIe, in stream order: it runs before any later kernel can overwrite the freed
 device blocks, and the host never waits for it.
 """

@@ -88,7 +88,7 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
 
 
 @triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih'])  # per-step sizes: no recompiles
-def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scratch_idx, scratch_cnt, arrivals,
+def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scratch_idx, arrivals,
                K, s_mb, s_mh, s_ib, s_ih, Hkv, S: tl.constexpr, BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr):
     s = tl.program_id(0)
     h = tl.program_id(1)
@@ -128,17 +128,23 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
         tl.store(cnt_ptr + b * Hkv + h, kk)
 
 
-# Arrival counters, one buffer per device, all zero between launches (each row's last program
-# resets its own). Invariant: segmented launches on one device never overlap in time (the runtime
-# selects on one stream), or two launches' rows would share counters.
+# Per device: the arrival counters, all zero between launches (each row's last program resets
+# its own), and the segments' scratch, grown to the largest launch (off the allocator on the
+# decode path). Invariant: segmented launches on one device never overlap in time (the runtime
+# selects on one stream), or two launches would share them.
 _ARRIVALS: dict[torch.device, torch.Tensor] = {}
+_SCRATCH: dict[torch.device, torch.Tensor] = {}
 
 
-def _arrivals(rows: int, device: torch.device) -> torch.Tensor:
-    buf = _ARRIVALS.get(device)
-    if buf is None or buf.numel() < rows:
-        buf = _ARRIVALS[device] = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
-    return buf
+def _workspace(rows: int, scratch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(arrival counters >= rows, scratch bits [scratch], scratch indices [scratch])."""
+    arrivals = _ARRIVALS.get(device)
+    if arrivals is None or arrivals.numel() < rows:
+        arrivals = _ARRIVALS[device] = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
+    buf = _SCRATCH.get(device)
+    if buf is None or buf.numel() < 2 * scratch:
+        buf = _SCRATCH[device] = torch.empty(2 * scratch, dtype=torch.int32, device=device)
+    return arrivals, buf[:scratch], buf[scratch:2 * scratch]
 
 
 def segments_for(rows: int, n_max: int, k: int, device: torch.device) -> int:
@@ -169,15 +175,12 @@ def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, c
     assert counts.is_contiguous() and idx.stride(-1) == 1
     S = segments or segments_for(B * Hkv, n_max, k, mass.device)
     if S > 1 and k > 0:
-        scratch_bits = torch.empty(B * Hkv * S * k, dtype=torch.int32, device=mass.device)
-        scratch_idx = torch.empty_like(scratch_bits)
-        scratch_cnt = torch.empty(B * Hkv * S, dtype=torch.int32, device=mass.device)
-        arrivals = _arrivals(B * Hkv, mass.device)
+        arrivals, scratch_bits, scratch_idx = _workspace(B * Hkv, B * Hkv * S * k, mass.device)
     else:
         S = 1
-        scratch_bits = scratch_idx = scratch_cnt = arrivals = counts  # unused
+        scratch_bits = scratch_idx = arrivals = counts  # unused
     bud = budgets if budgets is not None else cold_lens
-    _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, scratch_cnt, arrivals,
+    _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, arrivals,
                             k, mass.stride(0), mass.stride(1), idx.stride(0), idx.stride(1), Hkv, S=S,
                             BLOCK=block, HAS_BUDGET=budgets is not None, num_warps=num_warps)
     return idx, counts

@@ -160,4 +160,3 @@ def test_curriculum_from_skips_the_early_phases(tmp_path):
     assert early[0] <= data.CURRICULUM[0][1][1], early  # step 0 of 2: progress 0
     with pytest.raises(SystemExit, match="--curriculum-from 1.0"):
         train.main(["--out", "x", "--curriculum-from", "1.0"])
-

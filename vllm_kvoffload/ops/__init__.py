@@ -21,6 +21,7 @@ def batched_ops(cuda: bool):
         result = sparse_decode_ref(*args, **kwargs)
         return result if out is None else out.copy_(result)
 
-    return SimpleNamespace(score_mass=score_mass_ref, topk_select=topk_ref, gather_uva=gather_ref,
+    return SimpleNamespace(score_mass=score_mass_ref, topk_select=topk_ref,
+                           gather_uva=gather_ref,
                            gather_cached=gather_cached_ref,
                            sparse_decode=sparse_decode)
