@@ -97,6 +97,32 @@ def test_decision_weight_falls_on_the_first_byte_of_each_looked_up_value(task):
         assert (heavy.weights[row] != plain.weights[row]).sum() == len(marked)  # nothing else changes
 
 
+def test_ambiguous_offsets_are_where_the_prompt_continues_a_value_prefix_two_ways():
+    prompt = b"Silverpine Robotics is in Seoul. Silverpine Analytics is in Denver. Redstone is in Seoul."
+    answer = (b'[{"name": "Silverpine Analytics", "city": "Denver"}, '
+              b'{"name": "Redstone", "city": "Seoul"}]')
+    offsets = data.ambiguous_offsets(prompt, answer)
+    # "Silverpine " goes on as "R" or "A"; "S" as "i" or "e"; "Se", "Seoul" etc. have one continuation;
+    # "D" and "R" start one word each ("Redstone" and "Robotics" differ only from their second byte)
+    at = {answer[:i].decode(): chr(answer[i]) for i in offsets}
+    assert at == {'[{"name": "Silverpine ': "A", '[{"name": "S': "i",
+                  answer[:answer.index(b"Seoul") + 1].decode(): "e",
+                  answer[:answer.index(b"Redstone") + 1].decode(): "e"}
+
+
+def test_ambiguous_decisions_add_weight_only_inside_text2json_values():
+    mix = data.parse_mix("text2json=1")
+    first = data.make_batch(0, 2, 0.5, 4000, 0.1, mix, decision_weight=5.0)
+    both = data.make_batch(0, 2, 0.5, 4000, 0.1, mix, decision_weight=5.0, ambiguous=True)
+    assert both.ids.equal(first.ids) and both.answer.equal(first.answer)
+    added = (both.weights != first.weights)
+    assert added.any() and (both.weights[added] == 5.0).all() and (first.weights[added] == 1.0).all()
+    assert not (added & ~both.answer).any()
+    needles = data.make_batch(0, 2, 0.5, 4000, 0.1, data.parse_mix("needle=1"), decision_weight=5.0)
+    assert needles.weights.equal(data.make_batch(0, 2, 0.5, 4000, 0.1, data.parse_mix("needle=1"),
+                                                 decision_weight=5.0, ambiguous=True).weights)
+
+
 def test_answer_mask_covers_the_answer_whatever_its_weights():
     mix = data.parse_mix("text2json=1")
     plain = data.make_batch(0, 2, 0.5, 4000, 0.1, mix)

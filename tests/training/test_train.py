@@ -37,6 +37,8 @@ def test_bad_arguments_are_named():
         train.main(["--out", "x", "--session-steps", "0"])
     with pytest.raises(SystemExit, match="--decision-weight 0"):
         train.main(["--out", "x", "--decision-weight", "0"])
+    with pytest.raises(SystemExit, match="--decision-ambiguous weighs its bytes by --decision-weight, which is 1"):
+        train.main(["--out", "x", "--decision-ambiguous"])
     with pytest.raises(SystemExit, match="--mix 'json=1'"):
         train.main(["--out", "x", "--mix", "json=1"])
 

@@ -172,6 +172,35 @@ def decision_offsets(task: str, answer: bytes) -> list[int]:
     return [m.end() for m in pattern.finditer(answer) if m.end() < len(answer)]
 
 
+_JSON_VALUE = re.compile(rb'": "([^"]*)"')
+
+
+def ambiguous_offsets(prompt: bytes, answer: bytes) -> list[int]:
+    """Byte offsets in a Text2JSON ``answer`` where copying from ``prompt`` has a choice to make:
+    inside each value, the bytes after a prefix of the value that occurs in the prompt followed by
+    more than one different byte ("Silverpine " before "Robotics" and "Analytics"). A copy head
+    that has matched the prefix must look further back (which entity is this?) to pick. The first
+    byte of each value is ``decision_offsets``' and not repeated here."""
+    out = []
+    for m in _JSON_VALUE.finditer(answer):
+        value, start = m.group(1), m.start(1)
+        for n in range(1, len(value)):
+            follow = {prompt[i + n] for i in _occurrences(prompt, value[:n]) if i + n < len(prompt)}
+            if len(follow) > 1:
+                out.append(start + n)
+            elif not follow:
+                break  # a prefix the prompt does not hold (or holds once at its end): nothing after it either
+    return out
+
+
+def _occurrences(text: bytes, sub: bytes) -> list[int]:
+    at, i = [], text.find(sub)
+    while i >= 0:
+        at.append(i)
+        i = text.find(sub, i + 1)
+    return at
+
+
 @dataclass
 class Batch:
     ids: torch.Tensor  # [B, T] int64 inputs
@@ -183,10 +212,12 @@ class Batch:
 
 
 def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, prompt_weight: float,
-               mix: Mix | None = None, decision_weight: float = 1.0, drill: float = 0.0) -> Batch:
+               mix: Mix | None = None, decision_weight: float = 1.0, drill: float = 0.0,
+               ambiguous: bool = False) -> Batch:
     """Batch ``step`` of the run: samples until they hold ``batch_tokens`` tokens, of one context length
     drawn from the curriculum's range at ``progress`` (fraction of the curriculum done; None: warm-up).
-    Answer tokens weigh 1, except ``decision_offsets``' tokens, which weigh ``decision_weight``.
+    Answer tokens weigh 1, except ``decision_offsets``' tokens (and with ``ambiguous``, Text2JSON's
+    ``ambiguous_offsets``), which weigh ``decision_weight``.
     After the warm-up, a ``drill`` share of the batches are binding drills instead (DRILL_CONTEXT)."""
     rng = random.Random(f"train/{seed}/{step}")
     (lo, hi), mix = phase(progress, mix)
@@ -207,6 +238,9 @@ def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, 
         if decision_weight != 1.0:
             for i in decision_offsets(task, encoded):
                 answer_w[i] = decision_weight
+            if ambiguous and task == "text2json":
+                for i in ambiguous_offsets(sample["prompt"].encode("utf-8"), encoded):
+                    answer_w[i] = decision_weight
         seqs.append(p + a)
         prompt_lens.append(len(p))
         wts.append([prompt_weight] * (len(p) - 1) + answer_w)  # weight of predicting token t+1

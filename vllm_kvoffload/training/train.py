@@ -149,7 +149,7 @@ def train(args) -> dict:
 
         def batch_args(i: int) -> tuple:  # the curriculum reads progress; the step keys the samples
             return (args.seed, i, curriculum_progress(progress_at(i)), args.batch_tokens, args.prompt_weight,
-                    mix, args.decision_weight, args.drill)
+                    mix, args.decision_weight, args.drill, args.decision_ambiguous)
 
         first_step = step
         while True:
@@ -250,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--decision-weight", type=float, default=1.0,
                     help="loss weight of the answer tokens that need a lookup: the first byte of each "
                          "Text2JSON value and of each needle code (other answer tokens: 1)")
+    ap.add_argument("--decision-ambiguous", action="store_true",
+                    help="also give --decision-weight to each Text2JSON value byte where copying has a choice: "
+                         "its prefix within the value occurs in the prompt followed by different bytes")
     ap.add_argument("--mix", default=None,
                     help="task mix of the long-context phases, e.g. text2json=0.7,needle=0.2,copy=0.1 "
                          f"(default {','.join(f'{t}={w}' for t, w in data.MIX)}; tasks: {', '.join(data.TASKS)})")
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--drill {args.drill}: must be in [0, 1) (a share of the batches)")
     if args.decision_weight <= 0:
         raise SystemExit(f"--decision-weight {args.decision_weight}: must be > 0")
+    if args.decision_ambiguous and args.decision_weight == 1.0:
+        raise SystemExit("--decision-ambiguous weighs its bytes by --decision-weight, which is 1: give another weight")
     if args.mix:
         try:
             data.parse_mix(args.mix)
