@@ -24,12 +24,14 @@ import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
-from vllm.logger import init_logger
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 
-logger = init_logger(__name__)
+from vllm_kvoffload.logs import get_logger
+
+
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 
 import torch
-from vllm.logger import init_logger
 from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,
@@ -23,9 +22,10 @@ from vllm.v1.attention.backends.cpu_attn import (
 
 from vllm_kvoffload.attention.metadata import OffloadMetadata, count_leading_decodes, slice_rows
 from vllm_kvoffload.kv_spec import OffloadAttentionSpec
+from vllm_kvoffload.logs import get_logger
 from vllm_kvoffload.runtime import current_runtime
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
