@@ -19,6 +19,9 @@ into device staging buffers sel_k/sel_v [B, Hkv, K, D]. Reference:
     gathered on the CPU with index_select into a pinned staging buffer, then one
     non_blocking H2D copy per tensor on a side stream (DMA engine, no SMs used).
     Rows past counts are unspecified.
+An fp8 pool (``HostPool.host_dtype``) is widened on the way: every gather takes ``out_dtype``
+(default: the pool's dtype) for its outputs, and (a) and (c) convert in registers, so PCIe
+carries the fp8 bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import triton.language as tl
 
 from ._common import cdiv, interpreting
 
-_TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+_TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
+       torch.float8_e4m3fn: tl.float8e4nv}
 
 
 @triton.jit(do_not_specialize=['layer', 'K', 's_slb', 's_ib', 's_ih', 's_ob', 's_oh'])  # per-step sizes: no recompiles
@@ -61,31 +65,31 @@ def _gather_rows(
     v = tl.load(kv_ptr + s_kv + src[:, None] + d[None, :], mask=jm[:, None], other=0.0)
     dst = b.to(tl.int64) * s_ob + h * s_oh + j.to(tl.int64)[:, None] * s_ot + d[None, :]
     om = (j < K)[:, None]
-    tl.store(ok_ptr + dst, k, mask=om)
-    tl.store(ov_ptr + dst, v, mask=om)
+    tl.store(ok_ptr + dst, k.to(ok_ptr.dtype.element_ty), mask=om)
+    tl.store(ov_ptr + dst, v.to(ov_ptr.dtype.element_ty), mask=om)
 
 
-def _checked_outputs(host_kv, idx, counts, out_k, out_v):
+def _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype):
     """Shared checks of the zero-copy gathers; allocates the staging outputs [B, Hkv, K, D]."""
     B, Hkv, K = idx.shape
     S, L, two, Hkv2, BS, D = host_kv.shape
     assert two == 2 and Hkv2 == Hkv and host_kv.stride(-1) == 1 and counts.is_contiguous()
     if host_kv.device.type == "cpu" and not interpreting():
         assert host_kv.is_pinned(), "zero-copy reads need pinned (page-locked) host memory"
-    mk = lambda: torch.empty(B, Hkv, K, D, dtype=host_kv.dtype, device=idx.device)  # noqa: E731
+    mk = lambda: torch.empty(B, Hkv, K, D, dtype=out_dtype or host_kv.dtype, device=idx.device)  # noqa: E731
     out_k = mk() if out_k is None else out_k
     out_v = mk() if out_v is None else out_v
-    assert out_k.stride() == out_v.stride() and out_k.stride(-1) == 1
+    assert out_k.stride() == out_v.stride() and out_k.stride(-1) == 1 and out_k.dtype == out_v.dtype
     return out_k, out_v
 
 
 def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
-               mode="tensor", block_t=32, num_warps=4):
+               mode="tensor", block_t=32, num_warps=4, out_dtype=None):
     """Same contract as ``gather_ref``; cold_slots/idx/counts/out on the device,
     host_kv pinned on the host (or on the device, or CPU under the interpreter)."""
     B, Hkv, K = idx.shape
     BS, D = host_kv.shape[-2:]
-    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v)
+    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype)
     arg = host_kv if mode == "tensor" else host_kv.data_ptr()
     st = host_kv.stride()
     _gather_rows[(cdiv(K, block_t), Hkv, B)](
@@ -99,7 +103,7 @@ def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
 
 
 def gather_copy_engine(host_kv, layer, cold_slots_cpu, idx, counts, out_k=None, out_v=None,
-                       staging=None, stream=None):
+                       staging=None, stream=None, out_dtype=None):
     """(b): host index_select into pinned ``staging`` [2, B, Hkv, K, D], then async H2D on
     ``stream`` (default: a new side stream). The caller orders its consumer after
     ``stream`` (``torch.cuda.current_stream().wait_stream(stream)``). Returns out_k, out_v, stream."""
@@ -119,10 +123,10 @@ def gather_copy_engine(host_kv, layer, cold_slots_cpu, idx, counts, out_k=None, 
         staging = torch.empty(2, B, Hkv, K, D, dtype=host_kv.dtype, pin_memory=pin)
     torch.index_select(flat, 0, row.view(-1), out=staging[0].view(-1, D))
     torch.index_select(flat, 0, (row + Hkv * BS).view(-1), out=staging[1].view(-1, D))
-    mk = lambda: torch.empty(B, Hkv, K, D, dtype=host_kv.dtype, device=dev)  # noqa: E731
+    mk = lambda: torch.empty(B, Hkv, K, D, dtype=out_dtype or host_kv.dtype, device=dev)  # noqa: E731
     out_k = mk() if out_k is None else out_k
     out_v = mk() if out_v is None else out_v
-    if pin:
+    if pin:  # (copy_ widens an fp8 pool on the device, after the transfer)
         stream = stream or torch.cuda.Stream(dev)
         with torch.cuda.stream(stream):
             out_k.copy_(staging[0], non_blocking=True)
@@ -177,10 +181,11 @@ def _gather_cached_rows(
     csrc = prow.to(tl.int64) * s_pob + h * s_poh + lo.to(tl.int64)[:, None] * s_pot + d[None, :]
     slot = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
     hsrc = slot * s_slot + layer * s_layer + h * s_h + (i % BS) * s_tok
+    out_ty = ok_ptr.dtype.element_ty  # the cache holds earlier outputs: the same dtype (an fp8 pool's widened)
     k = tl.where(hit[:, None], tl.load(pk_ptr + csrc, mask=hit[:, None], other=0.0),
-                 tl.load(kv_arg + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0))
+                 tl.load(kv_arg + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0).to(out_ty))
     v = tl.where(hit[:, None], tl.load(pv_ptr + csrc, mask=hit[:, None], other=0.0),
-                 tl.load(kv_arg + s_kv + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0))
+                 tl.load(kv_arg + s_kv + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0).to(out_ty))
     dst = b.to(tl.int64) * s_ob + h * s_oh + j.to(tl.int64)[:, None] * s_ot + d[None, :]
     om = (j < K)[:, None]
     tl.store(ok_ptr + dst, k, mask=om)
@@ -190,16 +195,17 @@ def _gather_cached_rows(
 
 
 def gather_cached(host_kv, layer, cold_slots, idx, counts, prev_row, prev_idx, prev_counts, prev_k, prev_v,
-                  stats, out_k=None, out_v=None, block_t=32, num_warps=4):
+                  stats, out_k=None, out_v=None, block_t=32, num_warps=4, out_dtype=None):
     """``gather_uva`` with a device cache: tokens that were in the same request's previous
     selection of this layer (prev_* [Bp, Hkv, KP(, D)], row prev_row[b] or -1) are copied
     on the device; only the others are read from the pinned pool. Same output as
     ``gather_ref``. stats [2] int64 (device) accumulates (cache hits, tokens gathered)."""
     B, Hkv, K = idx.shape
     BS, D = host_kv.shape[-2:]
-    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v)
+    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype)
     assert prev_counts.is_contiguous() and prev_idx.stride(-1) == 1 and prev_k.stride() == prev_v.stride()
     assert prev_k.stride(-1) == 1 and prev_row.numel() == B and stats.dtype == torch.int64
+    assert prev_k.dtype == prev_v.dtype == out_k.dtype, "the cache holds earlier outputs of this gather"
     KP = prev_idx.shape[-1]
     st = host_kv.stride()
     _gather_cached_rows[(cdiv(K, block_t), Hkv, B)](

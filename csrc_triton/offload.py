@@ -3,7 +3,9 @@ Reference: ``vllm_kvoffload/ops/offload_ref.py`` (same arguments and layouts).
 
   kv5      [2, num_blocks, block_size, Hkv, D]  the device cache (any strides, D contiguous)
   blocks   [n] int (device)                     device blocks leaving the device
-  host_kv  [num_slots, num_layers, 2, Hkv, block_size, D]  the pinned host pool
+  host_kv  [num_slots, num_layers, 2, Hkv, block_size, D]  the pinned host pool: the cache's
+                                                dtype, or fp8 e4m3 (rounded to nearest, saturated
+                                                at +-448, as ``offload_ref.to_host``)
   slots    [n] int (device)                     their host slots
 ``store_blocks_all_layers_uva`` moves every layer in one launch: grid (n, 2 * Hkv, num_layers),
 each program reading its layer's cache base address from a device table (all layers' kv5
@@ -24,11 +26,13 @@ _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl
 @triton.jit
 def _copy_tile(src, dst, blk, slot, layer, kv, h,
                s_kv, s_blk, s_tok, s_h, d_slot, d_layer, d_kv, d_h, d_tok,
-               BS: tl.constexpr, D: tl.constexpr):
+               BS: tl.constexpr, D: tl.constexpr, FP8: tl.constexpr):
     """The (blk, h, kv) tile of a kv5 cache at ``src`` -> (slot, layer, kv, h) of the host pool."""
     t = tl.arange(0, BS)
     d = tl.arange(0, D)
     x = tl.load(src + kv * s_kv + blk * s_blk + h * s_h + t[:, None] * s_tok + d[None, :])
+    if FP8:
+        x = tl.clamp(x.to(tl.float32), -448.0, 448.0).to(tl.float8e4nv)
     tl.store(dst + slot * d_slot + layer * d_layer + kv * d_kv + h * d_h + t[:, None] * d_tok + d[None, :], x)
 
 
@@ -36,7 +40,8 @@ def _copy_tile(src, dst, blk, slot, layer, kv, h,
 def _store_blocks_all_layers(table_ptr, blk_ptr, dst_ptr, slot_ptr,
                              s_kv, s_blk, s_tok, s_h,             # strides of every layer's kv5
                              d_slot, d_layer, d_kv, d_h, d_tok,   # host_kv strides (D contiguous)
-                             HKV: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, DTYPE: tl.constexpr):
+                             HKV: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, DTYPE: tl.constexpr,
+                             FP8: tl.constexpr):
     i = tl.program_id(0)
     kv = tl.program_id(1) // HKV
     h = tl.program_id(1) % HKV
@@ -45,13 +50,13 @@ def _store_blocks_all_layers(table_ptr, blk_ptr, dst_ptr, slot_ptr,
     blk = tl.load(blk_ptr + i).to(tl.int64)
     slot = tl.load(slot_ptr + i).to(tl.int64)
     _copy_tile(src, dst_ptr, blk, slot, layer, kv, h, s_kv, s_blk, s_tok, s_h,
-               d_slot, d_layer, d_kv, d_h, d_tok, BS, D)
+               d_slot, d_layer, d_kv, d_h, d_tok, BS, D, FP8)
 
 
 def _check_pool(kv5: torch.Tensor, host_kv: torch.Tensor) -> None:
     two, _, BS, Hkv, D = kv5.shape
     assert two == 2 and kv5.stride(-1) == 1 and host_kv.stride(-1) == 1
-    assert host_kv.shape[2:] == (2, Hkv, BS, D) and host_kv.dtype == kv5.dtype
+    assert host_kv.shape[2:] == (2, Hkv, BS, D) and host_kv.dtype in (kv5.dtype, torch.float8_e4m3fn)
     if host_kv.device.type == "cpu" and not interpreting():
         assert host_kv.is_pinned(), "zero-copy stores need pinned (page-locked) host memory"
 
@@ -85,4 +90,5 @@ def store_blocks_all_layers_uva(kv5s: list[torch.Tensor], blocks: torch.Tensor, 
         table, blocks, host_kv, slots,
         kv5.stride(0), kv5.stride(1), kv5.stride(2), kv5.stride(3),
         st[0], st[1], st[2], st[3], st[4],
-        HKV=Hkv, BS=BS, D=D, DTYPE=_TL[kv5.dtype], num_warps=num_warps)
+        HKV=Hkv, BS=BS, D=D, DTYPE=_TL[kv5.dtype], FP8=host_kv.dtype == torch.float8_e4m3fn,
+        num_warps=num_warps)

@@ -277,7 +277,7 @@ def dummy_llama() -> Path:
 
 def offload_settings(args, scorer: str, budget: float, device_cache: bool = True) -> str:
     return json.dumps({"scorer": scorer, "budget": budget, "window_tokens": 256, "sink_tokens": 16,
-                       "host_gb": args.host_gb, "device_cache": device_cache})
+                       "host_gb": args.host_gb, "device_cache": device_cache, "host_kv_dtype": args.host_kv_dtype})
 
 
 def profile_steps(args) -> dict:
@@ -313,7 +313,8 @@ def throughput(args) -> dict:
     for scorer, (budget, cache) in itertools.product(args.scorers or [args.scorer], variants):
         r = run_child(["_throughput", str(model), str(args.offload_requests), str(args.context),
                        offload_settings(args, scorer, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs], 600)
-        r.update(config=scorer, budget=budget, device_cache=cache, device=device, context=args.context,
+        r.update(config=scorer, budget=budget, device_cache=cache, host_kv_dtype=args.host_kv_dtype,
+                 host_gb=args.host_gb, device=device, context=args.context,
                  cuda_graphs=args.cuda_graphs, stock_decode_tok_s=stock.get("decode_tok_s"),
                  stock_n_requests=args.stock_requests)
         if "decode_tok_s" in r and stock.get("decode_tok_s"):
@@ -352,6 +353,8 @@ def main() -> None:
         q.add_argument("--offload-gpu-util", type=float, default=0.45,
                        help="vLLM's share; the scorer's summaries live outside it")
         q.add_argument("--host-gb", type=float, default=64)
+        q.add_argument("--host-kv-dtype", choices=("auto", "fp8"), default="auto",
+                       help="offloaded K/V in the model's dtype, or fp8 (twice the requests per GiB)")
         q.add_argument("--scorer", default="exact-topk")
         q.add_argument("--budgets", type=float, nargs="+", default=[0.03])
         q.add_argument("--steps", type=int, default=8 if q is p else 32, help="timed steady steps")

@@ -31,6 +31,13 @@ def test_device_cache_flag_turns_the_cache_off_and_on():
     assert "device_cache" not in flags_to_config(parse("--kv-offload", "exact-topk"), None)["kv_offload"]
 
 
+def test_host_kv_dtype_flag():
+    args = parse("--kv-offload", "exact-topk", "--kv-offload-host-kv-dtype", "fp8")
+    assert flags_to_config(args, None)["kv_offload"]["host_kv_dtype"] == "fp8"
+    with pytest.raises(argparse.ArgumentError, match="host_kv_dtype: Input should be 'auto' or 'fp8' .got 'fp16'."):
+        parse("--kv-offload", "exact-topk", "--kv-offload-host-kv-dtype", "fp16")
+
+
 def test_no_flags_leave_config_alone():
     assert flags_to_config(parse(), None) is None
 
@@ -46,7 +53,7 @@ def test_vllm_serve_help_lists_flags():
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in ("--kv-offload ", "--kv-offload-budget", "--kv-offload-sink-tokens",
                  "--kv-offload-window-tokens", "--kv-offload-granularity", "--kv-offload-topp",
-                 "--kv-offload-topp-min-tokens", "--kv-offload-device-cache"):
+                 "--kv-offload-topp-min-tokens", "--kv-offload-device-cache", "--kv-offload-host-kv-dtype"):
         assert flag in out.stdout, flag
     assert "exact-topk" in out.stdout
 

@@ -25,6 +25,7 @@ def test_defaults_are_stock():
         ({"scorer": "exact-topk", "topp": 1.5}, ["topp", "1.5"]),
         ({"scorer": "exact-topk", "topp_min_tokens": 0}, ["topp_min_tokens", "greater than or equal to 1", "0"]),
         ({"scorer": "exact-topk", "bugdet": 0.1}, ["bugdet", "unknown setting", "budget"]),
+        ({"scorer": "exact-topk", "host_kv_dtype": "int4"}, ["host_kv_dtype", "'auto' or 'fp8'", "'int4'"]),
         ([1, 2], ["JSON object"]),
     ],
 )
@@ -57,3 +58,11 @@ def test_device_cache_must_be_a_boolean():
     with pytest.raises(KVOffloadConfigError, match="'maybe' is not a boolean; accepted: true or false"):
         KVOffloadConfig.parse({"scorer": "exact-topk", "device_cache": "maybe"})
     assert KVOffloadConfig.parse({"scorer": "exact-topk"}).device_cache is True
+
+
+def test_host_kv_dtype_sets_the_pool_element_type():
+    import torch
+
+    assert KVOffloadConfig.parse({"scorer": "exact-topk"}).host_dtype(torch.bfloat16) == torch.bfloat16
+    fp8 = KVOffloadConfig.parse({"scorer": "exact-topk", "host_kv_dtype": "fp8"})
+    assert fp8.host_dtype(torch.bfloat16) == fp8.host_dtype(torch.float32) == torch.float8_e4m3fn

@@ -32,3 +32,31 @@ def test_gather_picks_per_head_tokens():
             assert torch.equal(k[h, j], keys[t // 4, h, t % 4])
             assert torch.equal(v[h, j], values[t // 4, h, t % 4])
     assert pool.summaries[0].dtype == torch.bfloat16  # exact-topk keeps compact bf16 keys
+
+
+def test_fp8_pool_stores_rounded_saturated_kv_and_reads_the_model_dtype():
+    """host_kv_dtype=fp8: the pool holds float8 e4m3 (half the bytes), rounded to nearest and
+    saturated at +-448; reads widen to the model's dtype; summaries come from the exact keys."""
+    from vllm_kvoffload.ops.offload_ref import to_host
+
+    torch.manual_seed(0)
+    dt, fp8 = torch.bfloat16, torch.float8_e4m3fn
+    g = KVGeometry(num_kv_heads=2, num_q_heads=4, head_dim=8, block_size=16, dtype=dt)
+    exact = HostPool(10, 2, 2, 16, 8, dt, create_scorer("oracle", g), torch.device("cpu"))
+    pool = HostPool(10, 2, 2, 16, 8, dt, create_scorer("oracle", g), torch.device("cpu"), host_dtype=fp8)
+    assert pool.kv.dtype == fp8 and pool.kv.element_size() * 2 == exact.kv.element_size()
+    keys = (torch.randn(4, 2, 16, 8) * 40).to(dt)
+    keys[0, 0, 0, :2] = torch.tensor([1000.0, -3000.0])  # past fp8's range
+    values = torch.randn(4, 2, 16, 8).to(dt)
+    slots = torch.tensor([7, 2, 5, 0])
+    pool.store(1, slots, keys, values)
+    k, v = pool.read_blocks(1, slots)
+    assert k.dtype == dt and v.dtype == dt
+    assert k[0, 0, 0, :2].tolist() == [448.0, -448.0]  # saturated, not NaN
+    assert torch.equal(k, keys.float().clamp(-448, 448).to(fp8).to(dt)) and torch.equal(v, to_host(values, fp8).to(dt))
+    rel = ((k.float() - keys.float().clamp(-448, 448)).abs() / keys.float().abs().clamp_min(2**-6)).max()
+    assert 0 < rel <= 2**-4  # e4m3 rounding: at most half a step of 3 mantissa bits
+    assert torch.equal(pool.summaries[1][slots], keys)  # scoring sees the exact keys
+    idx = torch.tensor([[0, 17, 40], [3, 33, 63]])
+    gk, gv = pool.gather(1, slots, idx)
+    assert gk.dtype == dt and torch.equal(gk[1, 1], k[33 // 16, 1, 33 % 16])

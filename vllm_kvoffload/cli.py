@@ -21,6 +21,7 @@ FLAGS = {
     "-topp": "topp",
     "-topp-min-tokens": "topp_min_tokens",
     "-device-cache": "device_cache",
+    "-host-kv-dtype": "host_kv_dtype",
 }
 
 
@@ -63,6 +64,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-offload-host-blocks", dest="kv_offload_host_blocks",
                        type=_field_type("host_blocks"),
                        help="Host pool size in blocks (overrides --kv-offload-host-gb).")
+    group.add_argument("--kv-offload-host-kv-dtype", dest="kv_offload_host_kv_dtype",
+                       type=_field_type("host_kv_dtype"),
+                       help="Storage of offloaded K/V: auto (the model's KV dtype, exact) or fp8 (e4m3: half "
+                            "the host memory and PCIe bytes; attention reads cold tokens rounded to fp8). "
+                            "Default: auto.")
     group.add_argument("--kv-offload-topp", dest="kv_offload_topp", type=_field_type("topp"),
                        help="Adaptive budget: keep cold tokens until their estimated attention "
                             "mass reaches this share in (0, 1]; the budget is the upper bound.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_KEY = "kv_offload"
@@ -47,6 +48,13 @@ class KVOffloadConfig(BaseModel):
 
     host_gb: float = Field(default=4.0, gt=0)
     """Host-pool size in GiB when ``host_blocks`` is not given."""
+
+    host_kv_dtype: Literal["auto", "fp8"] = "auto"
+    """Storage of the offloaded K/V in the host pool. ``auto``: the model's KV dtype (exact).
+    ``fp8``: float8 e4m3, saturated at +-448 with no scale (as vLLM's fp8 KV cache with its
+    default scale of 1): half the host memory, so twice the requests per GiB, and half the
+    PCIe bytes; attention then reads the fetched cold tokens rounded to fp8 (3 mantissa bits).
+    Scoring is unaffected: the scorers summarize the exact keys before they are stored."""
 
     device_cache: bool = True
     """Keep each (request, layer, KV head)'s last selection on the device and copy the
@@ -100,6 +108,10 @@ class KVOffloadConfig(BaseModel):
         if self.budget <= 1:
             return max(1, math.ceil(self.budget * context_len))
         return int(self.budget)
+
+    def host_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The host pool's element type for a model whose KV cache has ``model_dtype``."""
+        return torch.float8_e4m3fn if self.host_kv_dtype == "fp8" else model_dtype
 
     def sink_blocks(self, block_size: int) -> int:
         return -(-self.sink_tokens // block_size)

@@ -5,22 +5,28 @@ One host slot holds one block of every offloaded layer:
 and ``summaries[layer][slot]`` is the scorer's compact summary of that block,
 kept in the device tier. Slots are assigned by the scheduler's
 ``HostSlotAllocator``; this class only stores and reads.
+
+``kv`` holds the model's dtype, or fp8 (``host_dtype``, ``ops/offload_ref.to_host``); reads
+return the model's dtype (``dtype``). Summaries are always made from the exact keys.
 """
 
 from __future__ import annotations
 
 import torch
 
+from vllm_kvoffload.ops.offload_ref import to_host
 from vllm_kvoffload.scorers.base import Scorer
 
 
 class HostPool:
     def __init__(self, num_slots: int, num_layers: int, num_kv_heads: int, block_size: int,
-                 head_dim: int, dtype: torch.dtype, scorer: Scorer, device: torch.device):
+                 head_dim: int, dtype: torch.dtype, scorer: Scorer, device: torch.device,
+                 host_dtype: torch.dtype | None = None):
         pin = device.type == "cuda"
+        self.dtype = dtype  # the model's KV dtype: what reads return
         # empty, not zeros: pages are touched only as slots fill
         self.kv = torch.empty(num_slots, num_layers, 2, num_kv_heads, block_size, head_dim,
-                              dtype=dtype, pin_memory=pin)
+                              dtype=host_dtype or dtype, pin_memory=pin)
         shape, summary_dtype = scorer.summary_spec()
         self.summaries = [torch.empty(num_slots, *shape, dtype=summary_dtype, device=device)
                           for _ in range(num_layers)]
@@ -35,8 +41,8 @@ class HostPool:
         """keys/values: [n, kv_heads, block_size, dim] of the blocks going cold."""
         host_slots = slots.to(self.kv.device)
         # Blocking copies: the device blocks are reused by vLLM right after this step.
-        self.kv[host_slots, layer, 0] = keys.to(self.kv.device)
-        self.kv[host_slots, layer, 1] = values.to(self.kv.device)
+        self.kv[host_slots, layer, 0] = to_host(keys, self.kv.dtype).to(self.kv.device)
+        self.kv[host_slots, layer, 1] = to_host(values, self.kv.dtype).to(self.kv.device)
         self.summaries[layer][slots.to(self.summaries[layer].device)] = self.scorer.summarize(keys)
 
     def store_from_caches(self, kv5s: list[torch.Tensor], table: torch.Tensor, blocks: torch.Tensor,
@@ -59,10 +65,9 @@ class HostPool:
         slot = slots[token_idx // self.block_size]
         offset = token_idx % self.block_size
         idx = (slot.cpu(), heads.cpu(), offset.cpu())
-        keys = self.kv[:, layer, 0][idx]
-        values = self.kv[:, layer, 1][idx]
-        return keys, values
+        return self.kv[:, layer, 0][idx].to(self.dtype), self.kv[:, layer, 1][idx].to(self.dtype)
 
     def read_blocks(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole blocks back, [n, kv_heads, block_size, dim] each (tests, oracle)."""
-        return self.kv[slots.cpu(), layer, 0], self.kv[slots.cpu(), layer, 1]
+        s = slots.cpu()
+        return self.kv[s, layer, 0].to(self.dtype), self.kv[s, layer, 1].to(self.dtype)

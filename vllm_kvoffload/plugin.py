@@ -6,11 +6,12 @@ CLI flags; every other hook checks the current config and steps aside."""
 import dataclasses
 import functools
 
-from vllm.logger import init_logger
+import torch
 
 from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
+from vllm_kvoffload.logs import get_logger
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 SCHEDULER_CLS = "vllm_kvoffload.scheduler.OffloadScheduler"
 DEFAULT_SCHEDULER_CLS = "vllm.v1.core.sched.scheduler.Scheduler"
 CPU_BACKEND = "vllm_kvoffload.attention.backend.OffloadCPUBackend"
@@ -153,9 +154,12 @@ def _patch_platform() -> None:
 
 
 # ---- worker: layer specs, runtime, plan execution -------------------------------------
-def _host_blocks(cfg: KVOffloadConfig, page_bytes: int, num_layers: int) -> int:
+def _host_blocks(cfg: KVOffloadConfig, page_bytes: int, num_layers: int, dtype: torch.dtype) -> int:
+    """Host slots in ``host_gb``: one slot holds a device page (``page_bytes`` of ``dtype``) of
+    every offloaded layer, in the host pool's element type."""
     if cfg.host_blocks:
         return cfg.host_blocks
+    page_bytes = page_bytes * cfg.host_dtype(dtype).itemsize // dtype.itemsize
     blocks = int(cfg.host_gb * 2**30) // max(1, page_bytes * num_layers)
     if blocks < 1:
         raise KVOffloadConfigError(
@@ -187,7 +191,7 @@ def _patch_kv_cache_spec() -> None:
         runtime.add_layer(self.layer_name, self)
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
         return OffloadAttentionSpec(**fields, sink_tokens=cfg.sink_tokens, window_tokens=cfg.window_tokens,
-                                    host_blocks=_host_blocks(cfg, spec.page_size_bytes, len(layers)))
+                                    host_blocks=_host_blocks(cfg, spec.page_size_bytes, len(layers), spec.dtype))
 
     Attention.get_kv_cache_spec = get_kv_cache_spec
 

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from vllm.logger import init_logger
 
 from vllm_kvoffload.config import KVOffloadConfig
 from vllm_kvoffload.host_pool import HostPool
+from vllm_kvoffload.logs import get_logger
 from vllm_kvoffload.ops import batched_ops
 from vllm_kvoffload.ops.attention import sparse_decode_attention
 from vllm_kvoffload.ops.select import select_cold_tokens
 from vllm_kvoffload.profiling import TIMER, phase
 from vllm_kvoffload.scorers import KVGeometry, create_scorer
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -126,10 +126,12 @@ class OffloadRuntime:
                                   self.block_size, kv_cache.dtype)
             scorer = create_scorer(self.config.scorer, geometry)
             self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
-                                 impl.head_size, kv_cache.dtype, scorer, kv_cache.device)
+                                 impl.head_size, kv_cache.dtype, scorer, kv_cache.device,
+                                 host_dtype=self.config.host_dtype(kv_cache.dtype))
             self.fetch_counts = torch.zeros(2, dtype=torch.int64, device=kv_cache.device)
-            logger.info("kv_offload: host pool of %d blocks (%.2f GiB), scorer %s", num_slots,
-                        self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, scorer.name)
+            logger.info("kv_offload: host pool of %d blocks (%.2f GiB, %s), scorer %s", num_slots,
+                        self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, self.pool.kv.dtype,
+                        scorer.name)
         return self.pool
 
     # ---- the plan (before vLLM touches the step's blocks) ---------------------
@@ -275,11 +277,13 @@ class OffloadRuntime:
             with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
                 cached = self.cached.get(layer) if b["cache_rows"] is not None else None
                 if cached is None:
-                    sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts)
+                    sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts,
+                                                 out_dtype=self.pool.dtype)
                     self.fetch_counts[1] += counts.sum()
                 else:
                     sel_k, sel_v = tk.gather_cached(self.pool.kv, layer, b["cold_slots"], idx, counts,
-                                                    b["cache_rows"], *cached, self.fetch_counts)
+                                                    b["cache_rows"], *cached, self.fetch_counts,
+                                                    out_dtype=self.pool.dtype)
                 if self.config.device_cache:
                     self.cached[layer] = (idx, counts, sel_k, sel_v)
         else:

@@ -13,11 +13,11 @@ if not INTERPRET:
     CASES += [(8, 8, 2, 16, 128, 5000, 300), (4, 4, 1, 32, 64, 999, 1000)]
 
 
-def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed):
+def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bfloat16):
     g = torch.Generator().manual_seed(seed)
     nblk = -(-max_cold // bs)
     S = B * nblk + 3
-    host = torch.randn(S, L, 2, Hkv, bs, D, generator=g).to(torch.bfloat16)
+    host = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
     if CUDA:
         host = host.pin_memory()
     slots = torch.randperm(S, generator=g)[: B * nblk].view(B, nblk).int()
@@ -32,11 +32,15 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed):
     return host, slots, idx.to(device), cnt.to(device)
 
 
+POOLS = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}  # an fp8 pool is widened to bf16 outputs
+
+
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
 @pytest.mark.parametrize("path", ["uva-tensor", "uva-int", "copy-engine"])
-def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path):
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool):
     seed = torch.seed() % 2**31
-    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed)
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, POOLS[pool])
     layer = L - 1
     ok = torch.full((B, Hkv, K, D), float("nan"), dtype=torch.bfloat16, device=device)
     ov = torch.full_like(ok, float("nan"))
@@ -47,7 +51,8 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path):
     else:
         gather_uva(host, layer, slots.to(device), idx, cnt, out_k=ok, out_v=ov, mode=path[4:],
                    block_t=16 if INTERPRET else 32)
-    rk, rv = gather_ref(host, layer, slots, idx, cnt)
+    rk, rv = gather_ref(host, layer, slots, idx, cnt, out_dtype=torch.bfloat16)
+    assert rk.dtype == torch.bfloat16 and rk.abs().max() > 0, seed
     valid = (torch.arange(K, device=device)[None, None, :] < cnt[:, :, None])[..., None]
     for out, ref in ((ok, rk), (ov, rv)):
         if path == "copy-engine":  # rows past counts unspecified
@@ -57,14 +62,15 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path):
 
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
-def test_gather_cached(device, B, Hkv, L, bs, D, max_cold, K):
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_gather_cached(device, B, Hkv, L, bs, D, max_cold, K, pool):
     """Rows selected again come from the cache, the rest from the pool. The cache here holds
     values unlike the pool's, so a row read from the wrong side is caught."""
     from vllm_kvoffload.ops.gather_cached_ref import gather_cached_ref
     from vllm_kvoffload.ops.triton_kernels import gather_cached
 
     seed = torch.seed() % 2**31
-    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed)
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, POOLS[pool])
     g = torch.Generator().manual_seed(seed + 1)
     # The previous step: one fewer row than now, in another order; row -1 is a new request.
     Bp, KP = max(1, B - 1), K + 3
@@ -93,7 +99,7 @@ def test_gather_cached(device, B, Hkv, L, bs, D, max_cold, K):
     gather_cached(host, L - 1, slots.to(device), idx, cnt, *prev, pk, pv, stats, out_k=ok, out_v=ov,
                   block_t=16 if INTERPRET else 32)
     ref_stats = torch.zeros(2, dtype=torch.int64, device=device)
-    rk, rv = gather_cached_ref(host, L - 1, slots, idx, cnt, *prev, pk, pv, ref_stats)
+    rk, rv = gather_cached_ref(host, L - 1, slots, idx, cnt, *prev, pk, pv, ref_stats, out_dtype=torch.bfloat16)
     assert not ok.float().isnan().any() and not ov.float().isnan().any(), seed
     assert torch.equal(ok, rk) and torch.equal(ov, rv), seed
     assert stats.tolist() == ref_stats.tolist(), seed

@@ -12,7 +12,7 @@ from vllm_kvoffload.ops.select import select_cold_tokens
 from vllm_kvoffload.scorers import KVGeometry, available, create_scorer
 
 
-def offloaded_attention(q, keys, values, *, block_size, sink_blocks, window, scorer, k_budget):
+def offloaded_attention(q, keys, values, *, block_size, sink_blocks, window, scorer, k_budget, host_dtype=None):
     """Split a sequence like the engine does (sinks + window resident, gap in the host
     pool), score, select, gather, attend."""
     hkv, n, d = keys.shape
@@ -21,7 +21,7 @@ def offloaded_attention(q, keys, values, *, block_size, sink_blocks, window, sco
     cold_blocks = list(range(sink_blocks, last_gap))
     g = KVGeometry(hkv, q.shape[0], d, block_size, keys.dtype)
     pool = HostPool(len(cold_blocks) + 1, 1, hkv, block_size, d, keys.dtype, create_scorer(scorer, g),
-                    torch.device("cpu"))
+                    torch.device("cpu"), host_dtype=host_dtype)
     pad = nblocks * block_size - n
     kb = torch.nn.functional.pad(keys, (0, 0, 0, pad)).view(hkv, nblocks, block_size, d).transpose(0, 1)
     vb = torch.nn.functional.pad(values, (0, 0, 0, pad)).view(hkv, nblocks, block_size, d).transpose(0, 1)
@@ -54,6 +54,23 @@ def test_full_budget_equals_dense(scorer, hq, hkv, n):
     assert n < 100 or n_cold > 0
     ref = dense_decode_attention(q, keys, values, 1 / math.sqrt(d))
     torch.testing.assert_close(out.float(), ref.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("hq, hkv", [(8, 2), (16, 2)])
+def test_full_budget_with_an_fp8_pool_is_close_to_dense_but_not_equal(hq, hkv):
+    """host_kv_dtype=fp8 rounds the cold K/V to e4m3: the attention output stays within fp8's
+    error of dense attention (about 2^-4 relative per element, averaged down), and differs."""
+    torch.manual_seed(hq)
+    d, bs, n = 64, 16, 517
+    q = torch.randn(hq, d, dtype=torch.bfloat16)
+    keys = torch.randn(hkv, n, d, dtype=torch.bfloat16)
+    values = torch.randn(hkv, n, d, dtype=torch.bfloat16)
+    out, n_cold = offloaded_attention(q, keys, values, block_size=bs, sink_blocks=1, window=40,
+                                      scorer="exact-topk", k_budget=n, host_dtype=torch.float8_e4m3fn)
+    ref = dense_decode_attention(q, keys, values, 1 / math.sqrt(d))
+    assert n_cold > 400 and not torch.equal(out, ref)
+    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert err < 0.05, err
 
 
 def test_small_budget_differs_from_dense():

@@ -16,8 +16,8 @@ from vllm_kvoffload.ops.gather_ref import gather_ref
 
 
 def gather_cached_ref(host_kv, layer, cold_slots, idx, counts, prev_row, prev_idx, prev_counts, prev_k, prev_v,
-                      stats):
-    out_k, out_v = gather_ref(host_kv, layer, cold_slots, idx, counts)
+                      stats, out_dtype=None):
+    out_k, out_v = gather_ref(host_kv, layer, cold_slots, idx, counts, out_dtype)
     B, Hkv, K = idx.shape
     hits = 0
     for b in range(B):

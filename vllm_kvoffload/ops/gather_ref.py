@@ -6,6 +6,8 @@ reference of csrc_triton/gather.py (same math as ``HostPool.gather``, per reques
                                          (padding entries must still be valid slots, e.g. 0)
   idx         [B, Hkv, K] int            cold-token index per KV head (topk_select's output)
   counts      [B, Hkv] int               entries j < counts are real
+  out_dtype                              the outputs' dtype (default host_kv's: an fp8 pool is
+                                         widened to the model's dtype here)
   -> sel_k, sel_v [B, Hkv, K, D] on idx's device; rows past counts are zero.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 
-def gather_ref(host_kv, layer, cold_slots, idx, counts):
+def gather_ref(host_kv, layer, cold_slots, idx, counts, out_dtype=None):
     B, Hkv, K = idx.shape
     bs, D = host_kv.shape[-2:]
     slots = cold_slots.cpu().long()
@@ -25,6 +27,6 @@ def gather_ref(host_kv, layer, cold_slots, idx, counts):
     heads = torch.arange(Hkv)[None, :, None].expand(B, Hkv, K)
     out = []
     for kv in (0, 1):
-        x = host_kv[:, layer, kv][slot, heads, i % bs]  # [B, Hkv, K, D]
+        x = host_kv[:, layer, kv][slot, heads, i % bs].to(out_dtype or host_kv.dtype)  # [B, Hkv, K, D]
         out.append(torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype)).to(idx.device))
     return out[0], out[1]

@@ -1,14 +1,25 @@
 """Reference of csrc_triton/offload.py: whole device blocks into host-pool slots.
 kv5 [2, num_blocks, block_size, Hkv, D] (device cache view); host_kv
-[num_slots, num_layers, 2, Hkv, block_size, D]; blocks and slots [n]."""
+[num_slots, num_layers, 2, Hkv, block_size, D] in the model's dtype or fp8 (``to_host``);
+blocks and slots [n]."""
 
 import torch
+
+FP8_MAX = 448.0  # the largest finite float8 e4m3fn value
+
+
+def to_host(x: torch.Tensor, host_dtype: torch.dtype) -> torch.Tensor:
+    """K/V as the host pool stores them: unchanged, or rounded to fp8 e4m3 (nearest even),
+    saturating at +-448 (torch's own cast would give NaN past it)."""
+    if host_dtype == torch.float8_e4m3fn:
+        return x.float().clamp(-FP8_MAX, FP8_MAX).to(host_dtype)
+    return x.to(host_dtype)
 
 
 def store_blocks_ref(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Tensor, layer: int,
                      slots: torch.Tensor) -> None:
     tiles = kv5[:, blocks.long()].permute(1, 0, 3, 2, 4)  # [n, 2, Hkv, bs, D]
-    host_kv[slots.cpu().long(), layer] = tiles.to(host_kv.device)
+    host_kv[slots.cpu().long(), layer] = to_host(tiles, host_kv.dtype).to(host_kv.device)
 
 
 def store_blocks_all_layers_ref(kv5s: list[torch.Tensor], blocks: torch.Tensor, host_kv: torch.Tensor,
