@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vllm_kvoffload.bench import needle, text2json
 from vllm_kvoffload.evaluation.accuracy import MAX_TOKENS, summarize
@@ -94,6 +95,12 @@ class Prefetcher:
     def close(self) -> None:
         self.discard()
         self.pool.shutdown(cancel_futures=True)
+
+
+# Not cuDNN's fused attention: its backward failed mid-run once and killed the run (run 19b, torch 2.11
+# on an H100 shared with run 19a, "mha_graph.execute(...).is_good()" after a 10.6K-token batch; cause
+# not known). Flash attention served every other run.
+TRAIN_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def train(args) -> dict:
@@ -167,7 +174,7 @@ def train(args) -> dict:
                 g["lr"] = lr
             ids, tgt, w, ans = (x.to(dev, non_blocking=True)
                                 for x in (batch.ids, batch.targets, batch.weights, batch.answer))
-            with amp:
+            with amp, sdpa_kernel(TRAIN_ATTENTION):
                 logits = model(ids)
             nll = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
             loss = (nll * w).sum() / w.sum()
