@@ -99,7 +99,7 @@ class Prefetcher:
 
 # Not cuDNN's fused attention: its backward failed mid-run once and killed the run (run 19b, torch 2.11
 # on an H100 shared with run 19a, "mha_graph.execute(...).is_good()" after a 10.6K-token batch; cause
-# not known). Flash attention served every other run.
+# not known). Runs up to 19 let torch choose the backend.
 TRAIN_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
