@@ -7,6 +7,7 @@ cache's hit rate.
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +20,8 @@ def label(r: dict) -> str:
     if r["config"] == "stock":
         return f"stock\n{r['n_requests']} req"
     cache = "cache" if r.get("device_cache") else "no cache"
-    return f"{r['config']} {r['budget']:.1%}\n{r['n_requests']} req, {cache}"
+    pool = ", fp8 K/V" if r.get("host_kv_dtype") == "fp8" else ""
+    return f"{r['config']} {r['budget']:.1%}\n{r['n_requests']} req, {cache}{pool}"
 
 
 def main() -> None:
@@ -28,7 +30,13 @@ def main() -> None:
     args = parser.parse_args()
     res = Path(args.results)
     data = json.loads((res / "throughput.json").read_text())
-    fig, axes = plt.subplots(1, len(data["runs"]), figsize=(5.5 * len(data["runs"]), 4.2), sharey=True)
+    n = len(data["runs"])
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.4 * rows), sharey=True, squeeze=False)
+    axes = axes.flatten()
+    for ax in axes[n:]:
+        ax.set_visible(False)
     for ax, run in zip(axes, data["runs"]):
         rows = [r for r in run["results"] if "decode_tok_s" in r]
         bars = ax.bar([label(r) for r in rows], [r["decode_tok_s"] for r in rows],
@@ -40,10 +48,11 @@ def main() -> None:
             text = f"{r['speedup_vs_stock']:.2f}x" + (f"\nhits {hit:.0%}" if hit is not None else "")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=8)
-        ax.set_title(run["command"].split("throughput")[-1].strip() or "defaults", fontsize=9)
+        ax.set_title(textwrap.fill(run["command"].split("throughput")[-1].strip() or "defaults", 60), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-    axes[0].set_ylabel("decode tokens/s (steady, full batch)")
-    fig.suptitle(f"{data['device']}: dummy Llama-3.1-8B, 32K prompts, eager unless --cuda-graphs; ratios against the stock run of the same call",
+    for ax in axes[::cols]:
+        ax.set_ylabel("decode tokens/s (steady, full batch)")
+    fig.suptitle(f"{data['device']}: dummy Llama-3.1-8B, 32K prompts unless --context, eager unless --cuda-graphs; ratios against the stock run of the same call",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(res / "throughput.png", dpi=120)
