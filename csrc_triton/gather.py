@@ -19,7 +19,7 @@ into device staging buffers sel_k/sel_v [B, Hkv, K, D]. Reference:
     gathered on the CPU with index_select into a pinned staging buffer, then one
     non_blocking H2D copy per tensor on a side stream (DMA engine, no SMs used).
     Rows past counts are unspecified.
-An fp8 pool (``HostPool.host_dtype``) is widened on the way: every gather takes ``out_dtype``
+An fp8 pool (``host_kv_dtype=fp8``) is widened on the way: every gather takes ``out_dtype``
 (default: the pool's dtype) for its outputs, and (a) and (c) convert in registers, so PCIe
 carries the fp8 bytes.
 """
