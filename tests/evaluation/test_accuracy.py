@@ -46,3 +46,19 @@ def test_report_lists_the_configurations_not_measured(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="--report-only: .*does not exist"):
         accuracy.main(["--report-only", "--out", str(tmp_path / "none.json")])
+
+
+def test_fp8_host_kv_is_one_setting_of_the_whole_table(tmp_path):
+    """--host-kv-dtype fp8 halves each offload row's PCIe bytes, and --append refuses to mix it
+    with a table measured with the exact pool."""
+    from vllm_kvoffload.tiny_model import default_model_path
+
+    model = str(default_model_path())
+    exact = accuracy.traffic(model, "exact-topk", 0.03, 8192)
+    fp8 = accuracy.traffic(model, "exact-topk", 0.03, 8192, "fp8")
+    assert fp8["pcie_bytes_per_step"] * 2 == exact["pcie_bytes_per_step"] > 0
+    assert fp8["device_bytes_per_token"] == exact["device_bytes_per_token"]  # the summaries are the same
+    out = tmp_path / "accuracy.json"
+    out.write_text(json.dumps({"context": 900, "samples_per_task": 1, "seed": 0, "configs": [], "calls": []}))
+    with pytest.raises(SystemExit, match="another context/samples/seed/host K/V dtype"):
+        accuracy.main(["--context", "900", "--samples", "1", "--append", "--host-kv-dtype", "fp8", "--out", str(out)])

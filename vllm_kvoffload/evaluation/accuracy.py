@@ -40,13 +40,14 @@ def make_samples(model: str, context: int, n: int, seed: int) -> list[dict]:
 
 
 def run_config(model: str, scorer: str, budget: float | None, samples: list[dict], engine: dict,
-               max_tokens: int | None = None) -> dict:
+               max_tokens: int | None = None, host_kv_dtype: str = "auto") -> dict:
     """One engine, all samples, greedy; returns per-sample records and the summary."""
     from vllm import LLM, SamplingParams
 
     extra = {}
     if scorer != "full":
-        extra["additional_config"] = {"kv_offload": {"scorer": scorer, "budget": budget, "host_gb": 2.0}}
+        extra["additional_config"] = {"kv_offload": {"scorer": scorer, "budget": budget, "host_gb": 2.0,
+                                                     "host_kv_dtype": host_kv_dtype}}
     t0 = time.time()
     llm = LLM(model=model, seed=0, **engine, **extra)
     started = time.time() - t0
@@ -77,7 +78,7 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
-def traffic(model: str, scorer: str, budget: float | None, context: int) -> dict:
+def traffic(model: str, scorer: str, budget: float | None, context: int, host_kv_dtype: str = "auto") -> dict:
     """Device bytes per token (summaries, all layers) and PCIe bytes per decode step."""
     import torch
 
@@ -92,13 +93,15 @@ def traffic(model: str, scorer: str, budget: float | None, context: int) -> dict
         return {"device_bytes_per_token": kv_token, "pcie_bytes_per_step": 0}
     geom = KVGeometry(hkv, hq, d, 16, torch.bfloat16)
     summary = create_scorer(scorer, geom).summary_bytes_per_token() * layers
-    return {"device_bytes_per_token": round(summary), "pcie_bytes_per_step": round(budget * context) * kv_token}
+    host_token = kv_token // 2 if host_kv_dtype == "fp8" else kv_token  # the pool's K and V of one token
+    return {"device_bytes_per_token": round(summary), "pcie_bytes_per_step": round(budget * context) * host_token}
 
 
 def _child(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     samples = [json.loads(line) for line in open(spec["samples"])]
-    res = run_config(spec["model"], spec["scorer"], spec["budget"], samples, spec["engine"], spec["max_tokens"])
+    res = run_config(spec["model"], spec["scorer"], spec["budget"], samples, spec["engine"], spec["max_tokens"],
+                     spec["host_kv_dtype"])
     Path(spec["result"]).write_text(json.dumps(res))
 
 
@@ -184,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
                     help="per engine (default: 0.9 / --parallel on GPU)")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help=f"new tokens per request (default: {MAX_TOKENS})")
+    ap.add_argument("--host-kv-dtype", choices=("auto", "fp8"), default="auto",
+                    help="offloaded K/V in the model's dtype (exact), or fp8 (the setting of every offload row)")
     ap.add_argument("--append", action="store_true", help="keep --out's finished configurations; run the rest")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     ap.add_argument("--out", default="docs/results/accuracy.json")
@@ -230,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     calls: list[dict] = []  # every invocation that wrote --out's rows
     if args.append and out.exists():  # keep the finished configurations of the same setting
         prev = json.loads(out.read_text())
-        if (prev["context"], prev["samples_per_task"], prev["seed"]) != (args.context, args.samples, args.seed):
-            raise SystemExit(f"--append: {out} was made with another context/samples/seed")
+        if ((prev["context"], prev["samples_per_task"], prev["seed"], prev.get("host_kv_dtype", "auto"))
+                != (args.context, args.samples, args.seed, args.host_kv_dtype)):
+            raise SystemExit(f"--append: {out} was made with another context/samples/seed/host K/V dtype")
         kept = [r for r in prev["configs"] if "error" not in r]
         calls = prev["calls"]
         configs = [c for c in configs if not any((r["scorer"], r["budget"]) == c for r in kept)]
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(rows: list[dict]) -> None:
         """Rewrite --out with the rows so far: a run cut short keeps them for --append."""
         result = {"device": device, "model": model, "context": args.context, "samples_per_task": args.samples,
-                  "seed": args.seed, "tasks": args.tasks,
+                  "seed": args.seed, "tasks": args.tasks, "host_kv_dtype": args.host_kv_dtype,
                   "calls": calls + [{"command": "python -m vllm_kvoffload.evaluation.accuracy "
                                      + " ".join(argv or sys.argv[1:]), "wall_s": round(time.time() - t0, 1)}],
                   "configs": sorted(rows, key=config_order)}
@@ -257,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     def launch(i_cfg):
         i, (scorer, budget) = i_cfg
         spec = {"model": model, "scorer": scorer, "budget": budget, "engine": engine, "max_tokens": args.max_tokens,
+                "host_kv_dtype": args.host_kv_dtype,
                 "samples": str(work / "samples.jsonl"), "result": str(work / f"result{i}.json")}
         (work / f"spec{i}.json").write_text(json.dumps(spec))
         log = open(work / f"log{i}.txt", "w")
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{scorer} {budget}] failed (rc {rc}):\n{tail}", flush=True)
             res = {"scorer": scorer, "budget": budget, "error": f"rc {rc}", "log_tail": tail}
         else:
-            res = json.loads((work / f"result{i}.json").read_text()) | traffic(model, scorer, budget, args.context)
+            res = (json.loads((work / f"result{i}.json").read_text())
+                   | traffic(model, scorer, budget, args.context, args.host_kv_dtype))
             print(f"[{scorer} {budget}] text2json={res.get('text2json')} needle={res.get('needle_recall')} "
                   f"(start {res['startup_s']} s, generate {res['generate_s']} s)", flush=True)
         with lock:  # failures too: --append re-runs them
