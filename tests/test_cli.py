@@ -2,7 +2,6 @@
 
 import argparse
 import subprocess
-import sys
 
 import pytest
 

