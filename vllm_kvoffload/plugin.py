@@ -175,7 +175,7 @@ def _patch_kv_cache_spec() -> None:
 
     from vllm_kvoffload.attention.backend import OffloadImplMixin
     from vllm_kvoffload.kv_spec import OffloadAttentionSpec
-    from vllm_kvoffload.runtime import get_runtime
+    from vllm_kvoffload.runtime import runtime_for_layer
 
     get_spec = Attention.get_kv_cache_spec
 
@@ -187,8 +187,7 @@ def _patch_kv_cache_spec() -> None:
         cfg = offload_config(vllm_config)
         layers = [l for l in get_layers_from_vllm_config(vllm_config, Attention).values()
                   if getattr(l.impl, "offloaded", False)]
-        runtime = get_runtime(cfg, spec.block_size)
-        runtime.add_layer(self.layer_name, self)
+        runtime_for_layer(cfg, spec.block_size, self.layer_name, self)
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
         return OffloadAttentionSpec(**fields, sink_tokens=cfg.sink_tokens, window_tokens=cfg.window_tokens,
                                     host_blocks=_host_blocks(cfg, spec.page_size_bytes, len(layers), spec.dtype))

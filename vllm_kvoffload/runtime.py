@@ -328,5 +328,19 @@ def get_runtime(config: KVOffloadConfig | None = None, block_size: int | None = 
     return _RUNTIME
 
 
+def runtime_for_layer(config: KVOffloadConfig, block_size: int, name: str, layer: torch.nn.Module) -> OffloadRuntime:
+    """The runtime that ``layer`` (an offloaded attention layer named ``name``) belongs to, with the
+    layer added. One engine per process at a time: a layer of a new model under a name the current
+    runtime knows means a new engine in this process (vLLM in-process, one after another); the old
+    runtime holds the old engine's layers, caches and pool, so it is dropped and a fresh one begins."""
+    global _RUNTIME
+    if _RUNTIME is not None and _RUNTIME.layers.get(name, layer) is not layer:
+        logger.info("kv_offload: a new engine in this process; the previous engine's offload state is released")
+        _RUNTIME = None
+    runtime = get_runtime(config, block_size)
+    runtime.add_layer(name, layer)
+    return runtime
+
+
 def current_runtime() -> OffloadRuntime | None:
     return _RUNTIME
