@@ -2,7 +2,8 @@
 decode attention once (FlashInfer style) so every layer only runs it.
 
 One ``OffloadRuntime`` per worker process, created when the first offloaded
-attention layer is built.
+attention layer is built (``runtime_for_layer``; an engine built later in the same
+process replaces it).
 """
 
 from __future__ import annotations
