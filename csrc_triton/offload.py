@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from ._common import interpreting, next_pow2
+from .quantize import FP8_MAX
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
@@ -32,7 +33,7 @@ def _copy_tile(src, dst, blk, slot, layer, kv, h,
     d = tl.arange(0, D)
     x = tl.load(src + kv * s_kv + blk * s_blk + h * s_h + t[:, None] * s_tok + d[None, :])
     if FP8:
-        x = tl.clamp(x.to(tl.float32), -448.0, 448.0).to(tl.float8e4nv)
+        x = tl.clamp(x.to(tl.float32), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
     tl.store(dst + slot * d_slot + layer * d_layer + kv * d_kv + h * d_h + t[:, None] * d_tok + d[None, :], x)
 
 

@@ -321,14 +321,6 @@ class OffloadRuntime:
 _RUNTIME: OffloadRuntime | None = None
 
 
-def get_runtime(config: KVOffloadConfig | None = None, block_size: int | None = None) -> OffloadRuntime:
-    global _RUNTIME
-    if _RUNTIME is None:
-        assert config is not None and block_size is not None
-        _RUNTIME = OffloadRuntime(config, block_size)
-    return _RUNTIME
-
-
 def runtime_for_layer(config: KVOffloadConfig, block_size: int, name: str, layer: torch.nn.Module) -> OffloadRuntime:
     """The runtime that ``layer`` (an offloaded attention layer named ``name``) belongs to, with the
     layer added. One engine per process at a time: a layer of a new model under a name the current
@@ -338,9 +330,10 @@ def runtime_for_layer(config: KVOffloadConfig, block_size: int, name: str, layer
     if _RUNTIME is not None and _RUNTIME.layers.get(name, layer) is not layer:
         logger.info("kv_offload: a new engine in this process; the previous engine's offload state is released")
         _RUNTIME = None
-    runtime = get_runtime(config, block_size)
-    runtime.add_layer(name, layer)
-    return runtime
+    if _RUNTIME is None:
+        _RUNTIME = OffloadRuntime(config, block_size)
+    _RUNTIME.add_layer(name, layer)
+    return _RUNTIME
 
 
 def current_runtime() -> OffloadRuntime | None:

@@ -5,13 +5,13 @@ blocks and slots [n]."""
 
 import torch
 
-FP8_MAX = 448.0  # the largest finite float8 e4m3fn value
+from vllm_kvoffload.ops.quantize_ref import FP8, FP8_MAX
 
 
 def to_host(x: torch.Tensor, host_dtype: torch.dtype) -> torch.Tensor:
     """K/V as the host pool stores them: unchanged, or rounded to fp8 e4m3 (nearest even),
     saturating at +-448 (torch's own cast would give NaN past it)."""
-    if host_dtype == torch.float8_e4m3fn:
+    if host_dtype == FP8:
         return x.float().clamp(-FP8_MAX, FP8_MAX).to(host_dtype)
     return x.to(host_dtype)
 
