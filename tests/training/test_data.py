@@ -148,6 +148,8 @@ def test_drill_batches_are_dense_short_text2json_and_leave_other_batches_alone()
             assert data.DRILL_ENTITIES[0] <= len(entities) <= data.DRILL_ENTITIES[1]
     warm = data.make_batch(0, 3, None, 4000, 0.1, drill=0.99)
     assert not warm.drill  # the copy warm-up is never drilled
+    early = [data.make_batch(0, step, data.DRILL_FROM - 0.01, 4000, 0.1, drill=0.99) for step in range(4)]
+    assert not any(b.drill for b in early)  # nor the short-context phases before DRILL_FROM
     again = data.make_batch(0, 3, 0.9, 6000, 0.1, drill=0.5)
     assert again.ids.equal(drilled[3].ids)
 

@@ -158,9 +158,11 @@ def train(args) -> dict:
             return (args.seed, i, curriculum_progress(progress_at(i)), args.batch_tokens, args.prompt_weight,
                     mix, args.decision_weight, args.drill, args.decision_ambiguous)
 
-        first_step = step
+        first_step, waited_s = step, 0.0  # waited_s: this invocation's time blocked on batch building
         while True:
+            t_wait = time.time()
             batch = prefetch.get(step, batch_args)
+            waited_s += time.time() - t_wait
             progress = progress_at(step)
             if progress >= 1.0:
                 break
@@ -200,7 +202,7 @@ def train(args) -> dict:
                        "loss": loss.item(), "answer_loss": (nll[ans].mean()).item(),
                        "answer_token_acc": (pred[ans] == tgt[ans]).float().mean().item(),
                        "answer_digit_acc": (pred[digits] == tgt[digits]).float().mean().item(),
-                       "grad_norm": gnorm.item()}
+                       "grad_norm": gnorm.item(), "data_wait_s": round(waited_s, 1)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()),
@@ -264,8 +266,8 @@ def parser() -> argparse.ArgumentParser:
                     help="task mix of the long-context phases, e.g. text2json=0.7,needle=0.2,copy=0.1 "
                          f"(default {','.join(f'{t}={w}' for t, w in data.MIX)}; tasks: {', '.join(data.TASKS)})")
     ap.add_argument("--drill", type=float, default=0.0,
-                    help="share in [0, 1) of the batches after the warm-up that are binding drills: Text2JSON at "
-                         f"{data.DRILL_CONTEXT[0]}-{data.DRILL_CONTEXT[1]} tokens with "
+                    help=f"share in [0, 1) of the batches from curriculum progress {data.DRILL_FROM} on that are "
+                         f"binding drills: Text2JSON at {data.DRILL_CONTEXT[0]}-{data.DRILL_CONTEXT[1]} tokens with "
                          f"{data.DRILL_ENTITIES[0]}-{data.DRILL_ENTITIES[1]} entities (default 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
