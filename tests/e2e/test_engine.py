@@ -126,9 +126,6 @@ def test_offload_admits_more_concurrent_long_requests(tiny_llama, monkeypatch):
     assert ours > stock
 
 
-
-
-
 def test_fp8_host_pool_holds_more_blocks_and_decodes(tiny_llama, capfd, monkeypatch):
     """host_kv_dtype=fp8: the same host_gb holds 4x the blocks of this float32 model, the worker's
     pool is fp8 (and says so in its start-up log), and every request decodes to the end (outputs may

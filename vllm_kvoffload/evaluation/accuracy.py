@@ -88,12 +88,14 @@ def traffic(model: str, scorer: str, budget: float | None, context: int, host_kv
     hkv, hq = cfg["num_key_value_heads"], cfg["num_attention_heads"]
     d = cfg.get("head_dim") or cfg["hidden_size"] // hq
     layers = cfg["num_hidden_layers"]
-    kv_token = 2 * hkv * d * 2 * layers  # K and V, bf16, all layers
+    dtype = getattr(torch, cfg.get("torch_dtype", "bfloat16"))  # what vLLM serves with dtype "auto"
+    values = 2 * hkv * d * layers  # K and V of one token, all layers
+    kv_token = values * dtype.itemsize
     if scorer == "full":
         return {"device_bytes_per_token": kv_token, "pcie_bytes_per_step": 0}
-    geom = KVGeometry(hkv, hq, d, 16, torch.bfloat16)
+    geom = KVGeometry(hkv, hq, d, 16, dtype)
     summary = create_scorer(scorer, geom).summary_bytes_per_token() * layers
-    host_token = kv_token // 2 if host_kv_dtype == "fp8" else kv_token  # the pool's K and V of one token
+    host_token = values * (torch.float8_e4m3fn.itemsize if host_kv_dtype == "fp8" else dtype.itemsize)
     return {"device_bytes_per_token": round(summary), "pcie_bytes_per_step": round(budget * context) * host_token}
 
 

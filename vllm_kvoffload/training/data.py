@@ -49,10 +49,10 @@ TRAIN_NEEDLES = 32  # training packs up to this many: dense lookups, more signal
 # filler. A 32K-token drill batch holds ~16 samples and ~400 value lookups, about 10x a 4K-16K
 # batch's. Binding a value to its own entity is the shipped model's main error (docs/training.md).
 DRILL_CONTEXT, DRILL_ENTITIES = (1280, 2560), (6, MAX_ENTITIES)
-# Drills start at this curriculum progress, after the short-context phases that teach retrieval:
-# drilled from the start, a from-scratch run never learnt to copy needle codes (run 20: digit
-# accuracy under 0.45 for 10,000 steps, where run 9 without drills passed 0.9 by step 750).
-DRILL_FROM = 0.35
+# Drills start where the short-context phases (those with a mix of their own) end, after they have
+# taught retrieval: drilled from the start, a from-scratch run never learnt to copy needle codes
+# (run 20: digit accuracy under 0.45 for 10,000 steps; run 9 without drills passed 0.9 by step 750).
+DRILL_FROM = max(upto for upto, _, phase_mix in CURRICULUM if phase_mix is not None)
 
 
 def needles_for(ctx: int, rng: random.Random) -> int:
