@@ -1,0 +1,93 @@
+"""Teacher-forced answers of held-out Text2JSON at 8K under full attention and under exact-topk's
+selection (torch, this script): sinks + local window dense, the top budget of cold tokens per KV
+head by softmax mass summed over the GQA group. Per model: answer tokens whose argmax differs from
+the gold, by class (quote, other punctuation, letters, digits), and the gold's margin at quotes.
+Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03]"""
+import argparse, json, math, torch, torch.nn.functional as F
+from vllm_kvoffload.training import data
+from vllm_kvoffload.training import model as M
+from vllm_kvoffload.bench import text2json
+
+ap = argparse.ArgumentParser()
+ap.add_argument("models", nargs="+")
+ap.add_argument("--samples", type=int, default=8)
+ap.add_argument("--budget", type=float, default=0.03)
+ap.add_argument("--sink", type=int, default=16)     # 4 sink tokens, rounded up to a 16-token block
+ap.add_argument("--window", type=int, default=256)
+ap.add_argument("--out", default=None)
+args = ap.parse_args()
+torch.set_num_threads(2)
+
+MODE = {"sparse": False}
+def forward(self, x, cos, sin, cache=None):
+    B, T, _ = x.shape; c = self.cfg; rep = c.heads // c.kv_heads
+    q = self.q_proj(x).view(B, T, c.heads, c.head_dim).transpose(1, 2)
+    k = self.k_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+    v = self.v_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+    q, k = M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin)
+    kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+    if MODE["sparse"]:  # rows a0..T-1 (the decode steps) attend to hot + selected only
+        a0 = self.answer_from; Ta = T - a0
+        t = torch.arange(a0, T).unsqueeze(1)                      # query positions
+        j = torch.arange(T).unsqueeze(0)                          # key positions
+        causal = j <= t
+        hot = causal & ((j < args.sink) | (j > t - args.window))
+        cold = causal & ~hot
+        logits = (q[0, :, a0:] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5   # [H, Ta, T]
+        mass = logits.masked_fill(~cold, float("-inf")).softmax(-1).nan_to_num(0.0)
+        mass = mass.view(c.kv_heads, rep, Ta, T).sum(1)         # the scorer's GQA aggregation
+        kt = torch.tensor([math.ceil(args.budget * (p + 1)) for p in range(a0, T)])  # budget of the seq length
+        top = mass.topk(int(kt.max()), -1).indices              # [Hkv, Ta, kmax]
+        keep = torch.arange(top.shape[-1]).view(1, 1, -1) < kt.view(1, -1, 1)
+        sel = torch.zeros(c.kv_heads, Ta, T, dtype=torch.bool)
+        sel.scatter_(-1, top, keep.expand(c.kv_heads, -1, -1).contiguous())
+        allowed = (hot.unsqueeze(0) | (sel & cold.unsqueeze(0))).repeat_interleave(rep, 0)
+        p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
+        out = out.clone(); out[0, :, a0:] = p @ vv[0]
+    return self.o_proj(out.transpose(1, 2).reshape(B, T, c.heads * c.head_dim))
+M.Attention.forward = forward
+
+def load(path):  # a training checkpoint.pt, or an exported model folder (the default config: the shipped size)
+    if path.endswith(".pt"):
+        ck = torch.load(path); cfg, sd = M.ModelConfig(**ck["config"]), ck["state_dict"]
+    else:
+        from safetensors.torch import load_file
+        cfg, sd = M.ModelConfig(), load_file(path + "/model.safetensors")
+    m = M.LlamaLM(cfg); m.load_state_dict({k: v.float() for k, v in sd.items()}); m.eval()
+    return m
+
+def cls(b):
+    ch = chr(b)
+    return "quote" if ch == '"' else "digit" if ch.isdigit() else "letter" if ch.isalpha() else "space" if ch == " " else "punct"
+
+samples = text2json.generate(args.samples, 8192, 0, data.count_bytes, max_entities=data.MAX_ENTITIES)
+report = {}
+for spec in args.models:
+    name, path = spec.split("=", 1); m = load(path)
+    agg = {mode: {"wrong": {}, "tokens": {}, "quote_margins": []} for mode in ("full", "sparse")}
+    for s in samples:
+        p = data.encode_prompt(s["prompt"]); gold = list(s["gold"].encode()); ids = p + gold
+        for mod in m.modules():
+            if isinstance(mod, M.Attention): mod.answer_from = len(p)
+        for mode in ("full", "sparse"):
+            MODE["sparse"] = mode == "sparse"
+            with torch.no_grad(): lg = m(torch.tensor([ids]))[0, len(p) - 1:-1]   # predicts gold
+            tgt = torch.tensor(gold)
+            g = lg.gather(1, tgt[:, None])[:, 0]
+            other = lg.scatter(1, tgt[:, None], float("-inf")).max(1).values
+            margin = (g - other).tolist(); pred = lg.argmax(1).tolist()
+            a = agg[mode]
+            for i, b in enumerate(gold):
+                c_ = cls(b); a["tokens"][c_] = a["tokens"].get(c_, 0) + 1
+                if pred[i] != b: a["wrong"][c_] = a["wrong"].get(c_, 0) + 1
+                if c_ == "quote": a["quote_margins"].append(margin[i])
+        print(name, "sample done", flush=True)
+    for mode, a in agg.items():
+        qm = sorted(a["quote_margins"])
+        a["quote_margin_p5_p50"] = [qm[len(qm) // 20], qm[len(qm) // 2]]; a["quotes_below_2"] = sum(x < 2 for x in qm)
+        print(f"{name} {mode}: wrong/total by class", {k: f"{a['wrong'].get(k, 0)}/{v}" for k, v in a["tokens"].items()},
+              "quote margin p5/p50 %.2f/%.2f" % tuple(a["quote_margin_p5_p50"]), "quotes with margin < 2:", a["quotes_below_2"], flush=True)
+        del a["quote_margins"]
+    report[name] = agg
+if args.out: json.dump(report, open(args.out, "w"), indent=1)
