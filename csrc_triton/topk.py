@@ -22,6 +22,10 @@ pattern, 4 bits a pass (16 candidate thresholds counted at once), 8 passes for b
 one pass counts n_gt = count(bits > T), so need_eq = kk - n_gt ties are taken; one pass
 compacts in order: bits > T, and the first need_eq of bits == T (running count + exclusive
 tl.cumsum). Every pass re-reads the values (from L2 after the first).
+Early exit: once a pass finds a candidate c with count(bits >= c) == kk exactly, the values
+>= c are the top-kk and no tie crosses the boundary, so the remaining passes and the n_gt
+pass are skipped and the compaction keeps bits >= c. On real masses at 32K that happens
+after about 5 passes of 8 (the kk-th value is then alone in its bucket).
 
 Why segments: 4 requests x 8 KV heads at 128K is 32 rows, one program each on 132 SMs; with
 segments the idle SMs share the rows, and the last program's second selection reads S * k
@@ -39,33 +43,41 @@ from ._common import num_sms
 
 @triton.jit
 def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
-            WRITE_BITS: tl.constexpr, CACHE: tl.constexpr):
+            WRITE_BITS: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
     """The top-kk of src[0:m) (int32 patterns of fp32 >= 0), in order of position, written to
     out_idx[0:kk) (and their patterns to out_bits when WRITE_BITS). The index written is the
     position (plus ``src_idx`` as an int offset) or, when INDEXED, src_idx[position]. CACHE: the
-    loads' cache modifier (".cg" for data other programs wrote in this launch: not from L1)."""
+    loads' cache modifier (".cg" for data other programs wrote in this launch: not from L1).
+    EARLY: the early exit (module docstring); off only to measure what it saves."""
     offs = tl.arange(0, BLOCK)
     digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
+    exact = tl.zeros([], tl.int32)  # 1 once count(bits >= prefix) == kk: the passes left are skipped
     for p in range(8):
         shift = tl.maximum(27 - 4 * p, 0)
         width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
         cand = prefix | (digit << shift)
         cnt = tl.zeros([16], tl.int32)
-        for start in range(0, m, BLOCK):
+        for start in range(0, tl.where(exact != 0, 0, m), BLOCK):
             i = start + offs
             bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
             cnt += tl.sum((bits[None, :] >= cand[:, None]).to(tl.int32), 1)
         ok = (cnt >= kk) & (digit < (1 << width))
         d = tl.sum(ok.to(tl.int32), 0) - 1  # count(>= cand) falls with the digit; digit 0 always ok
-        prefix = prefix | (tl.maximum(d, 0) << shift)
+        at_d = tl.sum(tl.where(digit == d, cnt, 0), 0)  # count(bits >= cand[d])
+        prefix = tl.where(exact != 0, prefix, prefix | (tl.maximum(d, 0) << shift))
+        if EARLY:
+            exact = tl.where((exact == 0) & (at_d == kk), 1, exact)
 
+    # Either exact: the kk values >= prefix are the top-kk, no tie crosses the boundary (keep
+    # bits > prefix - 1); or prefix is the kk-th largest pattern T, and need_eq ties are taken.
     n_gt = tl.zeros([], tl.int32)
-    for start in range(0, m, BLOCK):
+    for start in range(0, tl.where(exact != 0, 0, m), BLOCK):
         i = start + offs
         bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)
         n_gt += tl.sum((bits > prefix).to(tl.int32), 0)
-    need_eq = kk - n_gt
+    need_eq = tl.where(exact != 0, 0, kk - n_gt)
+    prefix = tl.where(exact != 0, prefix - 1, prefix)
 
     pos = tl.zeros([], tl.int32)
     eq_seen = tl.zeros([], tl.int32)
@@ -89,7 +101,8 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
 
 @triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih'])  # per-step sizes: no recompiles
 def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scratch_idx, arrivals,
-               K, s_mb, s_mh, s_ib, s_ih, Hkv, S: tl.constexpr, BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr):
+               K, s_mb, s_mh, s_ib, s_ih, Hkv, S: tl.constexpr, BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr,
+               EARLY: tl.constexpr):
     s = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -100,7 +113,7 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
     if HAS_BUDGET:  # per-request budget; K is then only the staging width
         kk = tl.minimum(kk, tl.load(bud_ptr + b))
     if S == 1:
-        _select(row, 0, n, kk, out, out, BLOCK, False, False, "")
+        _select(row, 0, n, kk, out, out, BLOCK, False, False, "", EARLY)
     else:
         seg = tl.cdiv(n, S)
         lo = tl.minimum(s * seg, n)
@@ -108,7 +121,7 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
         r = b * Hkv + h  # the row's scratch: S slices of K (bits, index) pairs
         at = r.to(tl.int64) * S * K + s * K
         local_kk = tl.minimum(kk, m)
-        _select(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, BLOCK, False, True, "")
+        _select(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, BLOCK, False, True, "", EARLY)
         for start in range(local_kk, K, BLOCK):  # the slice's tail reads as -1: below every pattern
             i = start + tl.arange(0, BLOCK)
             tl.store(scratch_bits + at + i, tl.full([BLOCK], -1, tl.int32), mask=i < K)
@@ -120,7 +133,7 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
         if last:
             tl.atomic_xchg(arrivals + r, 0)  # ready for the next launch
             row_at = r.to(tl.int64) * S * K  # slices in segment order: ascending by index
-            _select(scratch_bits + row_at, scratch_idx + row_at, S * K, kk, out, out, BLOCK, True, False, ".cg")
+            _select(scratch_bits + row_at, scratch_idx + row_at, S * K, kk, out, out, BLOCK, True, False, ".cg", EARLY)
     if s == 0:
         for start in range(kk, K, BLOCK):
             i = start + tl.arange(0, BLOCK)
@@ -160,10 +173,11 @@ def segments_for(rows: int, n_max: int, k: int, device: torch.device) -> int:
 
 def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, counts=None,
                 block=4096, num_warps=8, budgets: torch.Tensor | None = None,
-                segments: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                segments: int | None = None, early_exit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``topk_ref``: (idx [B, Hkv, k] int32 ascending, counts [B, Hkv] int32).
     ``budgets`` [B] int32 caps each request's count below ``k`` (per-request budgets).
     ``segments``: programs per row (default ``segments_for``; 1: one program per row).
+    ``early_exit=False`` runs all radix passes (same output; for measuring the exit).
     block=4096, num_warps=8 were fastest on H100 at 32K cold tokens (288 us for B=32, Hkv=8,
     one program per row)."""
     B, Hkv, n_max = mass.shape
@@ -182,5 +196,6 @@ def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, c
     bud = budgets if budgets is not None else cold_lens
     _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, arrivals,
                             k, mass.stride(0), mass.stride(1), idx.stride(0), idx.stride(1), Hkv, S=S,
-                            BLOCK=block, HAS_BUDGET=budgets is not None, num_warps=num_warps)
+                            BLOCK=block, HAS_BUDGET=budgets is not None, EARLY=early_exit,
+                            num_warps=num_warps)
     return idx, counts

@@ -62,23 +62,26 @@ def main():
         auto = topk.segments_for(B * Hkv, n, k, mass.device)
         for S in sorted(set(a.segments) | {auto}):
             for w in a.warps:
-                idx, cnt = topk.topk_select(mass, lens, k, segments=S, num_warps=w)
-                ok = torch.equal(idx, ref_idx) and torch.equal(cnt, ref_cnt)
-                failed += not ok
-                t = timeit(lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w), a.reps, flush)
-                rows.append(dict(shape=name, B=B, Hkv=Hkv, n=n, k=k, segments=S, auto=S == auto, warps=w,
-                                 time_us=t * 1e6, exact=ok))
-                print(f"  {name:<24} S={S:<3} warps={w:<3} {t * 1e6:8.1f} us {'ok' if ok else 'MISMATCH'}", flush=True)
-    print(f"\n{torch.cuda.get_device_name()}: top-k per layer (us), one program per row (S=1, 8 warps) against each "
-          f"shape's best; {failed} mismatches")
-    print(f"{'shape':<26}{'S=1 w=8':>10}{'auto':>12}{'best':>18}{'speed-up':>10}")
+                for early in (True, False) if w == 8 else (True,):  # the radix passes' early exit, on and off
+                    run = lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w, early_exit=early)  # noqa: E731
+                    idx, cnt = run()
+                    ok = torch.equal(idx, ref_idx) and torch.equal(cnt, ref_cnt)
+                    failed += not ok
+                    t = timeit(run, a.reps, flush)
+                    rows.append(dict(shape=name, B=B, Hkv=Hkv, n=n, k=k, segments=S, auto=S == auto, warps=w,
+                                     early_exit=early, time_us=t * 1e6, exact=ok))
+                    print(f"  {name:<24} S={S:<3} warps={w:<3} exit={'on ' if early else 'off'} {t * 1e6:8.1f} us "
+                          f"{'ok' if ok else 'MISMATCH'}", flush=True)
+    print(f"\n{torch.cuda.get_device_name()}: top-k per layer (us), 8 warps: the launcher's choice of segments "
+          f"with the radix passes' early exit off and on, and each shape's best; {failed} mismatches")
+    print(f"{'shape':<26}{'auto, no exit':>16}{'auto, exit':>12}{'exit gain':>10}{'best':>20}")
     for name, *_ in SHAPES:
         rs = [r for r in rows if r["shape"] == name]
-        base = next(r for r in rs if r["segments"] == 1 and r["warps"] == 8)
-        auto = min((r for r in rs if r["auto"] and r["warps"] == 8), key=lambda r: r["time_us"])
+        auto = {e: next(r for r in rs if r["auto"] and r["warps"] == 8 and r["early_exit"] == e) for e in (False, True)}
         best = min(rs, key=lambda r: r["time_us"])
-        print(f"{name:<26}{base['time_us']:>10.1f}{auto['time_us']:>8.1f} S={auto['segments']:<2}"
-              f"{best['time_us']:>8.1f} S={best['segments']},w={best['warps']:<3}{base['time_us'] / best['time_us']:>8.2f}x")
+        print(f"{name:<26}{auto[False]['time_us']:>10.1f} S={auto[False]['segments']:<2}{auto[True]['time_us']:>12.1f}"
+              f"{auto[False]['time_us'] / auto[True]['time_us']:>9.2f}x{best['time_us']:>9.1f} S={best['segments']},"
+              f"w={best['warps']},{'exit' if best['early_exit'] else 'no exit'}")
     if os.environ.get("OUT"):
         path = Path(os.environ["OUT"]) / "topk.json"
         path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows), indent=1))
