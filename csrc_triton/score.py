@@ -33,7 +33,7 @@ NEG = tl.constexpr(-1.0e30)
 
 # Key dtype -> (tensor-core dot?, BLOCK_N, num_warps, num_stages): the fastest on the H100
 # at the engine's shapes (examples/gpu_score.py; docs/kernels.md).
-DEFAULTS = {"bf16": (True, 64, 4, 3), "fp8": (True, 64, 4, 2)}
+DEFAULTS = {"bf16": (True, 64, 4, 2), "fp8": (True, 128, 4, 3)}
 
 
 @triton.jit(do_not_specialize=['s_slb', 'N_MAX', 'NC', 'CHUNK'])  # per-step sizes: no recompiles
