@@ -13,11 +13,6 @@ Re-reading G fp32 logits (4G bytes/token) is far cheaper than re-reading the key
 (D*2 bytes). For fp8 the scale multiplies the logit (it factors out of q·k); the
 fp8 key is widened to fp16 exactly and q is rounded to fp16 (exact below 65504); bf16
 keys and q stay bf16.
-The q·k of a tile is either a tensor-core dot (``dot=True``; G padded to 16 rows) or, with
-``dot=False``, fp32 multiply-adds on CUDA cores (G padded to a power of two only): scoring
-is bound by the key bytes, and the FMA path spares the widened key's trip through shared
-memory that the dot's operand layout needs. ``DOT_DEFAULT`` holds the faster one per key
-dtype on the H100 (``examples/gpu_score.py``).
 Tile constraints: D power of two >= 16, BLOCK_N multiple of 16, CHUNK multiple of BLOCK_N.
 """
 
@@ -31,9 +26,9 @@ from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms
 
 NEG = tl.constexpr(-1.0e30)
 
-# Key dtype -> (tensor-core dot?, BLOCK_N, num_warps, num_stages): the fastest on the H100
-# at the engine's shapes (examples/gpu_score.py; docs/kernels.md).
-DEFAULTS = {"bf16": (True, 64, 4, 2), "fp8": (True, 128, 4, 3)}
+# Key dtype -> (BLOCK_N, num_warps, num_stages): the fastest on the H100 at the engine's
+# shapes, 16 and 32 requests of 32K (examples/gpu_score.py; docs/kernels.md).
+DEFAULTS = {"bf16": (64, 4, 2), "fp8": (128, 4, 3)}
 
 
 @triton.jit(do_not_specialize=['s_slb', 'N_MAX', 'NC', 'CHUNK'])  # per-step sizes: no recompiles
@@ -47,7 +42,6 @@ def _score_logits(
     Hq, N_MAX, NC,
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     CHUNK, BLOCK_N: tl.constexpr, FP8: tl.constexpr, F32: tl.constexpr, WIDEN: tl.constexpr,
-    DOT: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -58,7 +52,7 @@ def _score_logits(
     gmask = offs_g < G
     qh = h * G + offs_g
     q = tl.load(q_ptr + b * s_qb + qh[:, None] * s_qh + offs_d[None, :], mask=gmask[:, None], other=0.0)
-    q = q.to(WIDEN) if DOT else q.to(tl.float32)  # dot: bf16 for bf16 keys, fp8 keys widen to WIDEN
+    q = q.to(WIDEN)  # bf16 for bf16 keys; fp8 keys widen to WIDEN (fp16: one cvt per pair)
     n = tl.load(len_ptr + b)
     lo = c * CHUNK
     hi = tl.minimum(lo + CHUNK, n)
@@ -71,10 +65,7 @@ def _score_logits(
         slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
         row = slot * s_kslot + h * s_kh + (t % BS) * s_ktok
         k = tl.load(k_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
-        if DOT:  # tensor cores: G padded to G_PAD >= 16 rows
-            l = mma(q, tl.trans(k.to(WIDEN)), F32)  # [G_PAD, BLOCK_N] fp32
-        else:  # CUDA-core FMAs in fp32: no padding, no operand relayout through shared memory
-            l = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], 2)
+        l = mma(q, tl.trans(k.to(WIDEN)), F32)  # [G_PAD, BLOCK_N] fp32
         if FP8:
             ks = tl.load(ks_ptr + slot * s_sslot + h * s_sh + t % BS, mask=tmask, other=0.0)
             l = l * (ks * qk_scale)[None, :]
@@ -134,7 +125,7 @@ def plan(B: int, Hkv: int, n_max: int, device: torch.device, block_n: int) -> in
 
 
 def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None, out=None,
-               chunk=None, block_n=None, num_warps=None, num_stages=None, fp8_widen="fp16", dot=None):
+               chunk=None, block_n=None, num_warps=None, num_stages=None, fp8_widen="fp16"):
     """Same contract as ``score_mass_ref``. Returns mass [B, Hkv, n_max] fp32.
 
     fp8 keys are widened to ``fp8_widen`` ("fp16" or "bf16") for the dot; the query is
@@ -147,14 +138,13 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     assert keys.stride(-1) == 1 and query.stride(-1) == 1
     fp8 = keys.dtype == torch.float8_e4m3fn
     assert fp8 == (key_scale is not None)
-    d_dot, d_block, d_warps, d_stages = DEFAULTS["fp8" if fp8 else "bf16"]
-    dot = d_dot if dot is None else dot
+    d_block, d_warps, d_stages = DEFAULTS["fp8" if fp8 else "bf16"]
     num_warps, num_stages = num_warps or d_warps, num_stages or d_stages
     if fp8_widen not in ("fp16", "bf16"):
         raise ValueError(f"fp8_widen={fp8_widen!r}: accepted 'fp16', 'bf16'")
     widen = tl.float16 if fp8 and fp8_widen == "fp16" else tl.bfloat16
     G = Hq // Hkv
-    G_PAD = max(16, next_pow2(G)) if dot else next_pow2(G)
+    G_PAD = max(16, next_pow2(G))
     n_max = n_max or cold_slots.shape[1] * BS
     block_n = block_n or min(d_block, chunk or d_block)
     chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
@@ -169,7 +159,7 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), *s_s,
         cold_slots.stride(0), Hq, n_max, NC,
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n, FP8=fp8, F32=interpreting(), WIDEN=widen,
-        DOT=dot, num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU sweep of exact-topk's scoring kernel (csrc_triton/score.py) at the engine's decode
-shapes: tensor-core dot against CUDA-core FMAs, tile width, warps and pipeline stages, for
-bf16 keys and for exact-topk-fp8's packed fp8 summaries. Every configuration is checked
+shapes: tile width, warps and pipeline stages, for bf16 keys and for exact-topk-fp8's packed
+fp8 summaries. Every configuration is checked
 against the torch reference (relative error <= 1e-2, no NaN), then timed with CUDA events
 (median of --reps, L2 flushed before each). Needs torch + triton and a CUDA GPU:
 
@@ -51,8 +51,7 @@ def main():
     p.add_argument("--requests", type=int, nargs="+", default=[16, 32])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
-    p.add_argument("--dot-blocks", type=int, nargs="+", default=[32, 64, 128], help="BLOCK_N with the dot")
-    p.add_argument("--fma-blocks", type=int, nargs="+", default=[16, 32, 64], help="BLOCK_N with FMAs")
+    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128], help="BLOCK_N, tokens per tile")
     a = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("examples/gpu_score.py needs a CUDA GPU; on CPU run "
@@ -63,22 +62,21 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(0)
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
     rows, failed = [], 0
-    configs = [(True, b, w, s) for b, w, s in itertools.product(a.dot_blocks, a.warps, a.stages)]
-    configs += [(False, b, w, s) for b, w, s in itertools.product(a.fma_blocks, a.warps, a.stages)]
+    configs = list(itertools.product(a.blocks, a.warps, a.stages))
     for B in a.requests:
         q, by_kind, slots, lens = inputs(B, gen)
         scale = D ** -0.5
         for kind, (keys, kscale) in by_kind.items():
             ref = score_mass_ref(q, keys, kscale, slots, lens, scale)
             nbytes = score.bytes_touched(q, keys, kscale, lens)
-            for dot, block, warps, stages in configs:
+            for block, warps, stages in configs:
                 run = lambda: score.score_mass(q, keys, kscale, slots, lens, scale, block_n=block,  # noqa: E731
-                                               num_warps=warps, num_stages=stages, dot=dot)
+                                               num_warps=warps, num_stages=stages)
                 try:
                     out = run()
                     torch.cuda.synchronize()
                 except Exception as e:  # e.g. out of shared memory or registers for this tile
-                    print(f"  B={B} {kind} dot={dot} block={block} warps={warps} stages={stages}: "
+                    print(f"  B={B} {kind} block={block} warps={warps} stages={stages}: "
                           f"{type(e).__name__}: {str(e)[:120]}", flush=True)
                     continue
                 valid = torch.isfinite(ref)
@@ -86,29 +84,26 @@ def main():
                 ok = err <= 1e-2 and not out[valid].isnan().any().item()
                 failed += not ok
                 t = timeit(run, a.reps, flush)
-                rows.append(dict(B=B, keys=kind, dot=dot, block_n=block, warps=warps, stages=stages, time_us=t * 1e6,
+                rows.append(dict(B=B, keys=kind, block_n=block, warps=warps, stages=stages, time_us=t * 1e6,
                                  bytes=nbytes, hbm_frac=nbytes / t / HBM_PEAK, rel_err=err, ok=ok))
-                print(f"  B={B:<3}{kind:<5} {'dot' if dot else 'fma'} block={block:<4} warps={warps} stages={stages} "
+                print(f"  B={B:<3}{kind:<5} block={block:<4} warps={warps} stages={stages} "
                       f"{t * 1e6:8.1f} us {nbytes / t / 1e9:7.0f} GB/s err {err:.1e} {'ok' if ok else 'FAIL'}", flush=True)
             del ref
         del q, by_kind
         torch.cuda.empty_cache()
     print(f"\n{torch.cuda.get_device_name()}: scoring one layer, 32K cold tokens per request (us); "
-          f"the shipped default against the best dot and the best FMA configuration; {failed} failures")
-    print(f"{'requests':<10}{'keys':<6}{'default':>22}{'best dot':>30}{'best fma':>30}")
+          f"the shipped default (score.DEFAULTS) against the best configuration; {failed} failures")
+    print(f"{'requests':<10}{'keys':<6}{'default':>32}{'best':>32}")
     for B in a.requests:
         for kind in ("bf16", "fp8"):
             rs = [r for r in rows if r["B"] == B and r["keys"] == kind]
             if not rs:
                 continue
-            d_dot, d_block, d_warps, d_stages = score.DEFAULTS[kind]
-            default = next((r for r in rs if (r["dot"], r["block_n"], r["warps"], r["stages"]) ==
-                            (d_dot, d_block, d_warps, d_stages)), None)
+            default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"]) == score.DEFAULTS[kind]), None)
             cell = lambda r: (f"{r['time_us']:7.1f} ({100 * r['hbm_frac']:.0f}% HBM) "  # noqa: E731
                               f"b{r['block_n']} w{r['warps']} s{r['stages']}") if r else "-"
-            best = {dot: min((r for r in rs if r["dot"] == dot), key=lambda r: r["time_us"], default=None)
-                    for dot in (True, False)}
-            print(f"{B:<10}{kind:<6}{cell(default):>22}{cell(best[True]):>30}{cell(best[False]):>30}")
+            best = min(rs, key=lambda r: r["time_us"])
+            print(f"{B:<10}{kind:<6}{cell(default):>32}{cell(best):>32}")
     if os.environ.get("OUT"):
         path = Path(os.environ["OUT"]) / "score.json"
         path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows), indent=1))

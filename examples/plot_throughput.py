@@ -48,13 +48,15 @@ def main() -> None:
             text = f"{r['speedup_vs_stock']:.2f}x" + (f"\nhits {hit:.0%}" if hit is not None else "")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=8)
-        ax.set_title(textwrap.fill(run["command"].split("throughput")[-1].strip() or "defaults", 60), fontsize=8)
+        args = run["command"].split("throughput")[-1].strip() or "defaults"
+        ax.set_title(textwrap.fill(f"session {run.get('session', '?')}: {args}", 60), fontsize=8)
+        ax.margins(y=0.15)  # room for the ratio above the tallest bar
         ax.tick_params(axis="x", labelsize=7)
     for ax in axes[::cols]:
         ax.set_ylabel("decode tokens/s (steady, full batch)")
     fig.suptitle(f"{data['device']}: dummy Llama-3.1-8B, 32K prompts unless --context, eager unless --cuda-graphs; ratios against the stock run of the same call",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(res / "throughput.png", dpi=120)
     print(res / "throughput.png")
 
