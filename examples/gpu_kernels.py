@@ -64,6 +64,15 @@ def timeit(fn, reps, flush):
     return ts[len(ts) // 2]
 
 
+def sweep_setup(script: str, cpu_test: str):
+    """The GPU sweeps' common start: exit with a hint on a machine without CUDA, else
+    (a seeded CUDA generator, a 256 MiB buffer that timeit zeroes to flush the L2)."""
+    if not torch.cuda.is_available():
+        sys.exit(f"examples/{script} needs a CUDA GPU; on CPU run TRITON_INTERPRET=1 python -m pytest {cpu_test}")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    return gen, torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+
+
 # ----------------------------------------------------------------------------- small sweep
 def sweep(K_, ck, dev):
     from vllm_kvoffload.ops.gather_ref import gather_ref

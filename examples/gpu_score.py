@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_kernels import HBM_PEAK, rel_err, timeit  # noqa: E402  (median of reps, CUDA events, L2 flushed)
+from gpu_kernels import HBM_PEAK, rel_err, sweep_setup, timeit  # noqa: E402  (timeit: median of reps, L2 flushed)
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 COLD = 32768 - 288
@@ -53,14 +53,10 @@ def main():
     p.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128], help="BLOCK_N, tokens per tile")
     a = p.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("examples/gpu_score.py needs a CUDA GPU; on CPU run "
-                 "TRITON_INTERPRET=1 python -m pytest tests/csrc_triton/test_triton_score.py")
+    gen, flush = sweep_setup("gpu_score.py", "tests/csrc_triton/test_triton_score.py")
     from vllm_kvoffload.ops.score_ref import score_mass_ref
     from vllm_kvoffload.ops.triton_kernels import load
     score = load("score")
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
     rows, failed = [], 0
     configs = list(itertools.product(a.blocks, a.warps, a.stages))
     for B in a.requests:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_kernels import timeit  # noqa: E402  (median of reps, CUDA events, L2 flushed)
+from gpu_kernels import sweep_setup, timeit  # noqa: E402  (timeit: median of reps, CUDA events, L2 flushed)
 
 SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
     ("32K 3%, 16 requests", 16, 8, 32768 - 288, 0.03),
@@ -47,13 +47,9 @@ def main():
     p.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8, 16])
     a = p.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("examples/gpu_topk.py needs a CUDA GPU; on CPU run "
-                 "TRITON_INTERPRET=1 python -m pytest tests/csrc_triton/test_triton_topk.py")
+    gen, flush = sweep_setup("gpu_topk.py", "tests/csrc_triton/test_triton_topk.py")
     from vllm_kvoffload.ops.triton_kernels import load
     topk = load("topk")
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
     rows, failed = [], 0
     for name, B, Hkv, n, share in SHAPES:
         mass, lens = masses(B, Hkv, n, gen)
