@@ -24,8 +24,8 @@ compacts in order: bits > T, and the first need_eq of bits == T (running count +
 tl.cumsum). Every pass re-reads the values (from L2 after the first).
 Early exit: once a pass finds a candidate c with count(bits >= c) == kk exactly, the values
 >= c are the top-kk and no tie crosses the boundary, so the remaining passes and the n_gt
-pass are skipped and the compaction keeps bits >= c. On real masses at 32K that happens
-after about 5 passes of 8 (the kk-th value is then alone in its bucket).
+pass are skipped and the compaction keeps bits >= c. It happens once the kk-th value is
+alone in its candidate bucket; with many equal masses it may never, and all passes run.
 
 Why segments: 4 requests x 8 KV heads at 128K is 32 rows, one program each on 132 SMs; with
 segments the idle SMs share the rows, and the last program's second selection reads S * k

@@ -73,6 +73,14 @@ def sweep_setup(script: str, cpu_test: str):
     return gen, torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
 
 
+def save_rows(name: str, rows: list[dict]) -> None:
+    """A GPU sweep's rows, with the device, to $OUT/name when OUT is set."""
+    if os.environ.get("OUT"):
+        path = Path(os.environ["OUT"]) / name
+        path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows), indent=1))
+        print(f"wrote {path}")
+
+
 # ----------------------------------------------------------------------------- small sweep
 def sweep(K_, ck, dev):
     from vllm_kvoffload.ops.gather_ref import gather_ref

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_kernels import HBM_PEAK, rel_err, sweep_setup, timeit  # noqa: E402  (timeit: median of reps, L2 flushed)
+from gpu_kernels import HBM_PEAK, rel_err, save_rows, sweep_setup, timeit  # noqa: E402  (timeit: median of reps, L2 flushed)
 
 HQ, HKV, D, BS = 32, 8, 128, 16
 COLD = 32768 - 288
@@ -36,12 +34,10 @@ def inputs(B, gen):
     lens = torch.full((B,), COLD, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * 5
     q = torch.randn(B, HQ, D, device="cuda", generator=gen).to(torch.bfloat16)
     keys = (torch.randn(B * nblk + 7, HKV, BS, D, device="cuda", generator=gen) * 2).to(torch.bfloat16)
-    from vllm_kvoffload.ops.triton_kernels import quantize_fp8
-    k8, s8 = quantize_fp8(keys)
-    # exact-topk-fp8's summary: per block and KV head, bs x D fp8 bytes then bs fp32 scales
-    packed = torch.cat([k8.view(torch.uint8).flatten(2), s8.view(torch.uint8).flatten(2)], -1)
-    n = BS * D
-    fp8 = (packed[..., :n].view(torch.float8_e4m3fn).unflatten(-1, (BS, D)), packed[..., n:].view(torch.float32))
+    from vllm_kvoffload.scorers import create_scorer
+    from vllm_kvoffload.scorers.base import KVGeometry
+    fp8_scorer = create_scorer("exact-topk-fp8", KVGeometry(HKV, HQ, D, BS, torch.bfloat16))
+    fp8 = fp8_scorer.keys_and_scales(fp8_scorer.summarize(keys))  # the engine's packed summaries
     return q, {"bf16": (keys, None), "fp8": fp8}, slots, lens
 
 
@@ -100,10 +96,7 @@ def main():
                               f"b{r['block_n']} w{r['warps']} s{r['stages']}") if r else "-"
             best = min(rs, key=lambda r: r["time_us"])
             print(f"{B:<10}{kind:<6}{cell(default):>32}{cell(best):>32}")
-    if os.environ.get("OUT"):
-        path = Path(os.environ["OUT"]) / "score.json"
-        path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows), indent=1))
-        print(f"wrote {path}")
+    save_rows("score.json", rows)
     sys.exit(1 if failed else 0)
 
 

@@ -13,15 +13,13 @@ Masses are what the scorer hands over: softmax over each row's cold tokens of q.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_kernels import sweep_setup, timeit  # noqa: E402  (timeit: median of reps, CUDA events, L2 flushed)
+from gpu_kernels import save_rows, sweep_setup, timeit  # noqa: E402  (timeit: median of reps, CUDA events, L2 flushed)
 
 SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
     ("32K 3%, 16 requests", 16, 8, 32768 - 288, 0.03),
@@ -78,10 +76,7 @@ def main():
         print(f"{name:<26}{auto[False]['time_us']:>10.1f} S={auto[False]['segments']:<2}{auto[True]['time_us']:>12.1f}"
               f"{auto[False]['time_us'] / auto[True]['time_us']:>9.2f}x{best['time_us']:>9.1f} S={best['segments']},"
               f"w={best['warps']},{'exit' if best['early_exit'] else 'no exit'}")
-    if os.environ.get("OUT"):
-        path = Path(os.environ["OUT"]) / "topk.json"
-        path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), rows=rows), indent=1))
-        print(f"wrote {path}")
+    save_rows("topk.json", rows)
     sys.exit(1 if failed else 0)
 
 
