@@ -1,4 +1,4 @@
-"""Fused scoring of cold tokens from compact summaries: qlandmark, infinigen and lrqk.
+"""Fused scoring of cold tokens from compact summaries: qlandmark, qlandmark-scalar, infinigen and lrqk.
 
 Each scorer's torch ``cold_logits`` (``vllm_kvoffload/scorers/<name>.py``, the reference)
 rebuilds an estimated key per cold token and takes ``scale * q.k``; the mass is the
@@ -12,6 +12,10 @@ per-chunk (max, sum) into the workspace of ``score.py``, whose second pass
   qlandmark  summary uint8 [BS, D/4 + 2]: codes c[t, j] into a [256, 4] codebook, then a
              bf16 scale s[t] (two bytes, little-endian). l = (qH) . (cb[c[t, d/4], d%4] * s[t]),
              with the query already rotated (qH, fp32) by the dispatcher.
+  qscalar    summary uint8 [BS * D/4 codes | BS * 2 scale bytes] (planar): the level of channel
+             4j+k in bits 6-2k..7-2k of code byte j, a bf16 scale s[t] per token.
+             l = s[t] * STEP * (sum_d (qH)_d level_d - 1.5 sum_d (qH)_d), one tensor-core dot
+             per k over channels k::4 (the levels need a shift and a mask, no table).
   infinigen  summary bf16 [BS + 1, R]: row 0 the block's R kept channel indices, rows 1.. the
              keys on them. l = q[idx] . part[t].
   lrqk       summary bf16 [R * D + BS * R]: basis B [R, D], then coefficients A [BS, R].
@@ -36,7 +40,7 @@ from ._common import LOG2E, cdiv, interpreting, mma, next_pow2
 from .score import finish_mass, plan, workspace
 
 NEG = tl.constexpr(-1.0e30)
-QLANDMARK, INFINIGEN, LRQK = 0, 1, 2
+QLANDMARK, INFINIGEN, LRQK, QSCALAR = 0, 1, 2, 3
 VEC = 4  # channels per qlandmark code
 
 
@@ -55,6 +59,56 @@ def _qlandmark_tile(tok, tmask, cb_ptr, cb, q, D: tl.constexpr, BLOCK_N: tl.cons
     hi = tl.load(tok + D // 4 + 1, mask=tmask, other=0).to(tl.uint16)
     s = (lo | (hi << 8)).to(tl.bfloat16, bitcast=True).to(tl.float32)            # [N]
     return tl.dot(q, tl.trans(k_unit)) * s[None, :]                               # [G_PAD, N]
+
+
+@triton.jit
+def _qscalar_levels(code, shift: tl.constexpr, DECODE: tl.constexpr):
+    """The 2-bit levels at ``shift`` of codes [N, D/4] uint8, as the dot's operand type."""
+    lvl = (code >> shift) & 3
+    if DECODE == 0:  # converted to fp16: 0..3
+        return lvl.to(tl.float16)
+    elif DECODE == 1:  # fp16 bit pattern of 1 + level / 4 (exponent of 1.0, level in the top mantissa bits)
+        return ((lvl.to(tl.uint16) << 8) | 0x3C00).to(tl.float16, bitcast=True)
+    else:  # int8: 0..3
+        return lvl.to(tl.int8, bitcast=True)
+
+
+@triton.jit
+def _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D: tl.constexpr, BS: tl.constexpr, DECODE: tl.constexpr,
+                  F32: tl.constexpr):
+    # blk [N]: each token's block row (slot, KV head); tin [N]: the token's place in its block.
+    # q0..q3 [G_PAD, D/4]: the rotated query's channels k::4, in the levels' operand type.
+    # Returns sum_d q_d * level_d [G_PAD, N] (DECODE 1: sum_d q_d * (1 + level_d / 4)), unscaled.
+    offs_j = tl.arange(0, D // 4)
+    code = tl.load(blk[:, None] + (tin * (D // 4))[:, None] + offs_j[None, :], mask=tmask[:, None], other=0)
+    if DECODE == 2:
+        acc = tl.dot(q0, tl.trans(_qscalar_levels(code, 6, DECODE)), out_dtype=tl.int32)
+        acc += tl.dot(q1, tl.trans(_qscalar_levels(code, 4, DECODE)), out_dtype=tl.int32)
+        acc += tl.dot(q2, tl.trans(_qscalar_levels(code, 2, DECODE)), out_dtype=tl.int32)
+        acc += tl.dot(q3, tl.trans(_qscalar_levels(code, 0, DECODE)), out_dtype=tl.int32)
+        return acc.to(tl.float32)
+    else:
+        acc = mma(q0, tl.trans(_qscalar_levels(code, 6, DECODE)), F32)
+        acc += mma(q1, tl.trans(_qscalar_levels(code, 4, DECODE)), F32)
+        acc += mma(q2, tl.trans(_qscalar_levels(code, 2, DECODE)), F32)
+        acc += mma(q3, tl.trans(_qscalar_levels(code, 0, DECODE)), F32)
+        return acc
+
+
+@triton.jit
+def _qscalar_scale(blk, tin, tmask, D: tl.constexpr, BS: tl.constexpr):
+    """Each token's bf16 scale, read from its two bytes after the block's codes: [N] fp32."""
+    at = blk + BS * (D // 4) + tin * 2
+    lo = tl.load(at, mask=tmask, other=0).to(tl.uint16)
+    hi = tl.load(at + 1, mask=tmask, other=0).to(tl.uint16)
+    return (lo | (hi << 8)).to(tl.bfloat16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _qscalar_query(q_rows, gmask, k: tl.constexpr, D: tl.constexpr):
+    """The query's channels k::4 [G_PAD, D/4] fp32."""
+    offs_j = tl.arange(0, D // 4)
+    return tl.load(q_rows[:, None] + (offs_j * 4 + k)[None, :], mask=gmask[:, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -86,7 +140,7 @@ def _summary_logits(
     s_slb,                         # cold_slots [B, max_cold_blocks]
     Hq, N_MAX, NC, CHUNK, R,
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, R_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, KIND: tl.constexpr, F32: tl.constexpr, LOCAL_CB: tl.constexpr,
+    BLOCK_N: tl.constexpr, KIND: tl.constexpr, F32: tl.constexpr, LOCAL_CB: tl.constexpr, DECODE: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -105,6 +159,28 @@ def _summary_logits(
     m_i = tl.full([G_PAD], NEG, tl.float32)
     s_i = tl.zeros([G_PAD], tl.float32)
     cb = tl.load(cb_ptr + tl.arange(0, 1024)) if KIND == 0 and LOCAL_CB else 0.0  # [256 x 4] codebook
+    if KIND == 3:  # the query's channels k::4 as dot operands, and what turns their dot into q . k_hat / s
+        q0 = _qscalar_query(q_rows, gmask, 0, D)
+        q1 = _qscalar_query(q_rows, gmask, 1, D)
+        q2 = _qscalar_query(q_rows, gmask, 2, D)
+        q3 = _qscalar_query(q_rows, gmask, 3, D)
+        if DECODE == 2:  # int8 query, one scale per query head
+            amax = tl.maximum(tl.maximum(tl.max(tl.abs(q0), 1), tl.max(tl.abs(q1), 1)),
+                              tl.maximum(tl.max(tl.abs(q2), 1), tl.max(tl.abs(q3), 1)))
+            q_mul = tl.maximum(amax, 1e-30) / 127.0
+            q0 = tl.floor(q0 / q_mul[:, None] + 0.5).to(tl.int8)
+            q1 = tl.floor(q1 / q_mul[:, None] + 0.5).to(tl.int8)
+            q2 = tl.floor(q2 / q_mul[:, None] + 0.5).to(tl.int8)
+            q3 = tl.floor(q3 / q_mul[:, None] + 0.5).to(tl.int8)
+            level_zero = 1.5
+        else:  # fp16 query; DECODE 1's operand is 1 + level / 4, so level - 1.5 = 4 * (operand - 1.375)
+            q0, q1, q2, q3 = q0.to(tl.float16), q1.to(tl.float16), q2.to(tl.float16), q3.to(tl.float16)
+            q_mul = tl.full([G_PAD], 4.0 if DECODE == 1 else 1.0, tl.float32)
+            level_zero = 1.375 if DECODE == 1 else 1.5
+        # sum_d q_d over the rounded operands, so that the offset cancels exactly what the dot adds
+        q_sum = (tl.sum(q0.to(tl.float32), 1) + tl.sum(q1.to(tl.float32), 1) + tl.sum(q2.to(tl.float32), 1)
+                 + tl.sum(q3.to(tl.float32), 1))
+        q_off = level_zero * q_sum
     for start in range(lo, hi, BLOCK_N):
         t = start + offs_t
         tmask = t < hi
@@ -112,6 +188,12 @@ def _summary_logits(
             slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
             tok = s_ptr + slot * s_sslot + h * s_sh + (t % BS) * (D // 4 + 2)
             l = _qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB)
+        elif KIND == 3:  # per-token summaries in planar blocks: a tile may span several blocks
+            slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
+            blk = s_ptr + slot * s_sslot + h * s_sh
+            tin = t % BS
+            l = _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D, BS, DECODE, F32)
+            l = q_mul[:, None] * (l - q_off[:, None]) * _qscalar_scale(blk, tin, tmask, D, BS)[None, :]
         else:  # per-block summaries: one block per tile
             slot = tl.load(slots_ptr + b * s_slb + start // BS).to(tl.int64)
             base = s_ptr + slot * s_sslot + h * s_sh
@@ -135,11 +217,12 @@ def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
 
 
 def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_lens, scale, out=None,
-            chunk=None, block_n=None, num_warps=4, local_cb=False):
+            chunk=None, block_n=None, num_warps=4, local_cb=False, num_stages=None, decode=0):
     B, Hq, D = query.shape
     S, Hkv = summaries.shape[:2]
     bs = {QLANDMARK: lambda: summaries.shape[2], INFINIGEN: lambda: summaries.shape[2] - 1,
-          LRQK: lambda: (summaries.shape[2] - rank * D) // rank}[kind]()
+          LRQK: lambda: (summaries.shape[2] - rank * D) // rank,
+          QSCALAR: lambda: summaries.shape[2] // (D // VEC + 2)}[kind]()
     if not summary_scoring_tiles(D, bs):
         raise ValueError(f"fused summary scoring needs power-of-two head_dim and block_size >= 16, "
                          f"got head_dim={D}, block_size={bs}")
@@ -147,7 +230,7 @@ def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_l
         raise ValueError("query rows and each (slot, KV head) summary must be contiguous")
     n_max = cold_slots.shape[1] * bs
     block_n = block_n or bs
-    assert block_n % bs == 0 and (kind == QLANDMARK or block_n == bs), (block_n, bs)
+    assert block_n % bs == 0 and (kind in (QLANDMARK, QSCALAR) or block_n == bs), (block_n, bs)
     chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
     assert chunk % block_n == 0, (chunk, block_n)
     NC = max(1, cdiv(n_max, chunk))
@@ -159,7 +242,8 @@ def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_l
         query.stride(0), query.stride(1), summaries.stride(0), summaries.stride(1), cold_slots.stride(0),
         Hq, n_max, NC, chunk, max(rank, 1),
         G=G, G_PAD=max(16, next_pow2(G)), D=D, BS=bs, R_PAD=max(16, next_pow2(rank)),
-        BLOCK_N=block_n, KIND=kind, F32=interpreting(), LOCAL_CB=local_cb, num_warps=num_warps,
+        BLOCK_N=block_n, KIND=kind, F32=interpreting(), LOCAL_CB=local_cb, DECODE=decode, num_warps=num_warps,
+        **({} if num_stages is None else {"num_stages": num_stages}),
     )
     return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
 
@@ -174,6 +258,29 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
     block_n = block_n or max(bs, 64)  # tokens per tile (several blocks): fewer, longer loop steps
     return _launch(QLANDMARK, query_rotated.float(), summaries, codebook.float(), 0, cold_slots, cold_lens,
                    scale, out, chunk, block_n, num_warps, local_cb)
+
+
+# qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep)
+QSCALAR_DEFAULTS = (64, 4, 3, 0)
+
+
+def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, out=None, chunk=None,
+                 block_n=None, num_warps=None, num_stages=None, decode=None):
+    """query_rotated [B, Hq, D] fp32; summaries [S, Hkv, BS * (D/4 + 2)] uint8 (qlandmark-scalar's
+    planar blocks); ``step``: the grid's spacing (a level's value is (level - 1.5) * step)
+    -> mass [B, Hkv, max_cold * BS]. ``decode`` picks how levels become dot operands: 0 fp16
+    conversion, 1 fp16 bit pattern (no conversion), 2 int8 with an int8 query (rounded)."""
+    assert summaries.dtype == torch.uint8 and summaries.dim() == 3
+    D = query_rotated.shape[-1]
+    bs = summaries.shape[2] // (D // VEC + 2)
+    if summaries.shape[2] != bs * (D // VEC + 2):
+        raise ValueError(f"qlandmark-scalar summaries hold block_size * (head_dim / 4 + 2) bytes per KV head, "
+                         f"got {summaries.shape[2]} for head_dim={D}")
+    d_block_n, d_warps, d_stages, d_decode = QSCALAR_DEFAULTS
+    block_n = block_n or max(bs, d_block_n)
+    return _launch(QSCALAR, query_rotated.float().contiguous(), summaries, None, 0, cold_slots, cold_lens,
+                   scale * step, out, chunk, block_n, num_warps or d_warps, False,
+                   num_stages or d_stages, d_decode if decode is None else decode)
 
 
 def infinigen_mass(query, summaries, cold_slots, cold_lens, scale, out=None, chunk=None):

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""GPU sweep of exact-topk's scoring kernel (csrc_triton/score.py) at the engine's decode
-shapes: tile width, warps and pipeline stages, for bf16 keys and for exact-topk-fp8's packed
-fp8 summaries. Every configuration is checked
-against the torch reference (relative error <= 1e-2, no NaN), then timed with CUDA events
-(median of --reps, L2 flushed before each). Needs torch + triton and a CUDA GPU:
+"""GPU sweep of the per-token scoring kernels at the engine's decode shapes: tile width, warps
+and pipeline stages, for exact-topk's kernel (csrc_triton/score.py) on bf16 keys and on
+exact-topk-fp8's packed fp8 summaries, and for qlandmark-scalar's 2-bit summaries
+(csrc_triton/score_summary.py::qscalar_mass, also over its three level decodings). Every
+configuration is checked against the torch reference (relative error <= 1e-2; the int8 decoding,
+which rounds the query, <= 3e-2; no NaN), then timed with CUDA events (median of --reps, L2
+flushed before each). Needs torch + triton and a CUDA GPU:
 
     python examples/gpu_score.py           # OUT=dir also writes $OUT/score.json
 
@@ -28,7 +30,8 @@ COLD = 32768 - 288
 
 
 def inputs(B, gen):
-    """(query, {key kind: (keys, key_scale)}, cold_slots, cold_lens) laid out as the engine's."""
+    """(query, {key kind: (keys, key_scale)}, cold_slots, cold_lens) laid out as the engine's;
+    the "2bit" kind holds (qlandmark-scalar, its summaries)."""
     nblk = -(-COLD // BS)
     slots = torch.randperm(B * nblk + 7, device="cuda", generator=gen)[: B * nblk].view(B, nblk).int()
     lens = torch.full((B,), COLD, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * 5
@@ -38,7 +41,22 @@ def inputs(B, gen):
     from vllm_kvoffload.scorers.base import KVGeometry
     fp8_scorer = create_scorer("exact-topk-fp8", KVGeometry(HKV, HQ, D, BS, torch.bfloat16))
     fp8 = fp8_scorer.keys_and_scales(fp8_scorer.summarize(keys))  # the engine's packed summaries
-    return q, {"bf16": (keys, None), "fp8": fp8}, slots, lens
+    q2 = create_scorer("qlandmark-scalar", KVGeometry(HKV, HQ, D, BS, torch.bfloat16))
+    return q, {"bf16": (keys, None), "fp8": fp8, "2bit": (q2, q2.summarize(keys))}, slots, lens
+
+
+def qscalar_runs(q, scorer, summaries, slots, lens, scale, configs, decodes):
+    """qlandmark-scalar: its torch reference, HBM bytes, and (config, decode, run) to time."""
+    from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
+    from vllm_kvoffload.ops.triton_kernels import qscalar_mass
+    ref = scorer.torch_mass(q, summaries, slots, lens, scale)
+    n = int(lens.sum())  # summaries, logits written and read, mass written (score.bytes_touched's count)
+    nbytes = int(n * scorer.summary_bytes_per_token()) + n * HQ * 8 + n * HKV * 4
+    q_rot = scorer.rotated(q)
+    runs = [((block, warps, stages), dec, lambda block=block, warps=warps, stages=stages, dec=dec: qscalar_mass(
+        q_rot, summaries, UNIFORM_STEP, slots, lens, scale, block_n=block, num_warps=warps, num_stages=stages,
+        decode=dec)) for (block, warps, stages) in configs for dec in decodes]
+    return ref, nbytes, runs
 
 
 def main():
@@ -48,54 +66,66 @@ def main():
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128], help="BLOCK_N, tokens per tile")
+    p.add_argument("--kinds", nargs="+", default=["bf16", "fp8", "2bit"], choices=["bf16", "fp8", "2bit"])
+    p.add_argument("--decodes", type=int, nargs="+", default=[0, 1, 2], help="qlandmark-scalar's level decodings")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_score.py", "tests/csrc_triton/test_triton_score.py")
     from vllm_kvoffload.ops.score_ref import score_mass_ref
     from vllm_kvoffload.ops.triton_kernels import load
-    score = load("score")
+    score, score_summary = load("score"), load("score_summary")
     rows, failed = [], 0
     configs = list(itertools.product(a.blocks, a.warps, a.stages))
     for B in a.requests:
         q, by_kind, slots, lens = inputs(B, gen)
         scale = D ** -0.5
-        for kind, (keys, kscale) in by_kind.items():
-            ref = score_mass_ref(q, keys, kscale, slots, lens, scale)
-            nbytes = score.bytes_touched(q, keys, kscale, lens)
-            for block, warps, stages in configs:
-                run = lambda: score.score_mass(q, keys, kscale, slots, lens, scale, block_n=block,  # noqa: E731
-                                               num_warps=warps, num_stages=stages)
+        for kind in a.kinds:
+            keys, kscale = by_kind[kind]
+            if kind == "2bit":
+                ref, nbytes, runs = qscalar_runs(q, keys, kscale, slots, lens, scale, configs, a.decodes)
+            else:
+                ref = score_mass_ref(q, keys, kscale, slots, lens, scale)
+                nbytes = score.bytes_touched(q, keys, kscale, lens)
+                runs = [(c, None, lambda c=c: score.score_mass(q, keys, kscale, slots, lens, scale, block_n=c[0],
+                                                               num_warps=c[1], num_stages=c[2])) for c in configs]
+            for (block, warps, stages), dec, run in runs:
                 try:
                     out = run()
                     torch.cuda.synchronize()
                 except Exception as e:  # e.g. out of shared memory or registers for this tile
-                    print(f"  B={B} {kind} block={block} warps={warps} stages={stages}: "
+                    print(f"  B={B} {kind} block={block} warps={warps} stages={stages} decode={dec}: "
                           f"{type(e).__name__}: {str(e)[:120]}", flush=True)
                     continue
                 valid = torch.isfinite(ref)
                 err = rel_err(out[valid], ref[valid])
-                ok = err <= 1e-2 and not out[valid].isnan().any().item()
+                ok = err <= (3e-2 if dec == 2 else 1e-2) and not out[valid].isnan().any().item()
                 failed += not ok
                 t = timeit(run, a.reps, flush)
-                rows.append(dict(B=B, keys=kind, block_n=block, warps=warps, stages=stages, time_us=t * 1e6,
+                rows.append(dict(B=B, keys=kind, block_n=block, warps=warps, stages=stages, decode=dec, time_us=t * 1e6,
                                  bytes=nbytes, hbm_frac=nbytes / t / HBM_PEAK, rel_err=err, ok=ok))
-                print(f"  B={B:<3}{kind:<5} block={block:<4} warps={warps} stages={stages} "
+                print(f"  B={B:<3}{kind:<5} block={block:<4} warps={warps} stages={stages} decode={dec} "
                       f"{t * 1e6:8.1f} us {nbytes / t / 1e9:7.0f} GB/s err {err:.1e} {'ok' if ok else 'FAIL'}", flush=True)
             del ref
         del q, by_kind
         torch.cuda.empty_cache()
     print(f"\n{torch.cuda.get_device_name()}: scoring one layer, 32K cold tokens per request (us); "
-          f"the shipped default (score.DEFAULTS) against the best configuration; {failed} failures")
-    print(f"{'requests':<10}{'keys':<6}{'default':>32}{'best':>32}")
+          f"the shipped default (score.DEFAULTS, score_summary.QSCALAR_DEFAULTS) against the best "
+          f"configuration; {failed} failures")
+    print(f"{'requests':<10}{'keys':<6}{'default':>38}{'best':>38}")
     for B in a.requests:
-        for kind in ("bf16", "fp8"):
+        for kind in a.kinds:
             rs = [r for r in rows if r["B"] == B and r["keys"] == kind]
             if not rs:
                 continue
-            default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"]) == score.DEFAULTS[kind]), None)
+            if kind == "2bit":
+                shipped = score_summary.QSCALAR_DEFAULTS
+                default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"], r["decode"]) == shipped), None)
+            else:
+                default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"]) == score.DEFAULTS[kind]),
+                               None)
             cell = lambda r: (f"{r['time_us']:7.1f} ({100 * r['hbm_frac']:.0f}% HBM) "  # noqa: E731
-                              f"b{r['block_n']} w{r['warps']} s{r['stages']}") if r else "-"
+                              f"b{r['block_n']} w{r['warps']} s{r['stages']} d{r['decode']}") if r else "-"
             best = min(rs, key=lambda r: r["time_us"])
-            print(f"{B:<10}{kind:<6}{cell(default):>32}{cell(best):>32}")
+            print(f"{B:<10}{kind:<6}{cell(default):>38}{cell(best):>38}")
     save_rows("score.json", rows)
     sys.exit(1 if failed else 0)
 

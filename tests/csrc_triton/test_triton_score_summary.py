@@ -1,4 +1,4 @@
-"""The fused summary scorers (csrc_triton/score_summary.py: qlandmark, infinigen, lrqk) against
+"""The fused summary scorers (csrc_triton/score_summary.py: qlandmark, qlandmark-scalar, infinigen, lrqk) against
 each scorer's own torch ``score``, one request at a time, on fresh random keys and paddings that
 are not multiples of the tile (G = 7, rows without cold blocks, slots in random order)."""
 
@@ -37,7 +37,7 @@ def make_case(name, B, Hq, Hkv, D, bs, cold, device):
     return scorer, query.to(device), summaries, cold_slots.to(device), cold_lens.to(device)
 
 
-@pytest.mark.parametrize("name", ["qlandmark", "infinigen", "lrqk"])
+@pytest.mark.parametrize("name", ["qlandmark", "qlandmark-scalar", "infinigen", "lrqk"])
 @pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", CASES)
 def test_fused_summary_mass_matches_scorer(device, name, B, Hq, Hkv, D, bs, cold):
     scorer, query, summaries, cold_slots, cold_lens = make_case(name, B, Hq, Hkv, D, bs, cold, device)
@@ -53,7 +53,7 @@ def test_fused_summary_mass_matches_scorer(device, name, B, Hq, Hkv, D, bs, cold
                                        atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["qlandmark", "infinigen", "lrqk"])
+@pytest.mark.parametrize("name", ["qlandmark", "qlandmark-scalar", "infinigen", "lrqk"])
 def test_kernels_write_every_entry(device, name):
     """Poisoned outputs: every entry of ``out`` is written (a mass or -inf), never left NaN."""
     B, Hq, Hkv, D, bs, cold = 3, 8, 2, 64, 16, [4, 0, 2]
@@ -64,6 +64,10 @@ def test_kernels_write_every_entry(device, name):
         q_rot = query.float() @ hadamard(D, device)
         triton_kernels.qlandmark_mass(q_rot, summaries, gaussian_codebook(VEC, CODES, device=device), cold_slots,
                                       cold_lens, D ** -0.5, out=out)
+    elif name == "qlandmark-scalar":
+        from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
+        triton_kernels.qscalar_mass(scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5,
+                                    out=out)
     elif name == "infinigen":
         triton_kernels.infinigen_mass(query, summaries, cold_slots, cold_lens, D ** -0.5, out=out)
     else:
@@ -79,12 +83,13 @@ def test_small_blocks_are_refused_with_the_reason(device):
 
 
 @pytest.mark.skipif(not CUDA, reason="the scorers pick the fused kernel on CUDA tensors only")
-@pytest.mark.parametrize("name", ["qlandmark", "infinigen", "lrqk"])
+@pytest.mark.parametrize("name", ["qlandmark", "qlandmark-scalar", "infinigen", "lrqk"])
 def test_score_batched_uses_the_kernel_on_cuda(name, monkeypatch):
     scorer, query, summaries, cold_slots, cold_lens = make_case(name, 2, 8, 2, 64, 16, [3, 2], "cuda")
     calls = []
-    real = getattr(triton_kernels, f"{name}_mass")
-    monkeypatch.setattr(triton_kernels, f"{name}_mass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kernel = "qscalar_mass" if name == "qlandmark-scalar" else f"{name}_mass"
+    real = getattr(triton_kernels, kernel)
+    monkeypatch.setattr(triton_kernels, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
     scorer.score_batched(query, summaries, cold_slots, cold_lens, 0.125)
     assert calls == [1]
 
@@ -99,3 +104,25 @@ def test_qlandmark_codebook_in_program_equals_global_gathers(device):
     local = triton_kernels.qlandmark_mass(*args, local_cb=True)
     gathered = triton_kernels.qlandmark_mass(*args, local_cb=False, block_n=32)
     torch.testing.assert_close(local, gathered, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block_n", [16, 64])
+def test_qscalar_level_decodings_agree(device, block_n):
+    """qlandmark-scalar's three ways to turn 2-bit levels into dot operands: fp16 conversion and
+    fp16 bit patterns compute the same logits (up to fp32 rounding); the int8 query is rounded to
+    1/254 of its largest channel, so its masses move by about 1%."""
+    B, Hq, Hkv, D, bs, cold = 3, 12, 3, 128, 16, [9, 4, 0]
+    scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
+    from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
+    args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
+    fp16, bits, int8 = (triton_kernels.qscalar_mass(*args, decode=d, block_n=block_n).cpu() for d in (0, 1, 2))
+    valid = torch.isfinite(fp16)
+    assert torch.equal(valid, torch.isfinite(bits)) and torch.equal(valid, torch.isfinite(int8))
+    assert rel_err(bits[valid], fp16[valid]) <= 1e-4
+    assert rel_err(int8[valid], fp16[valid]) <= 3e-2
+
+
+def test_qscalar_refuses_a_summary_of_the_wrong_width(device):
+    scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", 1, 4, 2, 64, 16, [2], device)
+    with pytest.raises(ValueError, match="got 287 for head_dim=64"):
+        triton_kernels.qscalar_mass(scorer.rotated(query), summaries[..., :-1], 1.0, cold_slots, cold_lens, 0.125)

@@ -10,7 +10,7 @@ from vllm_kvoffload.ops.attention import dense_decode_attention, sparse_decode_a
 from vllm_kvoffload.ops.select import select_cold_tokens
 from vllm_kvoffload.scorers import KVGeometry, available, create_scorer
 
-ALL = ["exact-topk", "exact-topk-fp8", "oracle", "qlandmark", "shadowkv", "quest", "arkvale", "infinigen", "lrqk"]
+ALL = ["exact-topk", "exact-topk-fp8", "oracle", "qlandmark", "qlandmark-scalar", "shadowkv", "quest", "arkvale", "infinigen", "lrqk"]
 GEOM = KVGeometry(num_kv_heads=2, num_q_heads=8, head_dim=64, block_size=32, dtype=torch.bfloat16)
 SCALE = GEOM.head_dim**-0.5
 
@@ -110,19 +110,10 @@ def test_planted_needle_is_the_exact_argmax():
     assert logits.argmax(-1).tolist() == needles.tolist()
 
 
-@pytest.mark.parametrize("name", ["oracle", "exact-topk", "exact-topk-fp8", "qlandmark"])
+@pytest.mark.parametrize("name", ["oracle", "exact-topk", "exact-topk-fp8", "qlandmark", "qlandmark-scalar"])
 def test_planted_needle_found_at_one_percent(name):
     q, keys, needles = _planted()
     assert _selects_needle(name, q, keys, needles) == [True, True]
-
-
-def test_planted_needle_qlandmark_uniform_grid():
-    q, keys, needles = _planted()
-    scorer = create_scorer("qlandmark", GEOM)
-    scorer.grid = "uniform"
-    mass = scorer.score(q, scorer.summarize(to_blocks(keys, GEOM.block_size)), SCALE)
-    idx, _ = select_cold_tokens(mass, math.ceil(0.01 * keys.shape[1]))
-    assert all((idx[h] == p).any() for h, p in enumerate(needles.tolist()))
 
 
 def _found_over_seeds(names, seeds=range(10), **planted):
@@ -141,10 +132,10 @@ def test_chunk_mean_averages_the_needle_away():
     Quest/ArkVale's min/max page bounds are loose for isotropic 64-d keys (every
     page's bound is far above the needle's q.k), so they miss it most of the
     time as well: asserted as measured on this construction (20 needles)."""
-    found = _found_over_seeds(["exact-topk", "qlandmark", "shadowkv", "quest", "arkvale"],
+    found = _found_over_seeds(["exact-topk", "qlandmark", "qlandmark-scalar", "shadowkv", "quest", "arkvale"],
                               common=4.0, needle_sd=6.0, chunk_others_sd=-0.5)
     assert found["exact-topk"] == 20
-    assert found["qlandmark"] >= 18
+    assert found["qlandmark"] >= 18 and found["qlandmark-scalar"] >= 18
     assert found["shadowkv"] <= 4
     assert found["quest"] <= 10 and found["arkvale"] <= 10
 

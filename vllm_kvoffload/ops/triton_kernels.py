@@ -49,6 +49,7 @@ def __getattr__(attr: str):
         "qlandmark_mass": "score_summary",
         "infinigen_mass": "score_summary",
         "lrqk_mass": "score_summary",
+        "qscalar_mass": "score_summary",
         "summary_scoring_tiles": "score_summary",
     }
     if attr in where:

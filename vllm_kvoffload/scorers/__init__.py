@@ -12,6 +12,7 @@ _MODULES = {
     "exact-topk-fp8": "vllm_kvoffload.scorers.exact_topk_fp8",
     "oracle": "vllm_kvoffload.scorers.oracle",
     "qlandmark": "vllm_kvoffload.scorers.qlandmark",
+    "qlandmark-scalar": "vllm_kvoffload.scorers.qlandmark_scalar",
     "shadowkv": "vllm_kvoffload.scorers.shadowkv",
     "quest": "vllm_kvoffload.scorers.quest",
     "arkvale": "vllm_kvoffload.scorers.arkvale",
