@@ -261,7 +261,7 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
 
 
 # qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep)
-QSCALAR_DEFAULTS = (64, 4, 3, 0)
+QSCALAR_DEFAULTS = (256, 4, 2, 1)
 
 
 def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, out=None, chunk=None,

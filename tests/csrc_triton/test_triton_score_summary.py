@@ -126,3 +126,24 @@ def test_qscalar_refuses_a_summary_of_the_wrong_width(device):
     scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", 1, 4, 2, 64, 16, [2], device)
     with pytest.raises(ValueError, match="got 287 for head_dim=64"):
         triton_kernels.qscalar_mass(scorer.rotated(query), summaries[..., :-1], 1.0, cold_slots, cold_lens, 0.125)
+
+
+@pytest.mark.parametrize("nb,Hkv,bs,D", [(5, 2, 16, 64), (3, 4, 32, 128), (0, 2, 16, 64)])
+def test_quantize_2bit_planar_matches_the_scorers_reference(device, nb, Hkv, bs, D):
+    """The GPU summarize of qlandmark-scalar against its torch path, on a strided view like the
+    paged cache's: the same bytes, but for codes whose rotated value lies within rounding of a
+    level boundary (fp32 sums in another order), and bf16 scales at most one ulp apart."""
+    scorer = create_scorer("qlandmark-scalar", KVGeometry(Hkv, 2 * Hkv, D, bs, torch.bfloat16))
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    paged = (torch.randn(nb, bs, Hkv, D, generator=g) * 2 + torch.randn(D, generator=g)).to(torch.bfloat16)
+    keys = paged.transpose(1, 2)  # [nb, Hkv, bs, D], not contiguous
+    ref = scorer.summarize(keys)
+    from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP, hadamard
+    out = triton_kernels.quantize_2bit_planar(keys.to(device), hadamard(D, device), UNIFORM_STEP).cpu()
+    assert out.shape == ref.shape == (nb, *scorer.summary_spec()[0]) and out.dtype == torch.uint8
+    ref_codes, ref_scale = scorer.codes_and_scales(ref)
+    codes, scale = scorer.codes_and_scales(out)
+    if nb:
+        assert (codes != ref_codes).float().mean() <= 2e-3
+        assert (scale != ref_scale).float().mean() <= 1e-2
+        torch.testing.assert_close(scale.float(), ref_scale.float(), rtol=8e-3, atol=0)

@@ -42,6 +42,7 @@ def __getattr__(attr: str):
         "score_mass": "score",
         "quantize_fp8": "quantize",
         "dequantize_fp8": "quantize",
+        "quantize_2bit_planar": "quantize",
         "topk_select": "topk",
         "gather_uva": "gather",
         "gather_copy_engine": "gather",

@@ -20,8 +20,9 @@ are one aligned 32-byte run for D = 128):
     levels of channels ``4j..4j+3``, channel ``4j + k`` in bits ``6 - 2k`` and ``7 - 2k``;
   * ``block_size x 2`` bytes: each token's scale (RMS of its rotated key), bf16 bit pattern.
 
-GPU path: ``csrc_triton/score_summary.py::qscalar_mass``. CPU: ``cold_logits`` (qlandmark's,
-over the dequantized keys), which is its reference.
+GPU path: ``csrc_triton/score_summary.py::qscalar_mass`` scores, ``csrc_triton/quantize.py::
+quantize_2bit_planar`` summarizes (one launch per layer). CPU: ``cold_logits`` (qlandmark's, over the
+dequantized keys) and ``summarize``'s torch path, which are their references.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.scorers import register
-from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP, VEC, QLandmarkScorer, vq_quantize
+from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP, VEC, QLandmarkScorer, hadamard, vq_quantize
 
 
 @register
@@ -43,6 +44,12 @@ class QLandmarkScalarScorer(QLandmarkScorer):
         return (g.num_kv_heads, g.block_size * (g.head_dim // VEC + 2)), torch.uint8
 
     def summarize(self, keys: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        if keys.is_cuda:
+            from vllm_kvoffload.ops import triton_kernels
+
+            if triton_kernels.summary_scoring_tiles(g.head_dim, g.block_size):  # one launch, not about 15
+                return triton_kernels.quantize_2bit_planar(keys, hadamard(g.head_dim, keys.device), UNIFORM_STEP)
         codes, scale = vq_quantize(keys, VEC, self.grid)  # [nb, H, bs, D/4] uint8, [nb, H, bs]
         scale_bytes = scale.to(torch.bfloat16).view(torch.uint8)  # [nb, H, 2 * bs]
         return torch.cat([codes.flatten(2), scale_bytes], -1)
