@@ -38,7 +38,9 @@ def run_child(args: list[str], timeout: int) -> dict:
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stdout + proc.stderr)[-4000:]
-        return {"args": args, "error": f"exit {proc.returncode}", "log_tail": tail}
+        errors = [l for l in tail.splitlines() if "Error:" in l]  # e.g. vLLM's start-up memory check
+        reason = f": {errors[-1].split('Error:', 1)[-1].strip()[:300]}" if errors else ""
+        return {"args": args, "error": f"exit {proc.returncode}{reason}", "log_tail": tail}
     result = json.loads(lines[-1])
     result["wall_s"] = round(time.time() - t, 1)
     return result
