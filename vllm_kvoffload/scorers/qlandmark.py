@@ -158,12 +158,17 @@ class QLandmarkScorer(SoftmaxScorer):
         scale_bytes = scale.to(torch.bfloat16)[..., None].view(torch.uint8)  # [..., 2]
         return torch.cat([codes, scale_bytes], -1)
 
+    def codes_and_scales(self, summaries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """summaries [..., Hkv, bs, D/4 + 2] -> codes [..., Hkv, bs, D/4] uint8 and scales
+        [..., Hkv, bs] bf16 (the summary layout lives here; subclasses may change it)."""
+        d4 = self.geometry.head_dim // VEC
+        return summaries[..., :d4], summaries[..., d4:].contiguous().view(torch.bfloat16)[..., 0]
+
     def landmarks(self, summaries: torch.Tensor) -> torch.Tensor:
-        """summaries [B, C, Hkv, bs, ...] -> dequantized keys in the Hadamard basis:
+        """summaries [B, C, *summary_spec()[0]] -> dequantized keys in the Hadamard basis:
         [B, Hkv, C * block_size, D] fp32."""
         g = self.geometry
-        codes = summaries[..., : g.head_dim // VEC]
-        scale = summaries[..., g.head_dim // VEC :].contiguous().view(torch.bfloat16)[..., 0]
+        codes, scale = self.codes_and_scales(summaries)
         k_hat = vq_dequantize(codes, scale, VEC, self.grid, rotated=True)
         return k_hat.transpose(1, 2).reshape(k_hat.shape[0], g.num_kv_heads, -1, g.head_dim)
 

@@ -56,15 +56,11 @@ class QLandmarkScalarScorer(QLandmarkScorer):
 
     def codes_and_scales(self, summaries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of summaries [..., Hkv, bs * (D/4 + 2)]: codes [..., Hkv, bs, D/4] uint8 and
-        scales [..., Hkv, bs] bf16 (no copy)."""
+        scales [..., Hkv, bs] bf16 (no copy); qlandmark's ``landmarks`` dequantizes through it."""
         g = self.geometry
         n = g.block_size * (g.head_dim // VEC)
         codes = summaries[..., :n].unflatten(-1, (g.block_size, g.head_dim // VEC))
         return codes, summaries[..., n:].view(torch.bfloat16)
-
-    def landmarks(self, summaries: torch.Tensor) -> torch.Tensor:
-        codes, scale = self.codes_and_scales(summaries)  # qlandmark's layout, so its landmarks apply
-        return super().landmarks(torch.cat([codes, scale[..., None].view(torch.uint8)], -1))
 
     def fused_mass(self, kernels, query, summaries, cold_slots, cold_lens, scale):
         return kernels.qscalar_mass(self.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, scale)
