@@ -62,8 +62,29 @@ def _qlandmark_tile(tok, tmask, cb_ptr, cb, q, D: tl.constexpr, BLOCK_N: tl.cons
 
 
 @triton.jit
-def _qscalar_levels(code, shift: tl.constexpr, DECODE: tl.constexpr):
+def _levels_packed(code, shift: tl.constexpr):
+    """((code >> shift) & 3) as int8, four codes per 32-bit register: one shift and one mask
+    for four levels. Byte-wise exact whatever bytes share a register: each byte's two bits sit
+    below its own top (shift <= 6) and the mask keeps only them."""
+    if shift == 0:
+        return tl.inline_asm_elementwise("and.b32 $0, $1, 0x03030303;", "=r,r", [code], dtype=tl.int8,
+                                         is_pure=True, pack=4)
+    elif shift == 2:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 2;\n\tand.b32 $0, $0, 0x03030303;", "=r,r", [code],
+                                         dtype=tl.int8, is_pure=True, pack=4)
+    elif shift == 4:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 4;\n\tand.b32 $0, $0, 0x03030303;", "=r,r", [code],
+                                         dtype=tl.int8, is_pure=True, pack=4)
+    else:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 6;\n\tand.b32 $0, $0, 0x03030303;", "=r,r", [code],
+                                         dtype=tl.int8, is_pure=True, pack=4)
+
+
+@triton.jit
+def _qscalar_levels(code, shift: tl.constexpr, DECODE: tl.constexpr, F32: tl.constexpr):
     """The 2-bit levels at ``shift`` of codes [N, D/4] uint8, as the dot's operand type."""
+    if DECODE == 3 and not F32:  # int8, packed (the interpreter has no inline assembly: decoding 2's ops)
+        return _levels_packed(code, shift)
     lvl = (code >> shift) & 3
     if DECODE == 0:  # converted to fp16: 0..3
         return lvl.to(tl.float16)
@@ -81,17 +102,17 @@ def _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D: tl.constexpr, BS: tl.const
     # Returns sum_d q_d * level_d [G_PAD, N] (DECODE 1: sum_d q_d * (1 + level_d / 4)), unscaled.
     offs_j = tl.arange(0, D // 4)
     code = tl.load(blk[:, None] + (tin * (D // 4))[:, None] + offs_j[None, :], mask=tmask[:, None], other=0)
-    if DECODE == 2:
-        acc = tl.dot(q0, tl.trans(_qscalar_levels(code, 6, DECODE)), out_dtype=tl.int32)
-        acc += tl.dot(q1, tl.trans(_qscalar_levels(code, 4, DECODE)), out_dtype=tl.int32)
-        acc += tl.dot(q2, tl.trans(_qscalar_levels(code, 2, DECODE)), out_dtype=tl.int32)
-        acc += tl.dot(q3, tl.trans(_qscalar_levels(code, 0, DECODE)), out_dtype=tl.int32)
+    if DECODE >= 2:
+        acc = tl.dot(q0, tl.trans(_qscalar_levels(code, 6, DECODE, F32)), out_dtype=tl.int32)
+        acc += tl.dot(q1, tl.trans(_qscalar_levels(code, 4, DECODE, F32)), out_dtype=tl.int32)
+        acc += tl.dot(q2, tl.trans(_qscalar_levels(code, 2, DECODE, F32)), out_dtype=tl.int32)
+        acc += tl.dot(q3, tl.trans(_qscalar_levels(code, 0, DECODE, F32)), out_dtype=tl.int32)
         return acc.to(tl.float32)
     else:
-        acc = mma(q0, tl.trans(_qscalar_levels(code, 6, DECODE)), F32)
-        acc += mma(q1, tl.trans(_qscalar_levels(code, 4, DECODE)), F32)
-        acc += mma(q2, tl.trans(_qscalar_levels(code, 2, DECODE)), F32)
-        acc += mma(q3, tl.trans(_qscalar_levels(code, 0, DECODE)), F32)
+        acc = mma(q0, tl.trans(_qscalar_levels(code, 6, DECODE, F32)), F32)
+        acc += mma(q1, tl.trans(_qscalar_levels(code, 4, DECODE, F32)), F32)
+        acc += mma(q2, tl.trans(_qscalar_levels(code, 2, DECODE, F32)), F32)
+        acc += mma(q3, tl.trans(_qscalar_levels(code, 0, DECODE, F32)), F32)
         return acc
 
 
@@ -164,7 +185,7 @@ def _summary_logits(
         q1 = _qscalar_query(q_rows, gmask, 1, D)
         q2 = _qscalar_query(q_rows, gmask, 2, D)
         q3 = _qscalar_query(q_rows, gmask, 3, D)
-        if DECODE == 2:  # int8 query, one scale per query head
+        if DECODE >= 2:  # int8 query, one scale per query head
             amax = tl.maximum(tl.maximum(tl.max(tl.abs(q0), 1), tl.max(tl.abs(q1), 1)),
                               tl.maximum(tl.max(tl.abs(q2), 1), tl.max(tl.abs(q3), 1)))
             q_mul = tl.maximum(amax, 1e-30) / 127.0
@@ -261,7 +282,7 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
 
 
 # qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep)
-QSCALAR_DEFAULTS = (256, 4, 2, 1)
+QSCALAR_DEFAULTS = (128, 4, 3, 3)
 
 
 def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, out=None, chunk=None,
@@ -269,7 +290,8 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
     """query_rotated [B, Hq, D] fp32; summaries [S, Hkv, BS * (D/4 + 2)] uint8 (qlandmark-scalar's
     planar blocks); ``step``: the grid's spacing (a level's value is (level - 1.5) * step)
     -> mass [B, Hkv, max_cold * BS]. ``decode`` picks how levels become dot operands: 0 fp16
-    conversion, 1 fp16 bit pattern (no conversion), 2 int8 with an int8 query (rounded)."""
+    conversion, 1 fp16 bit pattern (no conversion), 2 int8 with an int8 query (rounded), 3 as 2 with
+    four levels decoded per 32-bit instruction pair (inline PTX; under the interpreter, 2's ops)."""
     assert summaries.dtype == torch.uint8 and summaries.dim() == 3
     D = query_rotated.shape[-1]
     bs = summaries.shape[2] // (D // VEC + 2)

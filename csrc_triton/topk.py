@@ -27,6 +27,17 @@ Early exit: once a pass finds a candidate c with count(bits >= c) == kk exactly,
 pass are skipped and the compaction keeps bits >= c. It happens once the kk-th value is
 alone in its candidate bucket; with many equal masses it may never, and all passes run.
 
+Shortlist (``_select_shortlisted``, where a program's m values exceed its shortlist's
+capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE) finds tau,
+about the (1.5 kk / STRIDE + 16)-th largest sampled pattern; one pass copies every value >= tau
+with its index, in order of position, to the program's shortlist, and ``_select`` runs on it.
+Exact whenever the shortlist holds c values with kk <= c <= CAP: then the kk-th largest value
+is >= tau, so the top-kk and every tie of its last value are on the shortlist, in the row's
+order. Otherwise (a misleading sample, or many equal masses) the program selects from the whole
+row as without a shortlist, so the output never depends on the sample. Where it holds, the
+passes over the row drop from up to 10 to 2 (the sample's passes read m / STRIDE values, the
+shortlist's about 1.5 kk).
+
 Why segments: 4 requests x 8 KV heads at 128K is 32 rows, one program each on 132 SMs; with
 segments the idle SMs share the rows, and the last program's second selection reads S * k
 values, not n. Where rows already fill the SMs, one program per row is faster (segments_for).
@@ -38,17 +49,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import num_sms
+from ._common import next_pow2, num_sms
+
+SAMPLE_STRIDE = 16  # the shortlist's threshold: from every 16th value (topk_select)
 
 
 @triton.jit
-def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
-            WRITE_BITS: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
-    """The top-kk of src[0:m) (int32 patterns of fp32 >= 0), in order of position, written to
-    out_idx[0:kk) (and their patterns to out_bits when WRITE_BITS). The index written is the
-    position (plus ``src_idx`` as an int offset) or, when INDEXED, src_idx[position]. CACHE: the
-    loads' cache modifier (".cg" for data other programs wrote in this launch: not from L1).
-    EARLY: the early exit (module docstring); off only to measure what it saves."""
+def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
+    """Radix bisection over src[0], src[STRIDE], ... (m values): (T, exact). exact == 0: T is the
+    kk-th largest pattern. exact != 0 (the early exit): exactly kk values are >= T. Either way
+    count(values >= T) >= kk."""
     offs = tl.arange(0, BLOCK)
     digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
@@ -60,7 +70,7 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
         cnt = tl.zeros([16], tl.int32)
         for start in range(0, tl.where(exact != 0, 0, m), BLOCK):
             i = start + offs
-            bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
+            bits = tl.load(src + i * STRIDE, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
             cnt += tl.sum((bits[None, :] >= cand[:, None]).to(tl.int32), 1)
         ok = (cnt >= kk) & (digit < (1 << width))
         d = tl.sum(ok.to(tl.int32), 0) - 1  # count(>= cand) falls with the digit; digit 0 always ok
@@ -68,6 +78,19 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
         prefix = tl.where(exact != 0, prefix, prefix | (tl.maximum(d, 0) << shift))
         if EARLY:
             exact = tl.where((exact == 0) & (at_d == kk), 1, exact)
+    return prefix, exact
+
+
+@triton.jit
+def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
+            WRITE_BITS: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
+    """The top-kk of src[0:m) (int32 patterns of fp32 >= 0), in order of position, written to
+    out_idx[0:kk) (and their patterns to out_bits when WRITE_BITS). The index written is the
+    position (plus ``src_idx`` as an int offset) or, when INDEXED, src_idx[position]. CACHE: the
+    loads' cache modifier (".cg" for data written in this launch: not from L1).
+    EARLY: the early exit (module docstring); off only to measure what it saves."""
+    offs = tl.arange(0, BLOCK)
+    prefix, exact = _kth_pattern(src, 1, m, kk, BLOCK, CACHE, EARLY)
 
     # Either exact: the kk values >= prefix are the top-kk, no tie crosses the boundary (keep
     # bits > prefix - 1); or prefix is the kk-th largest pattern T, and need_eq ties are taken.
@@ -99,10 +122,40 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
         eq_seen += tl.sum(eq, 0)
 
 
-@triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih'])  # per-step sizes: no recompiles
-def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scratch_idx, arrivals,
-               K, s_mb, s_mh, s_ib, s_ih, Hkv, S: tl.constexpr, BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr,
-               EARLY: tl.constexpr):
+@triton.jit
+def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, short_idx, CAP, BLOCK: tl.constexpr,
+                        WRITE_BITS: tl.constexpr, EARLY: tl.constexpr, STRIDE: tl.constexpr):
+    """``_select(src, src_off, m, kk, ...)`` (positions offset by src_off), by way of a shortlist
+    (module docstring): a threshold from every STRIDE-th value, one pass keeping the values at
+    or above it (into short_*[0:CAP), in order of position), and the selection among them. Where
+    the shortlist cannot hold the top-kk (fewer than kk, or more than CAP), the whole row is selected."""
+    offs = tl.arange(0, BLOCK)
+    ns = m // STRIDE
+    rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)  # about 1.5 kk + 16 STRIDE values reach the threshold
+    c = tl.full([], -1, tl.int32)
+    if (m > CAP) & (kk > 0):
+        tau, _ = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY)
+        c = tl.zeros([], tl.int32)
+        for start in range(0, m, BLOCK):
+            i = start + offs
+            bits = tl.load(src + i, mask=i < m, other=-1)
+            keep = (bits >= tau).to(tl.int32)
+            dst = c + tl.cumsum(keep, 0) - keep
+            w = (keep != 0) & (dst < CAP)
+            tl.store(short_bits + dst, bits, mask=w)
+            tl.store(short_idx + dst, i + src_off, mask=w)
+            c += tl.sum(keep, 0)
+        tl.debug_barrier()  # every thread's shortlist entries stored before any is read back
+    if (c >= kk) & (c <= CAP):  # count(>= tau) >= kk: the top-kk and all its ties are on the shortlist
+        _select(short_bits, short_idx, c, kk, out_idx, out_bits, BLOCK, True, WRITE_BITS, ".cg", EARLY)
+    else:
+        _select(src, src_off, m, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "", EARLY)
+
+
+@triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih', 'CAP'])  # per-step sizes: no recompiles
+def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scratch_idx, arrivals, short_bits, short_idx,
+               K, CAP, s_mb, s_mh, s_ib, s_ih, Hkv, S: tl.constexpr, BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr,
+               EARLY: tl.constexpr, STRIDE: tl.constexpr):
     s = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -112,16 +165,25 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
     kk = tl.minimum(K, n)
     if HAS_BUDGET:  # per-request budget; K is then only the staging width
         kk = tl.minimum(kk, tl.load(bud_ptr + b))
+    r = b * Hkv + h
+    short = (r.to(tl.int64) * S + s) * CAP  # this program's shortlist (STRIDE > 0)
     if S == 1:
-        _select(row, 0, n, kk, out, out, BLOCK, False, False, "", EARLY)
+        if STRIDE > 0:
+            _select_shortlisted(row, 0, n, kk, out, out, short_bits + short, short_idx + short, CAP, BLOCK, False, EARLY,
+                            STRIDE)
+        else:
+            _select(row, 0, n, kk, out, out, BLOCK, False, False, "", EARLY)
     else:
         seg = tl.cdiv(n, S)
         lo = tl.minimum(s * seg, n)
         m = tl.minimum(n - lo, seg)
-        r = b * Hkv + h  # the row's scratch: S slices of K (bits, index) pairs
-        at = r.to(tl.int64) * S * K + s * K
+        at = r.to(tl.int64) * S * K + s * K  # the row's scratch: S slices of K (bits, index) pairs
         local_kk = tl.minimum(kk, m)
-        _select(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, BLOCK, False, True, "", EARLY)
+        if STRIDE > 0:
+            _select_shortlisted(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, short_bits + short,
+                            short_idx + short, CAP, BLOCK, True, EARLY, STRIDE)
+        else:
+            _select(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, BLOCK, False, True, "", EARLY)
         for start in range(local_kk, K, BLOCK):  # the slice's tail reads as -1: below every pattern
             i = start + tl.arange(0, BLOCK)
             tl.store(scratch_bits + at + i, tl.full([BLOCK], -1, tl.int32), mask=i < K)
@@ -142,30 +204,40 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
 
 
 # Per device: the arrival counters, all zero between launches (each row's last program resets
-# its own), and the segments' scratch, grown to the largest launch (off the allocator on the
-# decode path). Invariant: segmented launches on one device never overlap in time (the runtime
-# selects on one stream), or two launches would share them.
+# its own), and the scratch (segments' selections, shortlists), grown to the largest launch (off
+# the allocator on the decode path). Invariant: launches on one device never overlap in time (the
+# runtime selects on one stream), or two launches would share them.
 _ARRIVALS: dict[torch.device, torch.Tensor] = {}
 _SCRATCH: dict[torch.device, torch.Tensor] = {}
 
 
-def _workspace(rows: int, scratch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(arrival counters >= rows, scratch bits [scratch], scratch indices [scratch])."""
+def _workspace(rows: int, pairs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(arrival counters >= rows, bits [pairs], indices [pairs]) as int32."""
     arrivals = _ARRIVALS.get(device)
     if arrivals is None or arrivals.numel() < rows:
         arrivals = _ARRIVALS[device] = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
     buf = _SCRATCH.get(device)
-    if buf is None or buf.numel() < 2 * scratch:
-        buf = _SCRATCH[device] = torch.empty(2 * scratch, dtype=torch.int32, device=device)
-    return arrivals, buf[:scratch], buf[scratch:2 * scratch]
+    if buf is None or buf.numel() < 2 * pairs:
+        buf = _SCRATCH[device] = torch.empty(2 * pairs, dtype=torch.int32, device=device)
+    return arrivals, buf[:pairs], buf[pairs:2 * pairs]
 
 
-def segments_for(rows: int, n_max: int, k: int, device: torch.device) -> int:
+def shortlist_cap(k: int, stride: int) -> int:
+    """The values a program's shortlist holds: the threshold lets through about 1.5 k + 16 stride values
+    (``_select_shortlisted``), so twice k plus a margin holds them unless the sample misleads."""
+    return next_pow2(2 * k + 32 * stride)
+
+
+def segments_for(rows: int, n_max: int, k: int, device: torch.device, shortlist: bool = True) -> int:
     """Programs per row: as many as keep the grid within one program per SM, while each segment
     stays over 4k values (the last program re-reads S * k of them) and 2048 (a few tiles). On
     the H100 (examples/gpu_topk.py) splitting only pays where rows leave SMs idle: 32 rows of
     128K took 295 us with 4 segments against 700 with one; 128 rows of 32K took 175 us with one
-    and 260-360 with 2-8."""
+    and 260-360 with 2-8. With the shortlist a row costs about two passes, and one program per
+    row won from 32 rows up (128K: 139 us against 166 with 4 segments, session 16); fewer rows
+    were not measured and keep the rule above."""
+    if shortlist and rows >= 32:
+        return 1
     want = num_sms(device) // max(rows, 1)
     fit = n_max // max(4 * k, 2048)
     return max(1, min(want, fit, 32))
@@ -173,29 +245,38 @@ def segments_for(rows: int, n_max: int, k: int, device: torch.device) -> int:
 
 def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, counts=None,
                 block=4096, num_warps=8, budgets: torch.Tensor | None = None,
-                segments: int | None = None, early_exit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                segments: int | None = None, early_exit: bool = True,
+                sample_stride: int = SAMPLE_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``topk_ref``: (idx [B, Hkv, k] int32 ascending, counts [B, Hkv] int32).
     ``budgets`` [B] int32 caps each request's count below ``k`` (per-request budgets).
     ``segments``: programs per row (default ``segments_for``; 1: one program per row).
     ``early_exit=False`` runs all radix passes (same output; for measuring the exit).
+    ``sample_stride``: the shortlist's threshold comes from every so many values (0: no
+    shortlist, every radix pass over the whole row). Same output either way.
     block=4096, num_warps=8 were fastest on H100 at 32K cold tokens (288 us for B=32, Hkv=8,
-    one program per row)."""
+    one program per row, no shortlist)."""
     B, Hkv, n_max = mass.shape
     assert mass.dtype == torch.float32 and mass.stride(-1) == 1
     if segments is not None and not 1 <= segments <= 64:
         raise ValueError(f"segments={segments}: must be in [1, 64]")
+    if sample_stride < 0:
+        raise ValueError(f"sample_stride={sample_stride}: must be >= 0 (0: no shortlist)")
     idx = torch.empty(B, Hkv, k, dtype=torch.int32, device=mass.device) if idx is None else idx
     counts = torch.empty(B, Hkv, dtype=torch.int32, device=mass.device) if counts is None else counts
     assert counts.is_contiguous() and idx.stride(-1) == 1
-    S = segments or segments_for(B * Hkv, n_max, k, mass.device)
-    if S > 1 and k > 0:
-        arrivals, scratch_bits, scratch_idx = _workspace(B * Hkv, B * Hkv * S * k, mass.device)
+    S = segments or segments_for(B * Hkv, n_max, k, mass.device, sample_stride > 0)
+    S = S if k > 0 else 1
+    cap = shortlist_cap(k, sample_stride) if sample_stride and k > 0 else 0
+    seg_k = k if S > 1 else 0  # the segments' selections, then the shortlists
+    if seg_k or cap:
+        arrivals, bits, index = _workspace(B * Hkv, B * Hkv * S * (seg_k + cap), mass.device)
+        split = B * Hkv * S * seg_k
+        scratch_bits, short_bits, scratch_idx, short_idx = bits[:split], bits[split:], index[:split], index[split:]
     else:
-        S = 1
-        scratch_bits = scratch_idx = arrivals = counts  # unused
+        arrivals = scratch_bits = scratch_idx = short_bits = short_idx = counts  # unused
     bud = budgets if budgets is not None else cold_lens
-    _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, arrivals,
-                            k, mass.stride(0), mass.stride(1), idx.stride(0), idx.stride(1), Hkv, S=S,
-                            BLOCK=block, HAS_BUDGET=budgets is not None, EARLY=early_exit,
-                            num_warps=num_warps)
+    _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, arrivals, short_bits,
+                            short_idx, k, max(cap, 1), mass.stride(0), mass.stride(1), idx.stride(0), idx.stride(1),
+                            Hkv, S=S, BLOCK=block, HAS_BUDGET=budgets is not None, EARLY=early_exit,
+                            STRIDE=sample_stride if cap else 0, num_warps=num_warps)
     return idx, counts

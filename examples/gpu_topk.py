@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""GPU sweep of the top-k kernel (csrc_triton/topk.py): programs per row (segments) and warps,
-at the engine's decode shapes. Every configuration's output is checked bit for bit against
-one program per row (the kernel is exact, ties lowest index first), then timed with CUDA
+"""GPU sweep of the top-k kernel (csrc_triton/topk.py): programs per row (segments), warps and
+the shortlist's sample stride (0: no shortlist), at the engine's decode shapes. Every
+configuration's output is checked bit for bit against one program per row without a shortlist
+(the kernel is exact, ties lowest index first), then timed with CUDA
 events (median of --reps, L2 flushed before each). Needs torch + triton and a CUDA GPU:
 
     python examples/gpu_topk.py           # OUT=dir also writes $OUT/topk.json
@@ -13,6 +14,7 @@ Masses are what the scorer hands over: softmax over each row's cold tokens of q.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -44,6 +46,7 @@ def main():
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--strides", type=int, nargs="+", default=[0, 16], help="sample strides (0: no shortlist)")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_topk.py", "tests/csrc_triton/test_triton_topk.py")
     from vllm_kvoffload.ops.triton_kernels import load
@@ -52,30 +55,34 @@ def main():
     for name, B, Hkv, n, share in SHAPES:
         mass, lens = masses(B, Hkv, n, gen)
         k = int(share * n)
-        ref_idx, ref_cnt = topk.topk_select(mass, lens, k, segments=1)
-        auto = topk.segments_for(B * Hkv, n, k, mass.device)
-        for S in sorted(set(a.segments) | {auto}):
-            for w in a.warps:
-                for early in (True, False) if w == 8 else (True,):  # the radix passes' early exit, on and off
-                    run = lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w, early_exit=early)  # noqa: E731
-                    idx, cnt = run()
-                    ok = torch.equal(idx, ref_idx) and torch.equal(cnt, ref_cnt)
-                    failed += not ok
-                    t = timeit(run, a.reps, flush)
-                    rows.append(dict(shape=name, B=B, Hkv=Hkv, n=n, k=k, segments=S, auto=S == auto, warps=w,
-                                     early_exit=early, time_us=t * 1e6, exact=ok))
-                    print(f"  {name:<24} S={S:<3} warps={w:<3} exit={'on ' if early else 'off'} {t * 1e6:8.1f} us "
-                          f"{'ok' if ok else 'MISMATCH'}", flush=True)
-    print(f"\n{torch.cuda.get_device_name()}: top-k per layer (us), 8 warps: the launcher's choice of segments "
-          f"with the radix passes' early exit off and on, and each shape's best; {failed} mismatches")
-    print(f"{'shape':<26}{'auto, no exit':>16}{'auto, exit':>12}{'exit gain':>10}{'best':>20}")
+        ref_idx, ref_cnt = topk.topk_select(mass, lens, k, segments=1, sample_stride=0)
+        auto = {st: topk.segments_for(B * Hkv, n, k, mass.device, st > 0) for st in a.strides}  # the launcher's choice
+        for S, w, st in itertools.product(sorted(set(a.segments) | set(auto.values())), a.warps, a.strides):
+            for early in (True, False) if w == 8 and st == 0 else (True,):  # the radix passes' early exit, on and off
+                run = lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w, early_exit=early,  # noqa: E731
+                                               sample_stride=st)
+                idx, cnt = run()
+                ok = torch.equal(idx, ref_idx) and torch.equal(cnt, ref_cnt)
+                failed += not ok
+                t = timeit(run, a.reps, flush)
+                rows.append(dict(shape=name, B=B, Hkv=Hkv, n=n, k=k, segments=S, auto=S == auto[st], warps=w,
+                                 early_exit=early, sample_stride=st, time_us=t * 1e6, exact=ok))
+                print(f"  {name:<24} S={S:<3} warps={w:<3} exit={'on ' if early else 'off'} stride={st:<3} "
+                      f"{t * 1e6:8.1f} us {'ok' if ok else 'MISMATCH'}", flush=True)
+    print(f"\n{torch.cuda.get_device_name()}: top-k per layer (us), 8 warps, early exit on, the launcher's choice "
+          f"of segments: without the shortlist, with the default stride ({topk.SAMPLE_STRIDE}), and each shape's "
+          f"best; {failed} mismatches")
+    print(f"{'shape':<26}{'no shortlist':>16}{'shortlist':>12}{'gain':>8}{'best':>28}")
     for name, *_ in SHAPES:
         rs = [r for r in rows if r["shape"] == name]
-        auto = {e: next(r for r in rs if r["auto"] and r["warps"] == 8 and r["early_exit"] == e) for e in (False, True)}
+        pick = lambda st: next((r for r in rs if r["auto"] and r["warps"] == 8 and r["early_exit"]  # noqa: E731
+                                and r["sample_stride"] == st), None)
+        base, short = pick(0), pick(topk.SAMPLE_STRIDE)
         best = min(rs, key=lambda r: r["time_us"])
-        print(f"{name:<26}{auto[False]['time_us']:>10.1f} S={auto[False]['segments']:<2}{auto[True]['time_us']:>12.1f}"
-              f"{auto[False]['time_us'] / auto[True]['time_us']:>9.2f}x{best['time_us']:>9.1f} S={best['segments']},"
-              f"w={best['warps']},{'exit' if best['early_exit'] else 'no exit'}")
+        cell = lambda r: f"{r['time_us']:.1f}" if r else "-"  # noqa: E731
+        gain = f"{base['time_us'] / short['time_us']:.2f}x" if base and short else "-"
+        print(f"{name:<26}{cell(base):>16}{cell(short):>12}{gain:>8}{best['time_us']:>10.1f} S={best['segments']},"
+              f"w={best['warps']},st={best['sample_stride']},{'exit' if best['early_exit'] else 'no exit'}")
     save_rows("topk.json", rows)
     sys.exit(1 if failed else 0)
 

@@ -108,18 +108,21 @@ def test_qlandmark_codebook_in_program_equals_global_gathers(device):
 
 @pytest.mark.parametrize("block_n", [16, 64])
 def test_qscalar_level_decodings_agree(device, block_n):
-    """qlandmark-scalar's three ways to turn 2-bit levels into dot operands: fp16 conversion and
+    """qlandmark-scalar's ways to turn 2-bit levels into dot operands: fp16 conversion and
     fp16 bit patterns compute the same logits (up to fp32 rounding); the int8 query is rounded to
-    1/254 of its largest channel, so its masses move by about 1%."""
+    1/254 of its largest channel, so its masses move by about 1%; the packed int8 decoding
+    (inline PTX on the GPU) computes exactly what the plain int8 one does."""
     B, Hq, Hkv, D, bs, cold = 3, 12, 3, 128, 16, [9, 4, 0]
     scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
-    fp16, bits, int8 = (triton_kernels.qscalar_mass(*args, decode=d, block_n=block_n).cpu() for d in (0, 1, 2))
+    fp16, bits, int8, packed = (triton_kernels.qscalar_mass(*args, decode=d, block_n=block_n).cpu()
+                                for d in (0, 1, 2, 3))
     valid = torch.isfinite(fp16)
     assert torch.equal(valid, torch.isfinite(bits)) and torch.equal(valid, torch.isfinite(int8))
     assert rel_err(bits[valid], fp16[valid]) <= 1e-4
     assert rel_err(int8[valid], fp16[valid]) <= 3e-2
+    assert torch.equal(packed, int8)
 
 
 def test_qscalar_refuses_a_summary_of_the_wrong_width(device):

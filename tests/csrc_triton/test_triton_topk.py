@@ -131,3 +131,41 @@ def test_topk_early_exit_changes_nothing(device, fn, ties):
     full = select_fn(fn)(mass, lens, 40, block=BLOCK, early_exit=False)
     assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1]), f"seed {seed}"
     check(mass, lens, 40, *fast)
+
+
+def misleading_rows(B, Hkv, n, stride, seed):
+    """Every stride-th value (the sample) far above the rest: the threshold lets through fewer
+    values than k, and the program must select from the whole row."""
+    g = torch.Generator().manual_seed(seed)
+    mass = torch.rand(B, Hkv, n, generator=g)
+    mass[..., ::stride] += 10
+    return mass
+
+
+@pytest.mark.parametrize("fn", SELECTS)
+@pytest.mark.parametrize("rows", ["softmax", "ties", "zeros", "misleading"])
+def test_topk_shortlist_changes_nothing(device, fn, rows):
+    """The shortlist (rows longer than its capacity) gives the output of the radix passes over
+    the whole row, bit for bit: where it holds the top-k (softmax rows), and where it cannot and
+    the row is selected whole (all zeros: too many values reach the threshold; misleading
+    samples: too few)."""
+    seed = torch.seed() % 2**31
+    B, Hkv, n, k, stride = 3, 2, 2000, 40, 4
+    assert load("topk").shortlist_cap(k, stride) < n // 7  # even one of seven segments has a shortlist
+    if rows in ("softmax", "ties"):
+        mass, lens = make_mass(B, Hkv, n, device, seed, rows == "ties")
+    else:
+        mass = torch.zeros(B, Hkv, n) if rows == "zeros" else misleading_rows(B, Hkv, n, stride, seed)
+        mass, lens = mass.to(device), torch.tensor([n, n - 3, n - 250], dtype=torch.int32, device=device)
+        for b in range(B):
+            mass[b, :, int(lens[b]):] = float("-inf")
+    short = select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=stride)
+    whole = select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=0)
+    assert torch.equal(short[0], whole[0]) and torch.equal(short[1], whole[1]), f"seed {seed}"
+    check(mass, lens, k, *short)
+
+
+def test_topk_refuses_a_negative_sample_stride(device):
+    mass, lens = make_mass(1, 1, 10, device, 0, False)
+    with pytest.raises(ValueError, match="sample_stride=-1"):
+        load("topk").topk_select(mass, lens, 3, sample_stride=-1)
