@@ -291,7 +291,9 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
     planar blocks); ``step``: the grid's spacing (a level's value is (level - 1.5) * step)
     -> mass [B, Hkv, max_cold * BS]. ``decode`` picks how levels become dot operands: 0 fp16
     conversion, 1 fp16 bit pattern (no conversion), 2 int8 with an int8 query (rounded), 3 as 2 with
-    four levels decoded per 32-bit instruction pair (inline PTX; under the interpreter, 2's ops)."""
+    four levels decoded per 32-bit instruction pair (inline PTX; under the interpreter, 2's ops).
+    The int8 decodings need head_dim >= 128 (an int8 dot's K = D/4 >= 32); by default smaller heads
+    take decoding 1."""
     assert summaries.dtype == torch.uint8 and summaries.dim() == 3
     D = query_rotated.shape[-1]
     bs = summaries.shape[2] // (D // VEC + 2)
@@ -300,9 +302,15 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
                          f"got {summaries.shape[2]} for head_dim={D}")
     d_block_n, d_warps, d_stages, d_decode = QSCALAR_DEFAULTS
     block_n = block_n or max(bs, d_block_n)
+    if decode is None:  # int8 dots need K = D/4 >= 32; below, the fp16 bit patterns (same query, in fp16)
+        decode = d_decode if D // VEC >= 32 or d_decode < 2 else 1
+    if decode not in (0, 1, 2, 3):
+        raise ValueError(f"decode={decode}: accepted 0, 1, 2, 3")
+    if decode >= 2 and D // VEC < 32:
+        raise ValueError(f"decode={decode} (int8 dots) needs head_dim >= 128, got head_dim={D}; 0 and 1 take any")
     return _launch(QSCALAR, query_rotated.float().contiguous(), summaries, None, 0, cold_slots, cold_lens,
                    scale * step, out, chunk, block_n, num_warps or d_warps, False,
-                   num_stages or d_stages, d_decode if decode is None else decode)
+                   num_stages or d_stages, decode)
 
 
 def infinigen_mass(query, summaries, cold_slots, cold_lens, scale, out=None, chunk=None):

@@ -2,10 +2,9 @@
 """GPU sweep of the per-token scoring kernels at the engine's decode shapes: tile width, warps
 and pipeline stages, for exact-topk's kernel (csrc_triton/score.py) on bf16 keys and on
 exact-topk-fp8's packed fp8 summaries, and for qlandmark-scalar's 2-bit summaries
-(csrc_triton/score_summary.py::qscalar_mass, also over its four level decodings). Every
-configuration is checked against the torch reference (relative error <= 1e-2; the int8 decodings,
-which round the query, <= 3e-2; no NaN), then timed with CUDA events (median of --reps, L2
-flushed before each). Needs torch + triton and a CUDA GPU:
+(csrc_triton/score_summary.py::qscalar_mass, also over its level decodings). Every configuration is checked against the torch reference (relative
+error <= 1e-2; no NaN), then timed with CUDA events (median of --reps, L2 flushed before
+each). Needs torch + triton and a CUDA GPU:
 
     python examples/gpu_score.py           # OUT=dir also writes $OUT/score.json
 
@@ -98,7 +97,7 @@ def main():
                     continue
                 valid = torch.isfinite(ref)
                 err = rel_err(out[valid], ref[valid])
-                ok = err <= (3e-2 if dec in (2, 3) else 1e-2) and not out[valid].isnan().any().item()
+                ok = err <= 1e-2 and not out[valid].isnan().any().item()
                 failed += not ok
                 t = timeit(run, a.reps, flush)
                 rows.append(dict(B=B, keys=kind, block_n=block, warps=warps, stages=stages, decode=dec, time_us=t * 1e6,

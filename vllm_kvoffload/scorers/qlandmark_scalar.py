@@ -2,8 +2,8 @@
 
 The same method as ``qlandmark`` (the key of every cold token, Hadamard-rotated, scaled to
 unit RMS and quantized to 2 bits per channel; score = softmax of ``scale * q . k_hat``
-summed over the GQA group) and the same 34 bytes per token and KV head at D = 128. The
-one difference is the grid: each channel is coded on its own into the 4-level MSE-optimal
+summed over the GQA group) and the same 34 bytes per token and KV head at D = 128. Two
+differences: the rotated query is rounded to int8 steps per query head (``rotated``), and the grid: each channel is coded on its own into the 4-level MSE-optimal
 uniform quantizer of N(0, 1) (``qlandmark``'s ``grid="uniform"``), instead of 4 channels
 at a time into a 256-entry 4-D codebook. A code then decodes with a shift and a mask, no
 table lookup, and the fused kernel scores on tensor cores:
@@ -61,6 +61,14 @@ class QLandmarkScalarScorer(QLandmarkScorer):
         n = g.block_size * (g.head_dim // VEC)
         codes = summaries[..., :n].unflatten(-1, (g.block_size, g.head_dim // VEC))
         return codes, summaries[..., n:].view(torch.bfloat16)
+
+    def rotated(self, query: torch.Tensor) -> torch.Tensor:
+        """The query in the landmarks' Hadamard basis, rounded to int8 steps per query head (its
+        largest channel to +-127): the int8 operand of the tensor-core kernel, here in fp32, so
+        that the torch path and the kernel score the same query. Rounding again changes nothing."""
+        q = super().rotated(query)
+        step = q.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127
+        return torch.floor(q / step + 0.5) * step
 
     def fused_mass(self, kernels, query, summaries, cold_slots, cold_lens, scale):
         return kernels.qscalar_mass(self.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, scale)
