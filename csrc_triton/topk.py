@@ -31,12 +31,14 @@ Shortlist (``_select_shortlisted``, where a program's m values exceed its shortl
 capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE) finds tau,
 about the (1.5 kk / STRIDE + 16)-th largest sampled pattern; one pass copies every value >= tau
 with its index, in order of position, to the program's shortlist, and ``_select`` runs on it.
-Exact whenever the shortlist holds c values with kk <= c <= CAP: then the kk-th largest value
-is >= tau, so the top-kk and every tie of its last value are on the shortlist, in the row's
-order. Otherwise (a misleading sample, or many equal masses) the program selects from the whole
-row as without a shortlist, so the output never depends on the sample. Where it holds, the
-passes over the row drop from up to 10 to 2 (the sample's passes read m / STRIDE values, the
-shortlist's about 1.5 kk).
+The shortlist keeps the values > tau and the pass counts those == tau. Exact whenever it holds c
+values with kk <= c <= CAP: then the kk-th largest value is > tau, so the top-kk and every tie
+of its last value are on the shortlist, in the row's order. Where c < kk <= c + count(== tau)
+(rows of many equal masses, as dummy-weight models give), tau is itself the kk-th largest
+value: one more pass over the row takes the values > tau and the first kk - c ties. Otherwise (a
+misleading sample) the program selects from the whole row as without a shortlist, so the
+output never depends on the sample. Where the shortlist holds, the passes over the row drop
+from up to 10 to 2 (the sample's passes read m / STRIDE values, the shortlist's about 1.5 kk).
 
 Why segments: 4 requests x 8 KV heads at 128K is 32 rows, one program each on 132 SMs; with
 segments the idle SMs share the rows, and the last program's second selection reads S * k
@@ -102,14 +104,23 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
     need_eq = tl.where(exact != 0, 0, kk - n_gt)
     prefix = tl.where(exact != 0, prefix - 1, prefix)
 
+    _compact(src, src_idx, m, prefix, need_eq, out_idx, out_bits, BLOCK, INDEXED, WRITE_BITS, CACHE)
+
+
+@triton.jit
+def _compact(src, src_idx, m, T, need_eq, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
+             WRITE_BITS: tl.constexpr, CACHE: tl.constexpr):
+    """One pass, in order of position: every value > T, and the first need_eq values == T
+    (running count + exclusive tl.cumsum). Indices as in ``_select``."""
+    offs = tl.arange(0, BLOCK)
     pos = tl.zeros([], tl.int32)
     eq_seen = tl.zeros([], tl.int32)
     for start in range(0, m, BLOCK):
         i = start + offs
         bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)
-        eq = (bits == prefix).to(tl.int32)
+        eq = (bits == T).to(tl.int32)
         eq_rank = eq_seen + tl.cumsum(eq, 0) - eq
-        keep = ((bits > prefix) | ((eq != 0) & (eq_rank < need_eq))).to(tl.int32)
+        keep = ((bits > T) | ((eq != 0) & (eq_rank < need_eq))).to(tl.int32)
         dst = pos + tl.cumsum(keep, 0) - keep
         if INDEXED:
             index = tl.load(src_idx + i, mask=keep != 0, other=0, cache_modifier=CACHE)
@@ -126,28 +137,35 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
 def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, short_idx, CAP, BLOCK: tl.constexpr,
                         WRITE_BITS: tl.constexpr, EARLY: tl.constexpr, STRIDE: tl.constexpr):
     """``_select(src, src_off, m, kk, ...)`` (positions offset by src_off), by way of a shortlist
-    (module docstring): a threshold from every STRIDE-th value, one pass keeping the values at
-    or above it (into short_*[0:CAP), in order of position), and the selection among them. Where
-    the shortlist cannot hold the top-kk (fewer than kk, or more than CAP), the whole row is selected."""
+    (module docstring): a threshold tau from every STRIDE-th value, one pass keeping the values
+    above it (into short_*[0:CAP), in order of position) and counting those equal to it, then:
+    c = count(> tau) in [kk, CAP]: the selection among the shortlist; c < kk <= c + ties: tau is
+    the kk-th largest value, and one pass takes every value > tau and the first kk - c ties (rows
+    of many equal masses); otherwise the whole row is selected."""
     offs = tl.arange(0, BLOCK)
     ns = m // STRIDE
     rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)  # about 1.5 kk + 16 STRIDE values reach the threshold
     c = tl.full([], -1, tl.int32)
+    n_eq = tl.zeros([], tl.int32)
+    tau = tl.zeros([], tl.int32)
     if (m > CAP) & (kk > 0):
         tau, _ = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY)
         c = tl.zeros([], tl.int32)
         for start in range(0, m, BLOCK):
             i = start + offs
             bits = tl.load(src + i, mask=i < m, other=-1)
-            keep = (bits >= tau).to(tl.int32)
+            keep = (bits > tau).to(tl.int32)
             dst = c + tl.cumsum(keep, 0) - keep
             w = (keep != 0) & (dst < CAP)
             tl.store(short_bits + dst, bits, mask=w)
             tl.store(short_idx + dst, i + src_off, mask=w)
             c += tl.sum(keep, 0)
+            n_eq += tl.sum((bits == tau).to(tl.int32), 0)
         tl.debug_barrier()  # every thread's shortlist entries stored before any is read back
-    if (c >= kk) & (c <= CAP):  # count(>= tau) >= kk: the top-kk and all its ties are on the shortlist
+    if (c >= kk) & (c <= CAP):  # count(> tau) >= kk: the top-kk and all ties of its last value are shortlisted
         _select(short_bits, short_idx, c, kk, out_idx, out_bits, BLOCK, True, WRITE_BITS, ".cg", EARLY)
+    elif (c >= 0) & (c < kk) & (c + n_eq >= kk):  # count(> tau) < kk <= count(>= tau): tau is the kk-th largest
+        _compact(src, src_off, m, tau, kk - c, out_idx, out_bits, BLOCK, False, WRITE_BITS, "")
     else:
         _select(src, src_off, m, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "", EARLY)
 

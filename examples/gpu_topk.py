@@ -8,7 +8,8 @@ events (median of --reps, L2 flushed before each). Needs torch + triton and a CU
     python examples/gpu_topk.py           # OUT=dir also writes $OUT/topk.json
 
 Masses are what the scorer hands over: softmax over each row's cold tokens of q.k logits
-(scale 4, fp32), summed over a GQA group of 4, so rows have the long tail of real masses.
+(scale 4, fp32), summed over a GQA group of 4, so rows have the long tail of real masses; the
+"ties" shape has nearly uniform rows rounded to a few distinct values.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
     ("32K 1.5%, 16 requests", 16, 8, 32768 - 288, 0.015),
     ("32K 6%, 16 requests", 16, 8, 32768 - 288, 0.06),
     ("32K 3%, 32 requests", 32, 8, 32768 - 288, 0.03),
+    ("32K 3%, 32 requests, ties", 32, 8, 32768 - 288, 0.03),
     ("128K 3%, 4 requests", 4, 8, 130000 - 288, 0.03),
 ]
 
 
-def masses(B, Hkv, n, gen):
-    logits = torch.randn(B, Hkv, 4, n, device="cuda", generator=gen) * 4
+def masses(B, Hkv, n, gen, ties=False):
+    """ties: nearly uniform rows rounded to about 5 distinct masses, like a dummy-weight model's (a guess)."""
+    logits = torch.randn(B, Hkv, 4, n, device="cuda", generator=gen) * (0.05 if ties else 4)
     mass = torch.softmax(logits, -1).sum(2)
+    if ties:
+        mass = (mass * n).mul(4).round().div(4 * n)
     lens = torch.full((B,), n, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * 7
     for b in range(B):
         mass[b, :, int(lens[b]):] = float("-inf")
@@ -54,7 +59,7 @@ def main():
     topk = load("topk")
     rows, failed = [], 0
     for name, B, Hkv, n, share in SHAPES:
-        mass, lens = masses(B, Hkv, n, gen)
+        mass, lens = masses(B, Hkv, n, gen, ties=name.endswith("ties"))
         k = int(share * n)
         ref_idx, ref_cnt = topk.topk_select(mass, lens, k, segments=1, sample_stride=0)
         auto = {st: topk.segments_for(B * Hkv, n, k, mass.device, st > 0) for st in a.strides}  # the launcher's choice

@@ -143,19 +143,25 @@ def misleading_rows(B, Hkv, n, stride, seed):
 
 
 @pytest.mark.parametrize("fn", SELECTS)
-@pytest.mark.parametrize("rows", ["softmax", "ties", "zeros", "misleading"])
+@pytest.mark.parametrize("rows", ["softmax", "ties", "zeros", "three values", "misleading"])
 def test_topk_shortlist_changes_nothing(device, fn, rows):
     """The shortlist (rows longer than its capacity) gives the output of the radix passes over
-    the whole row, bit for bit: where it holds the top-k (softmax rows), and where it cannot and
-    the row is selected whole (all zeros: too many values reach the threshold; misleading
-    samples: too few)."""
+    the whole row, bit for bit: where it holds the top-k (softmax rows); where the threshold is
+    itself the k-th largest value and ties are taken in one more pass (all zeros; three distinct
+    values); and where the sample misleads (too few values reach the threshold) and the row is
+    selected whole."""
     seed = torch.seed() % 2**31
     B, Hkv, n, k, stride = 3, 2, 2000, 40, 4
     assert load("topk").shortlist_cap(k, stride) < n // 7  # even one of seven segments has a shortlist
     if rows in ("softmax", "ties"):
         mass, lens = make_mass(B, Hkv, n, device, seed, rows == "ties")
     else:
-        mass = torch.zeros(B, Hkv, n) if rows == "zeros" else misleading_rows(B, Hkv, n, stride, seed)
+        if rows == "zeros":
+            mass = torch.zeros(B, Hkv, n)
+        elif rows == "three values":
+            mass = torch.randint(1, 4, (B, Hkv, n), generator=torch.Generator().manual_seed(seed)) * 0.125
+        else:
+            mass = misleading_rows(B, Hkv, n, stride, seed)
         mass, lens = mass.to(device), torch.tensor([n, n - 3, n - 250], dtype=torch.int32, device=device)
         for b in range(B):
             mass[b, :, int(lens[b]):] = float("-inf")
