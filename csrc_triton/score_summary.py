@@ -285,6 +285,13 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
 QSCALAR_DEFAULTS = (128, 4, 3, 3)
 
 
+def qscalar_default_decode(head_dim: int) -> int:
+    """qscalar_mass's default decoding: QSCALAR_DEFAULTS', or decoding 1 where int8 dots do not
+    tile (K = head_dim / 4 < 32). Decodings 2 and 3 round the query to int8 steps themselves."""
+    d_decode = QSCALAR_DEFAULTS[3]
+    return d_decode if head_dim // VEC >= 32 or d_decode < 2 else 1
+
+
 def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, out=None, chunk=None,
                  block_n=None, num_warps=None, num_stages=None, decode=None):
     """query_rotated [B, Hq, D] fp32; summaries [S, Hkv, BS * (D/4 + 2)] uint8 (qlandmark-scalar's
@@ -302,8 +309,7 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
                          f"got {summaries.shape[2]} for head_dim={D}")
     d_block_n, d_warps, d_stages, d_decode = QSCALAR_DEFAULTS
     block_n = block_n or max(bs, d_block_n)
-    if decode is None:  # int8 dots need K = D/4 >= 32; below, the fp16 bit patterns (same query, in fp16)
-        decode = d_decode if D // VEC >= 32 or d_decode < 2 else 1
+    decode = qscalar_default_decode(D) if decode is None else decode
     if decode not in (0, 1, 2, 3):
         raise ValueError(f"decode={decode}: accepted 0, 1, 2, 3")
     if decode >= 2 and D // VEC < 32:

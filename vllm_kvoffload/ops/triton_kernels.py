@@ -51,6 +51,7 @@ def __getattr__(attr: str):
         "infinigen_mass": "score_summary",
         "lrqk_mass": "score_summary",
         "qscalar_mass": "score_summary",
+        "qscalar_default_decode": "score_summary",
         "summary_scoring_tiles": "score_summary",
     }
     if attr in where:
