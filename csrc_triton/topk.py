@@ -29,9 +29,9 @@ alone in its candidate bucket; with many equal masses it may never, and all pass
 
 Shortlist (``_select_shortlisted``, where a program's m values exceed its shortlist's
 capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE) finds tau,
-about the (1.5 kk / STRIDE + 16)-th largest sampled pattern; one pass copies every value >= tau
-with its index, in order of position, to the program's shortlist, and ``_select`` runs on it.
-The shortlist keeps the values > tau and the pass counts those == tau. Exact whenever it holds c
+about the (1.5 kk / STRIDE + 16)-th largest sampled pattern; one pass copies every value > tau
+with its index, in order of position, to the program's shortlist and counts the values == tau,
+and ``_select`` runs on the shortlist. Exact whenever it holds c
 values with kk <= c <= CAP: then the kk-th largest value is > tau, so the top-kk and every tie
 of its last value are on the shortlist, in the row's order. Where c < kk <= c + count(== tau)
 (rows of many equal masses, as dummy-weight models give), tau is itself the kk-th largest
@@ -187,8 +187,8 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
     short = (r.to(tl.int64) * S + s) * CAP  # this program's shortlist (STRIDE > 0)
     if S == 1:
         if STRIDE > 0:
-            _select_shortlisted(row, 0, n, kk, out, out, short_bits + short, short_idx + short, CAP, BLOCK, False, EARLY,
-                            STRIDE)
+            _select_shortlisted(row, 0, n, kk, out, out, short_bits + short, short_idx + short, CAP, BLOCK, False,
+                                EARLY, STRIDE)
         else:
             _select(row, 0, n, kk, out, out, BLOCK, False, False, "", EARLY)
     else:
@@ -199,7 +199,7 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
         local_kk = tl.minimum(kk, m)
         if STRIDE > 0:
             _select_shortlisted(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, short_bits + short,
-                            short_idx + short, CAP, BLOCK, True, EARLY, STRIDE)
+                                short_idx + short, CAP, BLOCK, True, EARLY, STRIDE)
         else:
             _select(row + lo, lo, m, local_kk, scratch_idx + at, scratch_bits + at, BLOCK, False, True, "", EARLY)
         for start in range(local_kk, K, BLOCK):  # the slice's tail reads as -1: below every pattern
