@@ -286,7 +286,7 @@ QSCALAR_DEFAULTS = (128, 4, 3, 3)
 
 
 def qscalar_default_decode(head_dim: int) -> int:
-    """qscalar_mass's default decoding: QSCALAR_DEFAULTS', or decoding 1 where int8 dots do not
+    """qscalar_mass's default decoding: QSCALAR_DEFAULTS's, or decoding 1 where int8 dots do not
     tile (K = head_dim / 4 < 32). Decodings 2 and 3 round the query to int8 steps themselves."""
     d_decode = QSCALAR_DEFAULTS[3]
     return d_decode if head_dim // VEC >= 32 or d_decode < 2 else 1
@@ -307,7 +307,7 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
     if summaries.shape[2] != bs * (D // VEC + 2):
         raise ValueError(f"qlandmark-scalar summaries hold block_size * (head_dim / 4 + 2) bytes per KV head, "
                          f"got {summaries.shape[2]} for head_dim={D}")
-    d_block_n, d_warps, d_stages, d_decode = QSCALAR_DEFAULTS
+    d_block_n, d_warps, d_stages, _ = QSCALAR_DEFAULTS  # the decoding: qscalar_default_decode
     block_n = block_n or max(bs, d_block_n)
     decode = qscalar_default_decode(D) if decode is None else decode
     if decode not in (0, 1, 2, 3):

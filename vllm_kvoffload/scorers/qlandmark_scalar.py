@@ -3,9 +3,10 @@
 The same method as ``qlandmark`` (the key of every cold token, Hadamard-rotated, scaled to
 unit RMS and quantized to 2 bits per channel; score = softmax of ``scale * q . k_hat``
 summed over the GQA group) and the same 34 bytes per token and KV head at D = 128. Two
-differences: the rotated query is rounded to int8 steps per query head (``rotated``), and the grid: each channel is coded on its own into the 4-level MSE-optimal
-uniform quantizer of N(0, 1) (``qlandmark``'s ``grid="uniform"``), instead of 4 channels
-at a time into a 256-entry 4-D codebook. A code then decodes with a shift and a mask, no
+differences: the rotated query is rounded to int8 steps per query head (``rotated``), and the
+grid: each channel is coded on its own into the 4-level MSE-optimal uniform quantizer of
+N(0, 1) (``qlandmark``'s ``grid="uniform"``), instead of 4 channels at a time into a
+256-entry 4-D codebook. A code then decodes with a shift and a mask, no
 table lookup, and the fused kernel scores on tensor cores:
 
     q . k_hat = s * STEP * sum_d q_d * (level_d - 1.5)
