@@ -233,10 +233,22 @@ class SteadyEngine:
 
 
 def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
-                     graphs: bool) -> None:
-    """Decode tok/s of the full batch over ``steps`` steady steps; fetch counters over them."""
+                     graphs: bool, decode_graphs_ab: bool = False) -> None:
+    """Decode tok/s of the full batch over ``steps`` steady steps; fetch counters over them.
+    ``decode_graphs_ab``: then ``steps`` more with the offloaded decode eager and ``steps`` with
+    its graphs again (same process and requests: the A/B of the decode graphs, no machine noise)."""
     eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
-    print(json.dumps(eng.summary(eng.timed(steps))))
+    out = eng.summary(eng.timed(steps))
+    if decode_graphs_ab:
+        from vllm_kvoffload.runtime import current_runtime
+
+        rt = current_runtime()
+        for tag, on in (("eager", False), ("graphs_again", True)):
+            rt.config = rt.config.model_copy(update={"decode_graphs": on})
+            for _ in range(3):  # the shape's first step, then its capture step, are not steady
+                eng.step()
+            out[f"step_ms_decode_{tag}"] = 1e3 * eng.timed(steps)["step_s"]
+    print(json.dumps(out))
 
 
 def child_profile(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
@@ -314,7 +326,8 @@ def throughput(args) -> dict:
     variants = [(b, True) for b in args.budgets] + ([(args.budgets[0], False)] if args.no_cache_too else [])
     for scorer, (budget, cache) in itertools.product(args.scorers or [args.scorer], variants):
         r = run_child(["_throughput", str(model), str(args.offload_requests), str(args.context),
-                       offload_settings(args, scorer, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs], 600)
+                       offload_settings(args, scorer, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs,
+                       "1" if args.decode_graphs_ab else ""], 600)
         r.update(config=scorer, budget=budget, device_cache=cache, host_kv_dtype=args.host_kv_dtype,
                  host_gb=args.host_gb, device=device, context=args.context,
                  cuda_graphs=args.cuda_graphs, stock_decode_tok_s=stock.get("decode_tok_s"),
@@ -332,7 +345,8 @@ def main() -> None:
         return child_greedy(sys.argv[2], sys.argv[3] or None, int(sys.argv[4]), sys.argv[5], float(sys.argv[6]))
     if len(sys.argv) > 1 and sys.argv[1] == "_throughput":
         a = sys.argv[2:]
-        return child_throughput(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), bool(a[6]))
+        return child_throughput(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), bool(a[6]),
+                                bool(a[7]) if len(a) > 7 else False)
     if len(sys.argv) > 1 and sys.argv[1] == "_profile":
         a = sys.argv[2:]
         return child_profile(a[0], int(a[1]), int(a[2]), a[3] or None, float(a[4]), int(a[5]), a[6], bool(a[7]))
@@ -365,6 +379,9 @@ def main() -> None:
         q.add_argument("--scorers", nargs="+", help="run each of these scorers (default: --scorer)")
     p.add_argument("--no-stock", action="store_true", help="skip the stock engine")
     t.add_argument("--no-cache-too", action="store_true", help="also the first budget without the device cache")
+    t.add_argument("--decode-graphs-ab", action="store_true",
+                   help="in each offload engine, also time --steps steps with the offloaded decode eager, "
+                        "then with its CUDA graphs again (step_ms_decode_eager, step_ms_decode_graphs_again)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"correctness": correctness, "throughput": throughput, "profile": profile_steps}[args.cmd](args)

@@ -52,7 +52,8 @@ def test_vllm_serve_help_lists_flags():
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in ("--kv-offload ", "--kv-offload-budget", "--kv-offload-sink-tokens",
                  "--kv-offload-window-tokens", "--kv-offload-granularity", "--kv-offload-topp",
-                 "--kv-offload-topp-min-tokens", "--kv-offload-device-cache", "--kv-offload-host-kv-dtype"):
+                 "--kv-offload-topp-min-tokens", "--kv-offload-device-cache", "--kv-offload-host-kv-dtype",
+                 "--kv-offload-decode-graphs"):
         assert flag in out.stdout, flag
     assert "exact-topk" in out.stdout
 

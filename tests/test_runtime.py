@@ -27,14 +27,15 @@ class FlashLayoutImpl:
     kv_views = OffloadFlashAttentionImpl.kv_views
 
 
-def setup(budget, seq_lens=(300, 150, 40), scorer="exact-topk"):
+def setup(budget, seq_lens=(300, 150, 40), scorer="exact-topk", device="cpu", dtype=torch.float32, **settings):
     torch.manual_seed(0)
-    cfg = KVOffloadConfig.parse({"scorer": scorer, "budget": budget, "sink_tokens": 4, "window_tokens": 40})
+    cfg = KVOffloadConfig.parse({"scorer": scorer, "budget": budget, "sink_tokens": 4, "window_tokens": 40,
+                                 **settings})
     manager, _ = make_manager(num_blocks=128, host_blocks=64, sink=4, window=40)
     runtime = OffloadRuntime(cfg, BS)
     caches = []
     for name in ("layer.0", "layer.1"):
-        cache = torch.randn(128, HKV, BS, 2 * D)  # vLLM's logical [blocks, heads, tokens, 2*dim]
+        cache = torch.randn(128, HKV, BS, 2 * D).to(device, dtype)  # vLLM's logical [blocks, heads, tokens, 2*dim]
         caches.append(cache)
         runtime.add_layer(name, SimpleNamespace(impl=FlashLayoutImpl(), kv_cache=cache))
     ids = ["a", "b", "c"]
@@ -46,6 +47,7 @@ def setup(budget, seq_lens=(300, 150, 40), scorer="exact-topk"):
         blocks = blocks + [b.block_id for b in manager.req_to_blocks[req][len(blocks):]]
         table[i, : len(blocks)] = torch.tensor(blocks)
     runtime.runner = SimpleNamespace(input_batch=SimpleNamespace(req_ids=ids))
+    table = table.to(device)
     runtime.apply_plan(manager.take_plan(), 64)
     rows = runtime.plan_decodes(3, torch.tensor(seq_lens), table)
     return runtime, rows, table, caches

@@ -21,6 +21,7 @@ FLAGS = {
     "-topp": "topp",
     "-topp-min-tokens": "topp_min_tokens",
     "-device-cache": "device_cache",
+    "-decode-graphs": "decode_graphs",
     "-host-kv-dtype": "host_kv_dtype",
 }
 
@@ -80,6 +81,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        action=argparse.BooleanOptionalAction, default=None,
                        help="Reuse the previous step's fetched tokens on the device; only newly "
                             "selected tokens cross PCIe. Default: on.")
+    group.add_argument("--kv-offload-decode-graphs", dest="kv_offload_decode_graphs",
+                       action=argparse.BooleanOptionalAction, default=None,
+                       help="Replay each offloaded layer's decode as a CUDA graph once the step's shape "
+                            "repeats (GPU; needs a second copy of the device cache). Default: on.")
 
 
 def flags_to_config(args: argparse.Namespace, additional_config: dict | None) -> dict | None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vllm_kvoffload.config import KVOffloadConfig
+from vllm_kvoffload.decode_graphs import FREE_MARGIN_BYTES, DecodeGraphs, GraphPolicy
 from vllm_kvoffload.host_pool import HostPool
 from vllm_kvoffload.logs import get_logger
 from vllm_kvoffload.ops import batched_ops
@@ -38,7 +39,14 @@ class DecodeRow:
 
 
 _NO_SLOTS = torch.empty(0, dtype=torch.long)  # cold_slots of a row with nothing offloaded (never written)
+# Plan padding (resident blocks, cold blocks, selected tokens): a width grows to the next
+# multiple, so the step's shape (and its decode graphs) changes about once per 1K tokens decoded.
+PLAN_BUCKETS = (8, 64, 64)
 _ALIGN = 4  # int32 elements: each packed array starts on a 16-byte boundary, as Triton specializes pointers
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
 def _pad_rows(tensors: list[torch.Tensor], width: int) -> np.ndarray:
@@ -51,14 +59,18 @@ def _pad_rows(tensors: list[torch.Tensor], width: int) -> np.ndarray:
 
 class HostToDevice:
     """Int32 host arrays to the device in ONE copy of a packed buffer; returns device views
-    of the pieces. On CUDA the buffer is a pinned staging buffer, reused across calls and
-    grown when needed, and the copy is asynchronous. Invariant: the host refills it only
-    after the previous copy out of it has finished (an event), so no copy reads a
-    half-written plan."""
+    of the pieces. On CUDA the host buffer is a pinned staging buffer and the device buffer
+    a persistent one, both reused across calls and grown when needed, and the copy is
+    asynchronous: arrays of the same sizes land at the same device addresses (what CUDA
+    graphs of the decode need). Invariants: the host refills the staging buffer only after
+    the previous copy out of it has finished (an event), so no copy reads a half-written
+    plan; the device buffer is rewritten on the stream that reads it, so a step's copy
+    waits for the last step's readers."""
 
     def __init__(self):
         self.staging = torch.empty(0, dtype=torch.int32)
         self.copied = None  # CUDA event recorded after the last copy out of ``staging``
+        self.device_buffer: torch.Tensor | None = None
 
     def upload(self, arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
         sizes = [-(-a.size // _ALIGN) * _ALIGN for a in arrays.values()]
@@ -67,9 +79,15 @@ class HostToDevice:
         for a, size in zip(arrays.values(), sizes):
             flat[start:start + a.size] = a.ravel()  # values fit int32 (block ids, slots, lengths)
             start += size
-        dev = host.to(device, non_blocking=True)
         if device.type == "cuda":
+            buf = self.device_buffer
+            if buf is None or buf.device != device or buf.numel() < host.numel():
+                buf = self.device_buffer = torch.empty(max(host.numel(), 2 * (buf.numel() if buf is not None else 0)),
+                                                       dtype=torch.int32, device=device)
+            dev = buf[:host.numel()].copy_(host, non_blocking=True)
             self.copied.record()  # on the stream of the copy
+        else:
+            dev = host.to(device)
         views, start = {}, 0
         for (name, a), size in zip(arrays.items(), sizes):
             views[name] = dev[start:start + a.size].view(a.shape)
@@ -110,6 +128,8 @@ class OffloadRuntime:
         self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
         self.plan_upload = HostToDevice()  # the per-step decode plan
         self.copy_upload = HostToDevice()  # the blocks going cold and their slots
+        self.graph_policy = GraphPolicy()
+        self.graphs: DecodeGraphs | None = None  # this step's decode graphs (None: eager)
         # Zero-copy store: every layer's kv5 view and their base-address table, built from the
         # caches whose data_ptrs are ``views_key`` (vLLM allocates the caches once).
         self.views_key: tuple[int, ...] | None = None
@@ -224,16 +244,20 @@ class OffloadRuntime:
 
     def plan_batched(self, rows: list[DecodeRow], block_table: torch.Tensor) -> None:
         """Device tensors shared by every layer of this step (plan once, run per layer): built
-        in numpy, then one host->device copy of one packed int32 buffer, sliced on the device."""
+        in numpy, then one host->device copy of one packed int32 buffer, sliced on the device.
+        Table widths and ``k`` are padded up to buckets (``PLAN_BUCKETS``; kernels read each
+        row's own lengths and budget), so a steady batch keeps one shape: its decode graphs."""
         self.batched = None
         if not rows or not self.use_batched_kernels():
+            self.graphs = self.graph_policy.for_step(None, self._make_graphs)
             return
         bs = self.block_size
+        res_step, cold_step, k_step = PLAN_BUCKETS
         res_lens = np.array([r.resident_tokens for r in rows], dtype=np.int32)
         cold_blocks = np.array([r.cold_slots.numel() for r in rows], dtype=np.int32)
         budgets = np.array([r.budget for r in rows], dtype=np.int32)
-        res = _pad_rows([r.resident_blocks for r in rows], int((-(-res_lens // bs)).max()))
-        cold = _pad_rows([r.cold_slots for r in rows], max(1, int(cold_blocks.max())))
+        res = _pad_rows([r.resident_blocks for r in rows], _round_up(int((-(-res_lens // bs)).max()), res_step))
+        cold = _pad_rows([r.cold_slots for r in rows], _round_up(max(1, int(cold_blocks.max())), cold_step))
         cold_lens = cold_blocks * bs
         any_cold = bool(cold_lens.max() > 0)
         arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
@@ -241,8 +265,37 @@ class OffloadRuntime:
         if cache_rows is not None:
             arrays["cache_rows"] = cache_rows
         dev = self.plan_upload.upload(arrays, block_table.device)
-        self.batched = dict(dev, k=max(1, min(int(budgets.max()), int(cold_lens.max()))), any_cold=any_cold,
-                            cache_rows=dev.get("cache_rows"))
+        k = _round_up(max(1, min(int(budgets.max()), int(cold_lens.max()))), k_step)
+        self.batched = dict(dev, k=k, any_cold=any_cold, cache_rows=dev.get("cache_rows"))
+        key = None
+        if any_cold and self._graphs_enabled(block_table.device):
+            key = (len(rows), k, dev["res_table"].data_ptr(), *((n, a.shape) for n, a in arrays.items()))
+        self.graphs = self.graph_policy.for_step(key, self._make_graphs)
+
+    def _graphs_enabled(self, device: torch.device) -> bool:
+        if not (self.config.decode_graphs and device.type == "cuda"):
+            return False
+        if TIMER is not None:
+            logger.info_once("kv_offload: decode graphs are off while VLLM_KVOFFLOAD_PROFILE times each phase")
+            return False
+        return True
+
+    def _make_graphs(self, key: tuple) -> DecodeGraphs | None:
+        """The graphs of this step's shape, or None (logged) when their static buffers do not fit."""
+        first = next(iter(self.layers.values()))
+        impl, b = first.impl, self.batched
+        B = len(b["res_lens"])
+        shapes = (B, impl.num_kv_heads, b["k"], impl.head_size)
+        parities = 2 if b["cache_rows"] is not None else 1
+        need = DecodeGraphs.static_bytes(shapes, self.pool.dtype, len(self.layer_index), parities)
+        free = torch.cuda.mem_get_info(first.kv_cache.device)[0]
+        if free < need + FREE_MARGIN_BYTES:
+            logger.warning("kv_offload: offloaded decode stays eager for batch %d, k %d: its CUDA graphs' "
+                           "static buffers need %.2f GiB and %.2f GiB is free", B, b["k"], need / 2**30, free / 2**30)
+            return None
+        logger.info("kv_offload: capturing decode graphs for batch %d, k %d (%.2f GiB of static buffers)",
+                    B, b["k"], need / 2**30)
+        return DecodeGraphs(key, first.kv_cache.device, shapes, self.pool.dtype, len(self.layer_index), parities)
 
     def _cache_rows(self, rows: list[DecodeRow], any_cold: bool) -> np.ndarray | None:
         """Row of each decode row's request in the device cache (-1: none), or None when
@@ -265,36 +318,60 @@ class OffloadRuntime:
                 "cache_hit_rate": hits / gathered if gathered else None}
 
     def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
-        tk = batched_ops(query.is_cuda)
         b = self.batched
         layer = self.layer_index[layer_name]
-        B, Hkv, D = query.shape[0], impl.num_kv_heads, impl.head_size
-        if b["any_cold"]:
-            with phase("score"):
-                mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
-                                                      b["cold_lens"], impl.scale)
-            with phase("select"):
-                idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
-            with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
-                cached = self.cached.get(layer) if b["cache_rows"] is not None else None
-                if cached is None:
-                    sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts,
-                                                 out_dtype=self.pool.dtype)
-                    self.fetch_counts[1] += counts.sum()
-                else:
-                    sel_k, sel_v = tk.gather_cached(self.pool.kv, layer, b["cold_slots"], idx, counts,
-                                                    b["cache_rows"], *cached, self.fetch_counts,
-                                                    out_dtype=self.pool.dtype)
-                if self.config.device_cache:
-                    self.cached[layer] = (idx, counts, sel_k, sel_v)
-        else:
-            sel_k = sel_v = query.new_zeros(B, Hkv, 1, D)
+        if not b["any_cold"]:
+            B, Hkv, D = query.shape[0], impl.num_kv_heads, impl.head_size
+            sel = query.new_zeros(B, Hkv, 1, D)
             counts = torch.zeros(B, Hkv, dtype=torch.int32, device=query.device)
+            with phase("attend"):
+                batched_ops(query.is_cuda).sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"],
+                                                         sel, sel, counts, impl.scale, out=output)
+        else:
+            prev = self.cached.get(layer) if b["cache_rows"] is not None else None
+
+            def run(q, out, prev_entry, entry=None):
+                return self._offloaded_layer(layer, impl, q, kv_cache, out, prev_entry, entry)
+
+            if self.graphs is not None:
+                entry = self.graphs.run(layer, run, query, output, prev)
+            else:
+                entry = run(query, output, prev)
+            if self.config.device_cache:
+                self.cached[layer] = entry
+        if TIMER is not None and layer == len(self.layer_index) - 1:
+            TIMER.step_done(self.fetch_stats)
+
+    def _offloaded_layer(self, layer: int, impl, query, kv_cache, output, prev: tuple | None,
+                         entry: tuple | None) -> tuple:
+        """Score, select, fetch and attend one layer for the whole decode batch into ``output``.
+        ``prev``: the layer's device-cache entry (idx, counts, keys, values) from the last step,
+        or None (read the pool); ``entry``: buffers to write this step's entry to (None: new
+        ones). Returns the entry. Device work only, shapes from the plan: no host sync, so a
+        CUDA graph can capture it."""
+        tk = batched_ops(query.is_cuda)
+        b = self.batched
+        idx_out, counts_out, k_out, v_out = entry or (None,) * 4
+        selected = {} if entry is None else {"idx": idx_out, "counts": counts_out}
+        fetched = {} if entry is None else {"out_k": k_out, "out_v": v_out}
+        with phase("score"):
+            mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
+                                                  b["cold_lens"], impl.scale)
+        with phase("select"):
+            idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"], **selected)
+        with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
+            if prev is None:
+                sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts,
+                                             out_dtype=self.pool.dtype, **fetched)
+                self.fetch_counts[1] += counts.sum()
+            else:
+                sel_k, sel_v = tk.gather_cached(self.pool.kv, layer, b["cold_slots"], idx, counts,
+                                                b["cache_rows"], *prev, self.fetch_counts,
+                                                out_dtype=self.pool.dtype, **fetched)
         with phase("attend"):
             tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], sel_k, sel_v, counts,
                              impl.scale, out=output)
-        if TIMER is not None and layer == len(self.layer_index) - 1:
-            TIMER.step_done(self.fetch_stats)
+        return idx, counts, sel_k, sel_v
 
     # ---- reference path: one request at a time, pure torch --------------------------------
     def _decode_rows(self, layer_name: str, impl, query: torch.Tensor, kv_cache: torch.Tensor,

@@ -1,0 +1,114 @@
+"""CUDA graphs of the offloaded decode (vllm_kvoffload/decode_graphs.py).
+
+The policy runs anywhere. The graphs themselves need a GPU: the same runtime, plan and
+queries, step after step, with the decode graphs on and off must give the same outputs bit
+for bit (same kernels, same inputs), the same fetch counters, and the graphs must really
+replay (device cache on: double-buffered; off: one graph per layer), across a change of
+step shape too."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from test_runtime import HQ, D, FlashLayoutImpl, setup  # same folder (pytest prepends it)
+from vllm_kvoffload.decode_graphs import GraphPolicy
+
+
+class Made:
+    def __init__(self, key):
+        self.key, self.steps = key, 0
+
+    def next_step(self):
+        self.steps += 1
+
+
+def test_policy_captures_a_shape_on_its_second_step_and_keeps_one_shape():
+    policy, made = GraphPolicy(), []
+
+    def make(key):
+        made.append(Made(key))
+        return made[-1]
+
+    assert policy.for_step("a", make) is None  # first step of a shape: eager
+    first = policy.for_step("a", make)  # second: made (this step captures)
+    assert first is made[0] and first.key == "a" and first.steps == 0
+    assert policy.for_step("a", make) is first and first.steps == 1  # then replayed, parity advances
+    assert policy.for_step("b", make) is None and policy.current is None  # a new shape drops the old
+    assert policy.for_step("a", make) is None  # "a" again is a new shape again
+    assert policy.for_step(None, make) is None and policy.for_step(None, make) is None  # no graphs asked
+    assert len(made) == 1
+
+
+def test_policy_does_not_retry_a_shape_that_did_not_fit():
+    policy, calls = GraphPolicy(), []
+
+    def refuse(key):
+        calls.append(key)
+        return None
+
+    for _ in range(4):
+        assert policy.for_step("big", refuse) is None
+    assert calls == ["big"]  # asked once, on the shape's second step
+
+
+def test_plan_pads_widths_and_k_to_buckets():
+    from vllm_kvoffload.runtime import PLAN_BUCKETS
+
+    runtime, rows, table, _ = setup(0.2)
+    runtime.plan_batched(rows, table)
+    b = runtime.batched
+    res_step, cold_step, k_step = PLAN_BUCKETS
+    assert b["res_table"].shape[1] % res_step == 0 and b["cold_slots"].shape[1] % cold_step == 0
+    assert b["k"] % k_step == 0 and b["k"] >= int(b["budgets"].max())
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def decode_steps(runtime, plans, table, queries):
+    """Run every layer for each (rows, query); returns each step's outputs per layer, and whether
+    graphs were in use at each step."""
+    impl = FlashLayoutImpl()
+    outs, used = [], []
+    for rows, query in zip(plans, queries):
+        runtime.plan_batched(rows, table)
+        used.append(runtime.graphs is not None and bool(runtime.graphs.graphs))
+        step = []
+        for name, layer in runtime.layers.items():
+            out = torch.full_like(query, float("nan"))
+            runtime._decode_batched(name, impl, query, layer.kv_cache, out)
+            step.append(out)
+        outs.append(step)
+    torch.cuda.synchronize()
+    return outs, used
+
+
+@cuda
+@pytest.mark.parametrize("scorer", ["exact-topk", "qlandmark-scalar"])
+@pytest.mark.parametrize("device_cache", [True, False])
+def test_graph_replays_equal_eager_steps(scorer, device_cache):
+    runs = {}
+    for graphs in (False, True):
+        runtime, rows, table, _ = setup(0.2, scorer=scorer, device="cuda", dtype=torch.bfloat16,
+                                        device_cache=device_cache, decode_graphs=graphs)
+        wider = [dataclasses.replace(r, budget=r.budget + 70) for r in rows]  # k crosses a bucket
+        plans = [rows] * 6 + [wider] * 4
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        base = torch.randn(3, HQ, D, device="cuda", generator=gen)
+        # close queries, so that the device cache both hits and misses
+        queries = [(base + 0.3 * torch.randn(3, HQ, D, device="cuda", generator=gen)).bfloat16() for _ in plans]
+        outs, used = decode_steps(runtime, plans, table, queries)
+        runs[graphs] = outs, used, runtime.fetch_stats()
+    (eager, eager_used, eager_stats), (graphed, used, stats) = runs[False], runs[True]
+    assert not any(eager_used)
+    # cache on: step 1 reads no cache, 2 is the first with it, 3 captures; off: 2 captures
+    first_replay = 3 if device_cache else 2
+    assert used == [False] * first_replay + [True] * (6 - first_replay) + [False, False, True, True]
+    for step, (a, b) in enumerate(zip(eager, graphed)):
+        for layer, (x, y) in enumerate(zip(a, b)):
+            assert not x.isnan().any()
+            assert torch.equal(x, y), f"step {step}, layer {layer}"
+    assert stats == eager_stats
+    if device_cache:
+        assert stats["cache_hits"] > 0 and stats["cache_hits"] < stats["tokens_gathered"]
