@@ -155,3 +155,21 @@ def test_rows_follow_blocks_going_cold_between_steps():
         assert r_after.cold_slots.tolist() == r_before.cold_slots.tolist()
         assert r_after.resident_blocks.tolist() == r_before.resident_blocks.tolist()
     run_step(runtime, after, table, torch.randn(3, HQ, D))  # batched path == per-row path
+
+
+def test_block_table_rows_come_from_vllms_host_copy():
+    """plan_decodes reads vLLM's host block table (no device sync); it falls back to copying the
+    device table when the runner has none that matches."""
+    from vllm.v1.worker.block_table import MultiGroupBlockTable
+
+    tables = MultiGroupBlockTable(max_num_reqs=4, max_num_batched_tokens=64, pin_memory=False,
+                                  device=torch.device("cpu"), block_sizes=[BS], max_num_blocks=[8])
+    host = tables[0].get_numpy_array()
+    host[:3, :5] = torch.arange(15).view(3, 5).numpy() + 1
+    tables.commit_block_table(3)
+    runtime = OffloadRuntime(KVOffloadConfig.parse({"scorer": "exact-topk"}), BS)
+    runtime.runner = SimpleNamespace(input_batch=SimpleNamespace(req_ids=[], block_table=tables))
+    rows = runtime._block_table_rows(tables[0].get_device_tensor(3), 2)
+    assert rows.ctypes.data == host.ctypes.data and (rows == host[:2]).all()  # the host copy itself
+    other = torch.full((3, 8), 7, dtype=torch.int32)
+    assert (runtime._block_table_rows(other, 2) == 7).all()

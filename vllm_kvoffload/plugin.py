@@ -13,7 +13,8 @@ from vllm_kvoffload.logs import get_logger
 
 logger = get_logger(__name__)
 SCHEDULER_CLS = "vllm_kvoffload.scheduler.OffloadScheduler"
-DEFAULT_SCHEDULER_CLS = "vllm.v1.core.sched.scheduler.Scheduler"
+ASYNC_SCHEDULER_CLS = "vllm_kvoffload.scheduler.OffloadAsyncScheduler"
+STOCK_SCHEDULER_CLS = ("vllm.v1.core.sched.scheduler.Scheduler", "vllm.v1.core.sched.async_scheduler.AsyncScheduler")
 CPU_BACKEND = "vllm_kvoffload.attention.backend.OffloadCPUBackend"
 GPU_BACKEND = "vllm_kvoffload.attention.backend_cuda.OffloadFlashAttentionBackend"
 _registered = False
@@ -89,15 +90,11 @@ def configure(vllm_config) -> None:
         raise KVOffloadConfigError("kv_offload does not support speculative decoding yet; "
                                    "drop --speculative-config or use --kv-offload=none")
     sched = vllm_config.scheduler_config
-    if sched.scheduler_cls not in (None, SCHEDULER_CLS, DEFAULT_SCHEDULER_CLS):
-        logger.warning("kv_offload replaces --scheduler-cls %s with %s", sched.scheduler_cls, SCHEDULER_CLS)
-    sched.scheduler_cls = SCHEDULER_CLS
-    if sched.async_scheduling:
-        # vLLM resolved async scheduling for its own AsyncScheduler. Ours is a plain Scheduler:
-        # with two batches in flight it schedules only the requests whose last token is back,
-        # so each forward pass would decode about half the batch.
-        logger.info("kv_offload: async scheduling is turned off (the offload scheduler is synchronous)")
-        sched.async_scheduling = False
+    # vLLM has resolved async scheduling by now (on by default on GPU); keep its choice
+    ours = ASYNC_SCHEDULER_CLS if sched.async_scheduling else SCHEDULER_CLS
+    if sched.scheduler_cls not in (None, SCHEDULER_CLS, ASYNC_SCHEDULER_CLS, *STOCK_SCHEDULER_CLS):
+        logger.warning("kv_offload replaces --scheduler-cls %s with %s", sched.scheduler_cls, ours)
+    sched.scheduler_cls = ours
     if vllm_config.cache_config.enable_prefix_caching:
         logger.info("kv_offload: prefix caching is turned off (offloaded blocks leave the device)")
         vllm_config.cache_config.enable_prefix_caching = False

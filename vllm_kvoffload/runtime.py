@@ -202,7 +202,7 @@ class OffloadRuntime:
         known = self.runner.input_batch.req_ids[:num_decodes] if self.runner is not None else []
         req_ids = list(known) + [None] * (num_decodes - len(known))
         seq_lens = seq_lens[:num_decodes].tolist()
-        table = block_table[:num_decodes].cpu().numpy()  # one device sync per step, not per row
+        table = self._block_table_rows(block_table, num_decodes)
         bs = self.block_size
         rows = []
         for r, (req_id, seq_len) in enumerate(zip(req_ids, seq_lens)):
@@ -216,6 +216,16 @@ class OffloadRuntime:
                 resident_tokens=seq_len - cold.numel() * bs, cold_slots=cold,
                 budget=self.config.budget_tokens(seq_len)))
         return rows
+
+    def _block_table_rows(self, block_table: torch.Tensor, n: int) -> np.ndarray:
+        """The step's first ``n`` block-table rows on the host: vLLM's own host copy (the source
+        of the device table) where the runner has one, else a device-to-host copy, a sync that
+        under async scheduling would wait for the step in flight."""
+        tables = getattr(getattr(self.runner, "input_batch", None), "block_table", None)
+        for table in getattr(tables, "block_tables", ()):
+            if table.get_device_tensor(n).data_ptr() == block_table.data_ptr():
+                return table.get_numpy_array()[:n]
+        return block_table[:n].cpu().numpy()
 
     def _cold_slots(self, req_id: str | None) -> torch.Tensor:
         """The request's host slots in logical order, CPU int64 (shared: read only)."""

@@ -1,17 +1,27 @@
 """vLLM's scheduler plus the offload plan: it tells the offload managers which
-request may offload this step, and hands their plan to the worker with the step."""
+request may offload this step, and hands their plan to the worker with the step.
+
+Two classes, one per vLLM scheduler: ``OffloadScheduler`` (synchronous) and
+``OffloadAsyncScheduler`` (async scheduling, vLLM's default on GPU: the next step is
+scheduled while the last one runs, so the host's work overlaps the device's). The plan
+is the same in both: blocks go cold only on a request's one-token decode steps, and
+the worker executes a plan on its stream before that step's forward pass, after every
+step scheduled earlier."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from vllm_kvoffload.kv_spec import OffloadManager, OffloadPlan
 
 
-class OffloadScheduler(Scheduler):
+class OffloadSchedulerMixin:
+    """Put first in the bases of a vLLM scheduler class."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.offload_managers: list[OffloadManager] = [
@@ -25,6 +35,7 @@ class OffloadScheduler(Scheduler):
             # Offload only on a one-token decode of the last known token: every
             # later step of this request is then a decode too, so no prefill
             # chunk (served by vLLM's dense kernels) ever needs a cold block.
+            # (Async scheduling counts in-flight tokens as computed: still true.)
             decoding = num_new_tokens == 1 and request.num_computed_tokens + 1 >= request.num_tokens
             for m in self.offload_managers:
                 m.decoding_request = request.request_id if decoding else None
@@ -67,3 +78,11 @@ class OffloadScheduler(Scheduler):
             "peak_running": self.peak_running,
             "requests": per_request,
         }
+
+
+class OffloadScheduler(OffloadSchedulerMixin, Scheduler):
+    pass
+
+
+class OffloadAsyncScheduler(OffloadSchedulerMixin, AsyncScheduler):
+    pass
