@@ -17,7 +17,9 @@ Kernel 2, grid (Hq, B): merges the NC partials of one query head.
 Tile constraints: D in {64, 128} (any power of two >= 16); BLOCK_N a multiple of
 16; CHUNK a multiple of BLOCK_N; block_size any power of two. Lengths are
 arbitrary (masked). Accumulation is fp32; probabilities enter the PV dot in
-the value dtype (bf16), as in FlashAttention.
+the value dtype (bf16), as in FlashAttention. The selected tokens may be fp8
+(e4m3, an fp8 host pool's own values): they are widened to the query's dtype
+as they are loaded.
 """
 
 from __future__ import annotations
@@ -96,8 +98,9 @@ def _sparse_decode_partial(
             if HAS_VALID:
                 tmask = tmask & (tl.load(valid_ptr + b * s_vb + h * s_vh + t, mask=tmask, other=0) != 0)
             row = base + t.to(tl.int64) * s_st
-            k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
-            v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0)
+            # selections from an fp8 pool stay fp8 on the device: widened here (exact)
+            k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
+            v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
             m_i, l_i, acc = _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
 
     # partials [B, Hq, NC] and [B, Hq, NC, D], fp32 contiguous
@@ -153,7 +156,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
     K = sel_k.shape[2]
     assert Dk == D and Hq % Hkv == 0 and D == next_pow2(D) and BS == next_pow2(BS)
     assert query.stride(-1) == 1 and kv_cache.stride(-1) == 1 and sel_k.stride(-1) == 1
-    assert sel_k.stride() == sel_v.stride()
+    assert sel_k.stride() == sel_v.stride() and sel_k.dtype == sel_v.dtype in (query.dtype, torch.float8_e4m3fn)
     G = Hq // Hkv
     G_PAD = max(16, next_pow2(G))
     block_n = block_n or min(64 if D >= 128 else 128, chunk or 128)

@@ -85,13 +85,14 @@ def decode_steps(runtime, plans, table, queries):
 
 
 @cuda
-@pytest.mark.parametrize("scorer", ["exact-topk", "qlandmark-scalar"])
-@pytest.mark.parametrize("device_cache", [True, False])
-def test_graph_replays_equal_eager_steps(scorer, device_cache):
+@pytest.mark.parametrize("scorer, device_cache, host_kv_dtype", [
+    ("exact-topk", True, "auto"), ("exact-topk", False, "auto"),
+    ("qlandmark-scalar", True, "auto"), ("qlandmark-scalar", False, "auto"), ("qlandmark-scalar", True, "fp8")])
+def test_graph_replays_equal_eager_steps(scorer, device_cache, host_kv_dtype):
     runs = {}
     for graphs in (False, True):
         runtime, rows, table, _ = setup(0.2, scorer=scorer, device="cuda", dtype=torch.bfloat16,
-                                        device_cache=device_cache, decode_graphs=graphs)
+                                        device_cache=device_cache, decode_graphs=graphs, host_kv_dtype=host_kv_dtype)
         wider = [dataclasses.replace(r, budget=r.budget + 70) for r in rows]  # k crosses a bucket
         plans = [rows] * 6 + [wider] * 4
         gen = torch.Generator(device="cuda").manual_seed(1)

@@ -56,7 +56,19 @@ def setup(budget, seq_lens=(300, 150, 40), scorer="exact-topk", device="cpu", dt
 @pytest.mark.parametrize("scorer", available())
 @pytest.mark.parametrize("budget", [1.0, 0.1, 3])
 def test_batched_path_matches_per_row_path(budget, scorer):
-    runtime, rows, table, _ = setup(budget, scorer=scorer)
+    check_batched_path_against_per_row_path(budget, scorer)
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.1])
+def test_batched_path_matches_per_row_path_with_an_fp8_pool(budget):
+    """The batched path keeps an fp8 pool's selections in fp8 (widened by the attention); the
+    per-row path widens them as it reads the pool: the same values either way."""
+    runtime = check_batched_path_against_per_row_path(budget, "exact-topk", host_kv_dtype="fp8")
+    assert runtime.pool.kv.dtype == torch.float8_e4m3fn
+
+
+def check_batched_path_against_per_row_path(budget, scorer, **settings):
+    runtime, rows, table, _ = setup(budget, scorer=scorer, **settings)
     assert [r.cold_slots.numel() for r in rows] == [15, 5, 0]  # a and b offloaded, c too short
     query = torch.randn(3, HQ, D)
     impl = FlashLayoutImpl()
@@ -67,6 +79,7 @@ def test_batched_path_matches_per_row_path(budget, scorer):
         batched = torch.full_like(query, float("nan"))
         runtime._decode_batched(name, impl, query, layer.kv_cache, batched)
         torch.testing.assert_close(batched, per_row, atol=1e-5, rtol=1e-5)
+    return runtime
 
 
 def test_full_budget_equals_dense_over_the_original_cache():

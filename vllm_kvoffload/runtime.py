@@ -297,7 +297,7 @@ class OffloadRuntime:
         B = len(b["res_lens"])
         shapes = (B, impl.num_kv_heads, b["k"], impl.head_size)
         parities = 2 if b["cache_rows"] is not None else 1
-        need = DecodeGraphs.static_bytes(shapes, self.pool.dtype, len(self.layer_index), parities)
+        need = DecodeGraphs.static_bytes(shapes, self.pool.kv.dtype, len(self.layer_index), parities)
         free = torch.cuda.mem_get_info(first.kv_cache.device)[0]
         if free < need + FREE_MARGIN_BYTES:
             logger.warning("kv_offload: offloaded decode stays eager for batch %d, k %d: its CUDA graphs' "
@@ -305,7 +305,7 @@ class OffloadRuntime:
             return None
         logger.info("kv_offload: capturing decode graphs for batch %d, k %d (%.2f GiB of static buffers)",
                     B, b["k"], need / 2**30)
-        return DecodeGraphs(key, first.kv_cache.device, shapes, self.pool.dtype, len(self.layer_index), parities)
+        return DecodeGraphs(key, first.kv_cache.device, shapes, self.pool.kv.dtype, len(self.layer_index), parities)
 
     def _cache_rows(self, rows: list[DecodeRow], any_cold: bool) -> np.ndarray | None:
         """Row of each decode row's request in the device cache (-1: none), or None when
@@ -361,6 +361,8 @@ class OffloadRuntime:
         CUDA graph can capture it."""
         tk = batched_ops(query.is_cuda)
         b = self.batched
+        # Selections keep the pool's storage dtype (an fp8 pool's stay fp8: half the device-cache
+        # bytes and copies); the attention widens them.
         idx_out, counts_out, k_out, v_out = entry or (None,) * 4
         selected = {} if entry is None else {"idx": idx_out, "counts": counts_out}
         fetched = {} if entry is None else {"out_k": k_out, "out_v": v_out}
@@ -372,12 +374,12 @@ class OffloadRuntime:
         with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
             if prev is None:
                 sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts,
-                                             out_dtype=self.pool.dtype, **fetched)
+                                             out_dtype=self.pool.kv.dtype, **fetched)
                 self.fetch_counts[1] += counts.sum()
             else:
                 sel_k, sel_v = tk.gather_cached(self.pool.kv, layer, b["cold_slots"], idx, counts,
                                                 b["cache_rows"], *prev, self.fetch_counts,
-                                                out_dtype=self.pool.dtype, **fetched)
+                                                out_dtype=self.pool.kv.dtype, **fetched)
         with phase("attend"):
             tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], sel_k, sel_v, counts,
                              impl.scale, out=output)

@@ -9,7 +9,7 @@ from vllm_kvoffload.ops.sparse_decode_ref import sparse_decode_ref  # noqa: E402
 from vllm_kvoffload.ops.triton_kernels import sparse_decode  # noqa: E402
 
 
-def make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed, with_valid=False):
+def make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed, with_valid=False, sel_dtype=torch.bfloat16):
     g = torch.Generator().manual_seed(seed)
     bf = torch.bfloat16
     res_lens = torch.randint(1, max_res + 1, (B,), generator=g, dtype=torch.int32)
@@ -18,8 +18,8 @@ def make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed, with_valid=False):
     perm = torch.randperm(num_blocks, generator=g)[: B * max_blocks].view(B, max_blocks).int()
     kv = torch.randn(2, num_blocks, bs, Hkv, D, generator=g).to(bf)
     q = torch.randn(B, Hq, D, generator=g).to(bf)
-    sk = torch.randn(B, Hkv, K, D, generator=g).to(bf)
-    sv = torch.randn(B, Hkv, K, D, generator=g).to(bf)
+    sk = torch.randn(B, Hkv, K, D, generator=g).to(sel_dtype)
+    sv = torch.randn(B, Hkv, K, D, generator=g).to(sel_dtype)
     sel_lens = torch.randint(0, K + 1, (B, Hkv), generator=g, dtype=torch.int32)
     valid = (torch.rand(B, Hkv, K, generator=g) < 0.8) if with_valid else None
     to = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -48,3 +48,18 @@ def test_sparse_decode(device, B, Hq, Hkv, D, bs, max_res, K, chunk, with_valid)
         ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, scale, sel_valid=valid)
         assert not out.isnan().any(), f"seed {seed}"
         assert rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_res,K,chunk", CASES[1:3])
+def test_sparse_decode_widens_fp8_selections(device, B, Hq, Hkv, D, bs, max_res, K, chunk):
+    """Selections gathered from an fp8 pool stay fp8 on the device; the kernel widens them as it
+    loads them, which equals attending over the same values widened beforehand (exact)."""
+    seed = torch.seed() % 2**31
+    (q, kv, bt, rl, sk, sv, sl), _ = make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed,
+                                                 sel_dtype=torch.float8_e4m3fn)
+    kwargs = dict(chunk=chunk, block_n=32 if INTERPRET else None)
+    out = sparse_decode(q, kv, bt, rl, sk, sv, sl, D**-0.5, out=torch.full_like(q, float("nan")), **kwargs)
+    widened = sparse_decode(q, kv, bt, rl, sk.bfloat16(), sv.bfloat16(), sl, D**-0.5, **kwargs)
+    assert torch.equal(out, widened), f"seed {seed}"
+    ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
+    assert rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"

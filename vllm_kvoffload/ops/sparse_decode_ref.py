@@ -8,7 +8,8 @@ Layouts (vLLM FlashAttention):
   block_table  [B, max_resident_blocks] int          resident blocks, in token order
   res_lens     [B] int                               resident tokens; the rest of the listed
                                                      blocks (the unwritten tail) is ignored
-  sel_k/sel_v  [B, Hkv, K, D]                        gathered cold tokens, per KV head
+  sel_k/sel_v  [B, Hkv, K, D]                        gathered cold tokens, per KV head (the
+                                                     query's dtype, or fp8 e4m3: widened)
   sel_lens     [B, Hkv] int                          entries j < sel_lens are real
   sel_valid    [B, Hkv, K] bool or None              optional extra mask (top-p)
 """
@@ -39,5 +40,6 @@ def sparse_decode_ref(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_
         valid = torch.arange(K, device=query.device)[None, :] < sel_lens[b].to(query.device)[:, None]
         if sel_valid is not None:
             valid = valid & sel_valid[b]
-        out[b] = sparse_decode_attention(query[b], rk, rv, sel_k[b], sel_v[b], valid, scale)
+        out[b] = sparse_decode_attention(query[b], rk, rv, sel_k[b].to(query.dtype), sel_v[b].to(query.dtype),
+                                         valid, scale)
     return out
