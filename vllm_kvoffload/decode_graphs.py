@@ -41,7 +41,6 @@ class DecodeGraphs:
     def __init__(self, key: tuple, device: torch.device, entry_shapes: tuple, value_dtype: torch.dtype,
                  num_layers: int, parities: int):
         B, Hkv, k, D = entry_shapes
-        dev = device
         self.key = key
         self.parities = parities  # 2 with the device cache (double-buffered), else 1
         self.parity = 0  # the parity of this step
@@ -49,20 +48,20 @@ class DecodeGraphs:
         self.output: torch.Tensor | None = None
 
         def entry():
-            return (torch.empty(B, Hkv, k, dtype=torch.int32, device=dev),
-                    torch.empty(B, Hkv, dtype=torch.int32, device=dev),
-                    torch.empty(B, Hkv, k, D, dtype=value_dtype, device=dev),
-                    torch.empty(B, Hkv, k, D, dtype=value_dtype, device=dev))
+            return (torch.empty(B, Hkv, k, dtype=torch.int32, device=device),
+                    torch.empty(B, Hkv, dtype=torch.int32, device=device),
+                    torch.empty(B, Hkv, k, D, dtype=value_dtype, device=device),
+                    torch.empty(B, Hkv, k, D, dtype=value_dtype, device=device))
 
         self.entries = [[entry() for _ in range(parities)] for _ in range(num_layers)]
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.mempool = torch.cuda.graph_pool_handle()  # the graphs' intermediates, shared
-        self.stream = torch.cuda.Stream(dev)
+        self.stream = torch.cuda.Stream(device)
 
     @staticmethod
     def static_bytes(entry_shapes: tuple, value_dtype: torch.dtype, num_layers: int, parities: int) -> int:
         B, Hkv, k, D = entry_shapes
-        per_entry = B * Hkv * (k * 4 + 4 + 2 * k * D * torch.empty(0, dtype=value_dtype).element_size())
+        per_entry = B * Hkv * (k * 4 + 4 + 2 * k * D * value_dtype.itemsize)  # idx, count, keys, values
         return per_entry * num_layers * parities
 
     def next_step(self) -> None:
