@@ -17,7 +17,7 @@ from vllm_kvoffload.decode_graphs import GraphPolicy
 
 class Made:
     def __init__(self, key):
-        self.key, self.steps = key, 0
+        self.key, self.steps, self.failed = key, 0, None
 
     def next_step(self):
         self.steps += 1
@@ -50,6 +50,23 @@ def test_policy_does_not_retry_a_shape_that_did_not_fit():
     for _ in range(4):
         assert policy.for_step("big", refuse) is None
     assert calls == ["big"]  # asked once, on the shape's second step
+
+
+def test_policy_drops_a_shape_whose_capture_failed_and_does_not_retry_it():
+    policy, made = GraphPolicy(), []
+
+    def make(key):
+        made.append(Made(key))
+        return made[-1]
+
+    policy.for_step("a", make)
+    graphs = policy.for_step("a", make)
+    graphs.failed = "operation not permitted when stream is capturing"  # as DecodeGraphs.run records it
+    for _ in range(3):
+        assert policy.for_step("a", make) is None
+    assert len(made) == 1
+    policy.for_step("b", make)
+    assert policy.for_step("b", make) is made[-1] and len(made) == 2  # other shapes still get graphs
 
 
 def test_plan_pads_widths_and_k_to_buckets():
@@ -113,3 +130,41 @@ def test_graph_replays_equal_eager_steps(scorer, device_cache, host_kv_dtype):
     assert stats == eager_stats
     if device_cache:
         assert stats["cache_hits"] > 0 and stats["cache_hits"] < stats["tokens_gathered"]
+
+
+def test_a_failed_capture_keeps_the_step_correct_and_eager(monkeypatch):
+    """When a capture raises (say a host sync in some scorer's path), the step's output and cache
+    entry are still the eager run's, the step's other layers run eagerly, and the policy then
+    drops the shape for good. The capture itself needs a GPU; here it is made to fail."""
+    from vllm_kvoffload.decode_graphs import DecodeGraphs
+
+    graphs = DecodeGraphs.__new__(DecodeGraphs)  # its constructor allocates on CUDA
+    graphs.key, graphs.parities, graphs.parity, graphs.failed = "a", 2, 0, None
+    graphs.query = graphs.output = None
+    graphs.graphs = {}
+    graphs.entries = [[(torch.zeros(1),) for _ in range(2)] for _ in range(2)]
+
+    def capture(layer, parity, fn):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(graphs, "_capture", capture)
+    calls = []
+
+    def layer_fn(query, output, prev, entry):
+        calls.append(entry)
+        output.copy_(query * 2)
+        if entry is not None:
+            entry[0].fill_(1)
+            return entry
+        return (torch.ones(1),)
+
+    query, output, prev = torch.arange(3.0), torch.zeros(3), (torch.zeros(1),)
+    entry = graphs.run(0, layer_fn, query, output, prev)
+    assert torch.equal(output, query * 2) and entry is graphs.entries[0][0] and entry[0].item() == 1
+    assert graphs.failed == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+    output.zero_()
+    graphs.run(1, layer_fn, query, output, prev)  # the next layer of the same step: eager, own entry
+    assert torch.equal(output, query * 2) and calls[-1] is None and not graphs.graphs
+    policy = GraphPolicy()
+    policy.current, policy.last_key = graphs, "a"
+    assert policy.for_step("a", lambda key: pytest.fail("a failed shape is not captured again")) is None

@@ -10,7 +10,8 @@ arrays' shapes and device address, the selection width ``k``, and whether the de
 is read. ``plan_batched`` pads the plan to buckets so that a steady batch keeps one shape
 for hundreds of steps. Policy: the first step of a new shape runs eagerly; when the next
 step has the same shape it runs eagerly into static buffers and captures; later steps of
-that shape replay. Any other shape drops the graphs (one shape is kept at a time).
+that shape replay. Any other shape drops the graphs (one shape is kept at a time). A shape
+whose static buffers do not fit, or whose capture fails (logged), stays eager.
 
 The device cache is double-buffered: the graph of parity p reads the cache entry that the
 graph of parity 1 - p wrote on the step before, and writes its own. Invariant: at the start
@@ -46,6 +47,7 @@ class DecodeGraphs:
         self.parity = 0  # the parity of this step
         self.query: torch.Tensor | None = None  # static query and output, like the first query seen
         self.output: torch.Tensor | None = None
+        self.failed: str | None = None  # why a capture failed: the shape then runs eagerly
 
         def entry():
             return (torch.empty(B, Hkv, k, dtype=torch.int32, device=device),
@@ -71,15 +73,23 @@ class DecodeGraphs:
         """The layer's decode for this step; returns its new cache entry (static buffers).
         ``prev``: the layer's cache entry from the last step (None without the device cache)."""
         p = self.parity
+        if self.failed:  # the rest of a step whose capture failed
+            return fn(query, output, prev, None)
         graph = self.graphs.get((layer, p))
         if graph is None:  # the capture step: run eagerly into the static buffers, then capture
             if self.query is None:
                 self.query, self.output = torch.empty_like(query), torch.empty_like(output)
             assert (prev is None) == (self.parities == 1), "the device cache is read iff double-buffered"
             fn(query, output, prev, self.entries[layer][p])  # also compiles whatever the capture launches
-            for q in range(self.parities):
-                self.graphs[(layer, q)] = self._capture(layer, q, fn)
-            return self.entries[layer][p]
+            try:
+                for q in range(self.parities):
+                    self.graphs[(layer, q)] = self._capture(layer, q, fn)
+            except Exception as err:  # e.g. a host sync in a scorer's path: not capturable (the eager run passed)
+                first_line = str(err).partition("\n")[0]
+                self.failed = f"{type(err).__name__}: {first_line}"
+                logger.warning("kv_offload: offloaded decode stays eager for this step shape: capturing "
+                               "its CUDA graph failed (%s)", self.failed)
+            return self.entries[layer][p]  # this step's output and entry are complete either way
         self.query.copy_(query)
         graph.replay()
         output.copy_(self.output)
@@ -106,7 +116,7 @@ class GraphPolicy:
     def __init__(self):
         self.current: DecodeGraphs | None = None
         self.last_key: tuple | None = None
-        self.refused: tuple | None = None  # the shape refused for memory (logged once)
+        self.refused: tuple | None = None  # the last shape refused (memory, or a failed capture)
 
     def for_step(self, key: tuple | None, make: Callable[[tuple], DecodeGraphs | None]) -> DecodeGraphs | None:
         """The graphs of this step (``key`` None: none), made by ``make(key)`` on a shape's second step."""
@@ -114,6 +124,8 @@ class GraphPolicy:
         if key is None:
             self.current = None
             return None
+        if self.current is not None and self.current.failed:
+            self.refused, self.current = self.current.key, None  # a failed capture is not retried
         if self.current is not None and self.current.key == key:
             self.current.next_step()
             return self.current
