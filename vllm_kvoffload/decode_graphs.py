@@ -20,6 +20,7 @@ of a replayed step, ``runtime.cached[layer]`` is the other parity's buffers.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -41,7 +42,6 @@ class DecodeGraphs:
 
     def __init__(self, key: tuple, device: torch.device, entry_shapes: tuple, value_dtype: torch.dtype,
                  num_layers: int, parities: int):
-        B, Hkv, k, D = entry_shapes
         self.key = key
         self.parities = parities  # 2 with the device cache (double-buffered), else 1
         self.parity = 0  # the parity of this step
@@ -49,22 +49,24 @@ class DecodeGraphs:
         self.output: torch.Tensor | None = None
         self.failed: str | None = None  # why a capture failed: the shape then runs eagerly
 
-        def entry():
-            return (torch.empty(B, Hkv, k, dtype=torch.int32, device=device),
-                    torch.empty(B, Hkv, dtype=torch.int32, device=device),
-                    torch.empty(B, Hkv, k, D, dtype=value_dtype, device=device),
-                    torch.empty(B, Hkv, k, D, dtype=value_dtype, device=device))
-
-        self.entries = [[entry() for _ in range(parities)] for _ in range(num_layers)]
+        specs = self.entry_specs(entry_shapes, value_dtype)
+        self.entries = [[tuple(torch.empty(shape, dtype=dtype, device=device) for shape, dtype in specs)
+                         for _ in range(parities)] for _ in range(num_layers)]
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.mempool = torch.cuda.graph_pool_handle()  # the graphs' intermediates, shared
         self.stream = torch.cuda.Stream(device)
 
     @staticmethod
-    def static_bytes(entry_shapes: tuple, value_dtype: torch.dtype, num_layers: int, parities: int) -> int:
+    def entry_specs(entry_shapes: tuple, value_dtype: torch.dtype) -> list[tuple[tuple, torch.dtype]]:
+        """(shape, dtype) of a cache entry's idx, counts, keys and values."""
         B, Hkv, k, D = entry_shapes
-        per_entry = B * Hkv * (k * 4 + 4 + 2 * k * D * value_dtype.itemsize)  # idx, count, keys, values
-        return per_entry * num_layers * parities
+        return [((B, Hkv, k), torch.int32), ((B, Hkv), torch.int32),
+                ((B, Hkv, k, D), value_dtype), ((B, Hkv, k, D), value_dtype)]
+
+    @staticmethod
+    def static_bytes(entry_shapes: tuple, value_dtype: torch.dtype, num_layers: int, parities: int) -> int:
+        specs = DecodeGraphs.entry_specs(entry_shapes, value_dtype)
+        return num_layers * parities * sum(math.prod(shape) * dtype.itemsize for shape, dtype in specs)
 
     def next_step(self) -> None:
         self.parity = (self.parity + 1) % self.parities

@@ -73,7 +73,7 @@ class HostToDevice:
         self.device_buffer: torch.Tensor | None = None
 
     def upload(self, arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-        sizes = [-(-a.size // _ALIGN) * _ALIGN for a in arrays.values()]
+        sizes = [_round_up(a.size, _ALIGN) for a in arrays.values()]
         host = self._host_buffer(sum(sizes), device)
         flat, start = host.numpy(), 0
         for a, size in zip(arrays.values(), sizes):
@@ -363,9 +363,8 @@ class OffloadRuntime:
         b = self.batched
         # Selections keep the pool's storage dtype (an fp8 pool's stay fp8: half the device-cache
         # bytes and copies); the attention widens them.
-        idx_out, counts_out, k_out, v_out = entry or (None,) * 4
-        selected = {} if entry is None else {"idx": idx_out, "counts": counts_out}
-        fetched = {} if entry is None else {"out_k": k_out, "out_v": v_out}
+        selected = {} if entry is None else {"idx": entry[0], "counts": entry[1]}
+        fetched = {} if entry is None else {"out_k": entry[2], "out_v": entry[3]}
         with phase("score"):
             mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
                                                   b["cold_lens"], impl.scale)
