@@ -171,16 +171,20 @@ def workspace(B: int, Hq: int, n_max: int, NC: int, device: torch.device):
     return logits, pm, torch.empty_like(pm)
 
 
-def finish_mass(logits, pm, ps, cold_lens, Hkv: int, chunk: int, out=None):
+def finish_mass(logits, pm, ps, cold_lens, Hkv: int, chunk: int, out=None, block_n=256, num_warps=4,
+                dot_rows=True):
     """The second pass, shared by every first pass that fills ``workspace`` with log2-scaled
-    logits and per-chunk (max, sum) over chunks of ``chunk`` tokens: mass [B, Hkv, n_max]."""
+    logits and per-chunk (max, sum) over chunks of ``chunk`` tokens: mass [B, Hkv, n_max].
+    ``dot_rows``: a GQA group's rows padded to 16 as in the first pass's dot; False pads them
+    to the next power of two only (this pass has no dot)."""
     B, Hq, n_max = logits.shape
     NC = pm.shape[2]
     G = Hq // Hkv
     mass = torch.empty(B, Hkv, n_max, device=logits.device, dtype=torch.float32) if out is None else out
     _score_mass[(NC, Hkv, B)](
         logits, pm, ps, cold_lens, mass, Hq, Hkv, n_max, NC,
-        G=G, G_PAD=max(16, next_pow2(G)), NC_PAD=max(2, next_pow2(NC)), CHUNK=chunk, BLOCK_N=256, num_warps=4,
+        G=G, G_PAD=max(16, next_pow2(G)) if dot_rows else next_pow2(G), NC_PAD=max(2, next_pow2(NC)), CHUNK=chunk,
+        BLOCK_N=block_n, num_warps=num_warps,
     )
     return mass
 

@@ -264,13 +264,14 @@ def segments_for(rows: int, n_max: int, k: int, device: torch.device, shortlist:
 def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, counts=None,
                 block=4096, num_warps=8, budgets: torch.Tensor | None = None,
                 segments: int | None = None, early_exit: bool = True,
-                sample_stride: int = SAMPLE_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
+                sample_stride: int = SAMPLE_STRIDE, maxnreg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``topk_ref``: (idx [B, Hkv, k] int32 ascending, counts [B, Hkv] int32).
     ``budgets`` [B] int32 caps each request's count below ``k`` (per-request budgets).
     ``segments``: programs per row (default ``segments_for``; 1: one program per row).
     ``early_exit=False`` runs all radix passes (same output; for measuring the exit).
     ``sample_stride``: the shortlist's threshold comes from every so many values (0: no
     shortlist, every radix pass over the whole row). Same output either way.
+    ``maxnreg``: a cap on registers per thread (more programs per SM; None: the compiler's).
     block=4096, num_warps=8 were fastest on H100 at 32K cold tokens (288 us for B=32, Hkv=8,
     one program per row, no shortlist)."""
     B, Hkv, n_max = mass.shape
@@ -296,5 +297,6 @@ def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, c
     _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, arrivals, short_bits,
                             short_idx, k, max(cap, 1), mass.stride(0), mass.stride(1), idx.stride(0), idx.stride(1),
                             Hkv, S=S, BLOCK=block, HAS_BUDGET=budgets is not None, EARLY=early_exit,
-                            STRIDE=sample_stride if cap else 0, num_warps=num_warps)
+                            STRIDE=sample_stride if cap else 0, num_warps=num_warps,
+                            **({} if maxnreg is None else {"maxnreg": maxnreg}))
     return idx, counts

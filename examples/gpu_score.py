@@ -58,6 +58,57 @@ def qscalar_runs(q, scorer, summaries, slots, lens, scale, configs, decodes):
     return ref, nbytes, runs
 
 
+def finish_sweep(a, gen, flush) -> int:
+    """score.finish_mass alone: each configuration against torch's softmax of the same workspace
+    (relative error <= 1e-5), timed as above. Returns the number of failures."""
+    from vllm_kvoffload.ops.triton_kernels import load
+    score = load("score")
+    rows, failed = [], 0
+    for B in a.requests:
+        nblk = -(-COLD // BS)
+        n_max = nblk * BS
+        lens = torch.full((B,), COLD, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * 5
+        chunk = score.plan(B, HKV, n_max, torch.device("cuda"), 128)
+        NC = -(-n_max // chunk)
+        logits = torch.randn(B, HQ, NC * chunk, device="cuda", generator=gen) * 3
+        past = torch.arange(NC * chunk, device="cuda")[None, None, :] >= lens[:, None, None]
+        logits = logits.masked_fill(past, float("-inf"))
+        by_chunk = logits.view(B, HQ, NC, chunk)
+        pm = by_chunk.amax(-1).clamp_min(-1e30)
+        ps = torch.exp2(by_chunk - pm[..., None]).sum(-1)
+        logits = logits[..., :n_max].contiguous()
+        M = logits.amax(-1, keepdim=True)
+        p = torch.exp2(logits - M)
+        ref = (p / p.sum(-1, keepdim=True)).view(B, HKV, HQ // HKV, n_max).sum(2)
+        valid = ~past[:, :, :n_max].expand(B, HKV, n_max)
+        nbytes = int(lens.sum()) * (HQ * 4 + HKV * 4)
+        for dot_rows, block, warps in itertools.product((True, False), a.finish_blocks, a.warps):
+            run = lambda: score.finish_mass(logits, pm, ps, lens, HKV, chunk, block_n=block,  # noqa: E731
+                                            num_warps=warps, dot_rows=dot_rows)
+            out = run()
+            err = rel_err(out[valid], ref[valid])
+            ok = err <= 1e-5 and bool((out[~valid] == float("-inf")).all())
+            failed += not ok
+            t = timeit(run, a.reps, flush)
+            rows.append(dict(B=B, dot_rows=dot_rows, block_n=block, warps=warps, time_us=t * 1e6, bytes=nbytes,
+                             hbm_frac=nbytes / t / HBM_PEAK, rel_err=err, ok=ok))
+            print(f"  B={B:<3} rows={'16' if dot_rows else 'G ':<3} block={block:<5} warps={warps} {t * 1e6:8.1f} us "
+                  f"{nbytes / t / 1e9:7.0f} GB/s err {err:.1e} {'ok' if ok else 'FAIL'}", flush=True)
+        del logits, p, ref
+        torch.cuda.empty_cache()
+    print(f"\n{torch.cuda.get_device_name()}: score.finish_mass per layer (us), 32K cold tokens per request; "
+          f"{failed} failures")
+    print(f"{'requests':<10}{'old (rows 16, 256, 4 warps)':>30}{'best':>12}  best (rows, block, warps)")
+    for B in a.requests:
+        rs = [r for r in rows if r["B"] == B]
+        old = next((r for r in rs if r["dot_rows"] and r["block_n"] == 256 and r["warps"] == 4), None)
+        best = min(rs, key=lambda r: r["time_us"])
+        print(f"{B:<10}{(old['time_us'] if old else float('nan')):>30.1f}{best['time_us']:>12.1f}  "
+              f"({'16' if best['dot_rows'] else 'G'}, {best['block_n']}, {best['warps']})")
+    save_rows("score-finish.json", rows)
+    return 1 if failed else 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=30)
@@ -68,8 +119,14 @@ def main():
     p.add_argument("--kinds", nargs="+", default=["bf16", "fp8", "2bit"], choices=["bf16", "fp8", "2bit"])
     p.add_argument("--decodes", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3],
                    help="qlandmark-scalar's level decodings (score_summary.qscalar_mass)")
+    p.add_argument("--finish", action="store_true",
+                   help="sweep only the second pass (score.finish_mass: rows padded to 16 or to the group, "
+                        "tiles --finish-blocks, warps --warps) on a workspace of random log2 logits")
+    p.add_argument("--finish-blocks", type=int, nargs="+", default=[256, 512, 1024])
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_score.py", "tests/csrc_triton/test_triton_score.py")
+    if a.finish:
+        sys.exit(finish_sweep(a, gen, flush))
     from vllm_kvoffload.ops.score_ref import score_mass_ref
     from vllm_kvoffload.ops.triton_kernels import load
     score, score_summary = load("score"), load("score_summary")
