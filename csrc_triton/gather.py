@@ -22,6 +22,10 @@ into device staging buffers sel_k/sel_v [B, Hkv, K, D]. Reference:
 An fp8 pool (``host_kv_dtype=fp8``) is widened on the way: every gather takes ``out_dtype``
 (default: the pool's dtype) for its outputs, and (a) and (c) convert in registers, so PCIe
 carries the fp8 bytes.
+Where nothing is converted (``out_dtype`` is the pool's), (a) and (c) move rows as 32-bit words
+(``_words``): a tile then holds a quarter (fp8) or half (bf16) as many elements, each with its
+64-bit address in registers. On the H100 that took the cached gather from 160 registers per
+thread (19% occupancy, latency-bound) to ... (examples/gpu_gather.py, docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def _gather_rows(
     s_slb,                                # cold_slots [B, max_cold_blocks]
     s_ib, s_ih,                           # idx [B, Hkv, K]
     s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D], same strides
-    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,
+    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,  # D: elements of a row (int32 words: _words)
     FROM_INT: tl.constexpr, DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -69,6 +73,17 @@ def _gather_rows(
     tl.store(ov_ptr + dst, v.to(ov_ptr.dtype.element_ty), mask=om)
 
 
+def _words(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
+    """The tensors viewed as int32 words along their last dim (rows copied without conversion),
+    or None where a row is not a whole number of words or a power of two of them."""
+    size = tensors[0].element_size()
+    n = tensors[0].shape[-1] * size // 4
+    if any(t.dtype != tensors[0].dtype or t.stride(-1) != 1 for t in tensors) or n & (n - 1) or n * 4 != \
+            tensors[0].shape[-1] * size or any(st * size % 4 for t in tensors for st in t.stride()[:-1]):
+        return None
+    return [t.view(torch.int32) for t in tensors]
+
+
 def _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype):
     """Shared checks of the zero-copy gathers; allocates the staging outputs [B, Hkv, K, D]."""
     B, Hkv, K = idx.shape
@@ -88,15 +103,16 @@ def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
     """Same contract as ``gather_ref``; cold_slots/idx/counts/out on the device,
     host_kv pinned on the host (or on the device, or CPU under the interpreter)."""
     B, Hkv, K = idx.shape
-    BS, D = host_kv.shape[-2:]
+    BS = host_kv.shape[-2]
     out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype)
-    arg = host_kv if mode == "tensor" else host_kv.data_ptr()
-    st = host_kv.stride()
+    kv, ok, ov = _words(host_kv, out_k, out_v) or (host_kv, out_k, out_v)
+    arg = kv if mode == "tensor" else kv.data_ptr()
+    st = kv.stride()
     _gather_rows[(cdiv(K, block_t), Hkv, B)](
-        arg, cold_slots, idx, counts, out_k, out_v, layer, K, Hkv,
+        arg, cold_slots, idx, counts, ok, ov, layer, K, Hkv,
         st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
-        out_k.stride(0), out_k.stride(1), out_k.stride(2),
-        D=D, BS=BS, BLOCK_T=block_t, FROM_INT=mode == "int", DTYPE=_TL[host_kv.dtype],
+        ok.stride(0), ok.stride(1), ok.stride(2),
+        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, FROM_INT=mode == "int", DTYPE=_TL.get(kv.dtype, tl.int32),
         num_warps=num_warps,
     )
     return out_k, out_v
@@ -150,7 +166,7 @@ def _gather_cached_rows(
     s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D], same strides
     s_pib, s_pih,                         # prev_idx [Bp, Hkv, KP]
     s_pob, s_poh, s_pot,                  # prev_k and prev_v [Bp, Hkv, KP, D], same strides
-    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,
+    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,  # D: elements of a row (int32 words: _words)
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -201,19 +217,20 @@ def gather_cached(host_kv, layer, cold_slots, idx, counts, prev_row, prev_idx, p
     on the device; only the others are read from the pinned pool. Same output as
     ``gather_ref``. stats [2] int64 (device) accumulates (cache hits, tokens gathered)."""
     B, Hkv, K = idx.shape
-    BS, D = host_kv.shape[-2:]
+    BS = host_kv.shape[-2]
     out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype)
     assert prev_counts.is_contiguous() and prev_idx.stride(-1) == 1 and prev_k.stride() == prev_v.stride()
     assert prev_k.stride(-1) == 1 and prev_row.numel() == B and stats.dtype == torch.int64
     assert prev_k.dtype == prev_v.dtype == out_k.dtype, "the cache holds earlier outputs of this gather"
     KP = prev_idx.shape[-1]
-    st = host_kv.stride()
+    kv, ok, ov, pk, pv = _words(host_kv, out_k, out_v, prev_k, prev_v) or (host_kv, out_k, out_v, prev_k, prev_v)
+    st = kv.stride()
     _gather_cached_rows[(cdiv(K, block_t), Hkv, B)](
-        host_kv, cold_slots, idx, counts, out_k, out_v, prev_row, prev_idx, prev_counts, prev_k, prev_v, stats,
+        kv, cold_slots, idx, counts, ok, ov, prev_row, prev_idx, prev_counts, pk, pv, stats,
         layer, K, KP, max(1, KP.bit_length()), Hkv,
         st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
-        out_k.stride(0), out_k.stride(1), out_k.stride(2), prev_idx.stride(0), prev_idx.stride(1),
-        prev_k.stride(0), prev_k.stride(1), prev_k.stride(2),
-        D=D, BS=BS, BLOCK_T=block_t, num_warps=num_warps,
+        ok.stride(0), ok.stride(1), ok.stride(2), prev_idx.stride(0), prev_idx.stride(1),
+        pk.stride(0), pk.stride(1), pk.stride(2),
+        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, num_warps=num_warps,
     )
     return out_k, out_v

@@ -133,6 +133,47 @@ def _qscalar_query(q_rows, gmask, k: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
+def _qscalar_query_parts(q_rows, gmask, D: tl.constexpr, DECODE: tl.constexpr, ROWS: tl.constexpr):
+    """The rotated query's channels k::4 as the dot's operands [ROWS, D/4] (q0..q3), and per row
+    (q_mul, q_off) with q_mul * (sum_d operand_d level_d - q_off) = sum_d (qH)_d (level_d - 1.5):
+    the int8 decodings round the query to int8 steps of amax / 127 per row; the others keep fp16
+    operands (decoding 1's operand is 1 + level / 4, so level - 1.5 = 4 * (operand - 1.375)).
+    Computed the same way for any row count, so a compacted epilogue's rows get the dot rows' values."""
+    q0 = _qscalar_query(q_rows, gmask, 0, D)
+    q1 = _qscalar_query(q_rows, gmask, 1, D)
+    q2 = _qscalar_query(q_rows, gmask, 2, D)
+    q3 = _qscalar_query(q_rows, gmask, 3, D)
+    if DECODE >= 2:  # int8 query, one scale per query head
+        amax = tl.maximum(tl.maximum(tl.max(tl.abs(q0), 1), tl.max(tl.abs(q1), 1)),
+                          tl.maximum(tl.max(tl.abs(q2), 1), tl.max(tl.abs(q3), 1)))
+        q_mul = tl.maximum(amax, 1e-30) / 127.0
+        q0 = tl.floor(q0 / q_mul[:, None] + 0.5).to(tl.int8)
+        q1 = tl.floor(q1 / q_mul[:, None] + 0.5).to(tl.int8)
+        q2 = tl.floor(q2 / q_mul[:, None] + 0.5).to(tl.int8)
+        q3 = tl.floor(q3 / q_mul[:, None] + 0.5).to(tl.int8)
+        level_zero = 1.5
+    else:
+        q0, q1, q2, q3 = q0.to(tl.float16), q1.to(tl.float16), q2.to(tl.float16), q3.to(tl.float16)
+        q_mul = tl.full([ROWS], 4.0 if DECODE == 1 else 1.0, tl.float32)
+        level_zero = 1.375 if DECODE == 1 else 1.5
+    # sum_d q_d over the rounded operands, so that the offset cancels exactly what the dot adds
+    q_sum = (tl.sum(q0.to(tl.float32), 1) + tl.sum(q1.to(tl.float32), 1) + tl.sum(q2.to(tl.float32), 1)
+             + tl.sum(q3.to(tl.float32), 1))
+    return q0, q1, q2, q3, q_mul, level_zero * q_sum
+
+
+@triton.jit
+def _first_rows(x, G_PAD: tl.constexpr, ROWS: tl.constexpr, N: tl.constexpr):
+    """x [G_PAD, N] -> its first ROWS rows [ROWS, N] (ROWS divides G_PAD): the dot's padded rows
+    are dropped before the epilogue, which then runs on the query heads only."""
+    if ROWS == G_PAD:
+        return x
+    y = tl.permute(tl.reshape(x, (G_PAD // ROWS, ROWS, N)), (1, 2, 0))  # [ROWS, N, G_PAD / ROWS]
+    first = tl.arange(0, G_PAD // ROWS) == 0
+    return tl.sum(tl.where(first[None, None, :], y, 0.0), 2)
+
+
+@triton.jit
 def _infinigen_tile(base, q_rows, gmask, offs_t, R, R_PAD: tl.constexpr, F32: tl.constexpr):
     offs_r = tl.arange(0, R_PAD)
     rmask = offs_r < R
@@ -162,6 +203,7 @@ def _summary_logits(
     Hq, N_MAX, NC, CHUNK, R,
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, R_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KIND: tl.constexpr, F32: tl.constexpr, LOCAL_CB: tl.constexpr, DECODE: tl.constexpr,
+    ROWS: tl.constexpr,            # rows of the epilogue: G_PAD (the dot's), or next_pow2(G) (compacted)
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -176,44 +218,29 @@ def _summary_logits(
     n = tl.load(len_ptr + b)
     lo = c * CHUNK  # a multiple of BS: chunks hold whole blocks
     hi = tl.minimum(lo + CHUNK, n)
-    lg_row = (b * Hq + qh).to(tl.int64) * N_MAX
-    m_i = tl.full([G_PAD], NEG, tl.float32)
-    s_i = tl.zeros([G_PAD], tl.float32)
+    offs_r = tl.arange(0, ROWS)  # the epilogue's rows: the first ROWS of the dot's G_PAD
+    rmask = offs_r < G
+    qr = h * G + offs_r
+    lg_row = (b * Hq + qr).to(tl.int64) * N_MAX
+    m_i = tl.full([ROWS], NEG, tl.float32)
+    s_i = tl.zeros([ROWS], tl.float32)
     cb = tl.load(cb_ptr + tl.arange(0, 1024)) if KIND == 0 and LOCAL_CB else 0.0  # [256 x 4] codebook
     if KIND == 3:  # the query's channels k::4 as dot operands, and what turns their dot into q . k_hat / s
-        q0 = _qscalar_query(q_rows, gmask, 0, D)
-        q1 = _qscalar_query(q_rows, gmask, 1, D)
-        q2 = _qscalar_query(q_rows, gmask, 2, D)
-        q3 = _qscalar_query(q_rows, gmask, 3, D)
-        if DECODE >= 2:  # int8 query, one scale per query head
-            amax = tl.maximum(tl.maximum(tl.max(tl.abs(q0), 1), tl.max(tl.abs(q1), 1)),
-                              tl.maximum(tl.max(tl.abs(q2), 1), tl.max(tl.abs(q3), 1)))
-            q_mul = tl.maximum(amax, 1e-30) / 127.0
-            q0 = tl.floor(q0 / q_mul[:, None] + 0.5).to(tl.int8)
-            q1 = tl.floor(q1 / q_mul[:, None] + 0.5).to(tl.int8)
-            q2 = tl.floor(q2 / q_mul[:, None] + 0.5).to(tl.int8)
-            q3 = tl.floor(q3 / q_mul[:, None] + 0.5).to(tl.int8)
-            level_zero = 1.5
-        else:  # fp16 query; DECODE 1's operand is 1 + level / 4, so level - 1.5 = 4 * (operand - 1.375)
-            q0, q1, q2, q3 = q0.to(tl.float16), q1.to(tl.float16), q2.to(tl.float16), q3.to(tl.float16)
-            q_mul = tl.full([G_PAD], 4.0 if DECODE == 1 else 1.0, tl.float32)
-            level_zero = 1.375 if DECODE == 1 else 1.5
-        # sum_d q_d over the rounded operands, so that the offset cancels exactly what the dot adds
-        q_sum = (tl.sum(q0.to(tl.float32), 1) + tl.sum(q1.to(tl.float32), 1) + tl.sum(q2.to(tl.float32), 1)
-                 + tl.sum(q3.to(tl.float32), 1))
-        q_off = level_zero * q_sum
+        q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_rows, gmask, D, DECODE, G_PAD)
+        if ROWS != G_PAD:  # the same per-row values, on the epilogue's rows
+            _, _, _, _, q_mul, q_off = _qscalar_query_parts(q_ptr + b * s_qb + qr * s_qh, rmask, D, DECODE, ROWS)
     for start in range(lo, hi, BLOCK_N):
         t = start + offs_t
         tmask = t < hi
         if KIND == 0:  # per-token summaries: a tile may span several blocks
             slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
             tok = s_ptr + slot * s_sslot + h * s_sh + (t % BS) * (D // 4 + 2)
-            l = _qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB)
+            l = _first_rows(_qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB), G_PAD, ROWS, BLOCK_N)
         elif KIND == 3:  # per-token summaries in planar blocks: a tile may span several blocks
             slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
             blk = s_ptr + slot * s_sslot + h * s_sh
             tin = t % BS
-            l = _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D, BS, DECODE, F32)
+            l = _first_rows(_qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D, BS, DECODE, F32), G_PAD, ROWS, BLOCK_N)
             l = q_mul[:, None] * (l - q_off[:, None]) * _qscalar_scale(blk, tin, tmask, D, BS)[None, :]
         else:  # per-block summaries: one block per tile
             slot = tl.load(slots_ptr + b * s_slb + start // BS).to(tl.int64)
@@ -222,14 +249,15 @@ def _summary_logits(
                 l = _infinigen_tile(base, q_rows, gmask, offs_t, R, R_PAD, F32)
             else:
                 l = _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD, D, F32)
+            l = _first_rows(l, G_PAD, ROWS, BLOCK_N)
         l = tl.where(tmask[None, :], l * qk_scale, float("-inf"))
-        tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=gmask[:, None] & tmask[None, :])
+        tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=rmask[:, None] & tmask[None, :])
         m_new = tl.maximum(m_i, tl.max(l, 1))
         s_i = s_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(l - m_new[:, None]), 1)
         m_i = m_new
-    ws = (b * Hq + qh) * NC + c
-    tl.store(pm_ptr + ws, m_i, mask=gmask)
-    tl.store(ps_ptr + ws, s_i, mask=gmask)
+    ws = (b * Hq + qr) * NC + c
+    tl.store(pm_ptr + ws, m_i, mask=rmask)
+    tl.store(ps_ptr + ws, s_i, mask=rmask)
 
 
 def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
@@ -238,7 +266,7 @@ def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
 
 
 def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_lens, scale, out=None,
-            chunk=None, block_n=None, num_warps=4, local_cb=False, num_stages=None, decode=0):
+            chunk=None, block_n=None, num_warps=4, local_cb=False, num_stages=None, decode=0, compact=False):
     B, Hq, D = query.shape
     S, Hkv = summaries.shape[:2]
     bs = {QLANDMARK: lambda: summaries.shape[2], INFINIGEN: lambda: summaries.shape[2] - 1,
@@ -263,7 +291,8 @@ def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_l
         query.stride(0), query.stride(1), summaries.stride(0), summaries.stride(1), cold_slots.stride(0),
         Hq, n_max, NC, chunk, max(rank, 1),
         G=G, G_PAD=max(16, next_pow2(G)), D=D, BS=bs, R_PAD=max(16, next_pow2(rank)),
-        BLOCK_N=block_n, KIND=kind, F32=interpreting(), LOCAL_CB=local_cb, DECODE=decode, num_warps=num_warps,
+        BLOCK_N=block_n, KIND=kind, F32=interpreting(), LOCAL_CB=local_cb, DECODE=decode,
+        ROWS=next_pow2(G) if compact else max(16, next_pow2(G)), num_warps=num_warps,
         **({} if num_stages is None else {"num_stages": num_stages}),
     )
     return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
@@ -281,8 +310,11 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
                    scale, out, chunk, block_n, num_warps, local_cb)
 
 
-# qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep)
+# qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep),
+# and whether the epilogue is compacted to the query heads' rows (session 18: 348 against 417 us at
+# 32 requests of 32K on the H100, examples/gpu_score.py --kinds 2bit --compacts 0 1)
 QSCALAR_DEFAULTS = (128, 4, 3, 3)
+QSCALAR_COMPACT = True
 
 
 def qscalar_default_decode(head_dim: int) -> int:
@@ -293,14 +325,15 @@ def qscalar_default_decode(head_dim: int) -> int:
 
 
 def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, out=None, chunk=None,
-                 block_n=None, num_warps=None, num_stages=None, decode=None):
+                 block_n=None, num_warps=None, num_stages=None, decode=None, compact=None):
     """query_rotated [B, Hq, D] fp32; summaries [S, Hkv, BS * (D/4 + 2)] uint8 (qlandmark-scalar's
     planar blocks); ``step``: the grid's spacing (a level's value is (level - 1.5) * step)
     -> mass [B, Hkv, max_cold * BS]. ``decode`` picks how levels become dot operands: 0 fp16
     conversion, 1 fp16 bit pattern (no conversion), 2 int8 with an int8 query (rounded), 3 as 2 with
     four levels decoded per 32-bit instruction pair (inline PTX; under the interpreter, 2's ops).
     The int8 decodings need head_dim >= 128 (an int8 dot's K = D/4 >= 32); by default smaller heads
-    take decoding 1."""
+    take decoding 1. ``compact``: the softmax epilogue runs on the query heads' rows only, not on
+    the dot's 16 (``_first_rows``)."""
     assert summaries.dtype == torch.uint8 and summaries.dim() == 3
     D = query_rotated.shape[-1]
     bs = summaries.shape[2] // (D // VEC + 2)
@@ -316,7 +349,7 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
         raise ValueError(f"decode={decode} (int8 dots) needs head_dim >= 128, got head_dim={D}; 0 and 1 take any")
     return _launch(QSCALAR, query_rotated.float().contiguous(), summaries, None, 0, cold_slots, cold_lens,
                    scale * step, out, chunk, block_n, num_warps or d_warps, False,
-                   num_stages or d_stages, decode)
+                   num_stages or d_stages, decode, QSCALAR_COMPACT if compact is None else compact)
 
 
 def infinigen_mass(query, summaries, cold_slots, cold_lens, scale, out=None, chunk=None):

@@ -261,21 +261,28 @@ def segments_for(rows: int, n_max: int, k: int, device: torch.device, shortlist:
     return max(1, min(want, fit, 32))
 
 
+def tile_for(rows: int) -> tuple[int, int]:
+    """(values per tile, warps): smaller programs where rows fill the SMs. On the H100 with the
+    shortlist (examples/gpu_topk.py, session 18), 128 and 256 rows of 32K were fastest with
+    (2048, 4): 83 against 101 us at 256 rows; 32 rows of 128K with (4096, 8): 130 against 166 us."""
+    return (2048, 4) if rows >= 128 else (4096, 8)
+
+
 def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, counts=None,
-                block=4096, num_warps=8, budgets: torch.Tensor | None = None,
+                block=None, num_warps=None, budgets: torch.Tensor | None = None,
                 segments: int | None = None, early_exit: bool = True,
-                sample_stride: int = SAMPLE_STRIDE, maxnreg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                sample_stride: int = SAMPLE_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``topk_ref``: (idx [B, Hkv, k] int32 ascending, counts [B, Hkv] int32).
     ``budgets`` [B] int32 caps each request's count below ``k`` (per-request budgets).
     ``segments``: programs per row (default ``segments_for``; 1: one program per row).
     ``early_exit=False`` runs all radix passes (same output; for measuring the exit).
     ``sample_stride``: the shortlist's threshold comes from every so many values (0: no
     shortlist, every radix pass over the whole row). Same output either way.
-    ``maxnreg``: a cap on registers per thread (more programs per SM; None: the compiler's).
-    block=4096, num_warps=8 were fastest on H100 at 32K cold tokens (288 us for B=32, Hkv=8,
-    one program per row, no shortlist)."""
+    ``block``, ``num_warps``: default ``tile_for``."""
     B, Hkv, n_max = mass.shape
     assert mass.dtype == torch.float32 and mass.stride(-1) == 1
+    d_block, d_warps = tile_for(B * Hkv)
+    block, num_warps = block or d_block, num_warps or d_warps
     if segments is not None and not 1 <= segments <= 64:
         raise ValueError(f"segments={segments}: must be in [1, 64]")
     if sample_stride < 0:
@@ -297,6 +304,5 @@ def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, c
     _topk_rows[(S, Hkv, B)](mass, cold_lens, bud, idx, counts, scratch_bits, scratch_idx, arrivals, short_bits,
                             short_idx, k, max(cap, 1), mass.stride(0), mass.stride(1), idx.stride(0), idx.stride(1),
                             Hkv, S=S, BLOCK=block, HAS_BUDGET=budgets is not None, EARLY=early_exit,
-                            STRIDE=sample_stride if cap else 0, num_warps=num_warps,
-                            **({} if maxnreg is None else {"maxnreg": maxnreg}))
+                            STRIDE=sample_stride if cap else 0, num_warps=num_warps)
     return idx, counts

@@ -53,7 +53,6 @@ def main():
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--strides", type=int, nargs="+", default=[0, 16], help="sample strides (0: no shortlist)")
     p.add_argument("--blocks", type=int, nargs="+", default=[4096], help="values per tile (topk_select's block)")
-    p.add_argument("--maxnreg", type=int, nargs="+", default=[0], help="register caps per thread (0: the compiler's)")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_topk.py", "tests/csrc_triton/test_triton_topk.py")
     from vllm_kvoffload.ops.triton_kernels import load
@@ -64,19 +63,19 @@ def main():
         k = int(share * n)
         ref_idx, ref_cnt = topk.topk_select(mass, lens, k, segments=1, sample_stride=0)
         auto = {st: topk.segments_for(B * Hkv, n, k, mass.device, st > 0) for st in a.strides}  # the launcher's choice
-        for S, w, st, blk, reg in itertools.product(sorted(set(a.segments) | set(auto.values())), a.warps,
-                                                    a.strides, a.blocks, a.maxnreg):
+        for S, w, st, blk in itertools.product(sorted(set(a.segments) | set(auto.values())), a.warps,
+                                               a.strides, a.blocks):
             for early in (True, False) if w == 8 and st == 0 else (True,):  # the radix passes' early exit, on and off
                 run = lambda: topk.topk_select(mass, lens, k, segments=S, num_warps=w, early_exit=early,  # noqa: E731
-                                               sample_stride=st, block=blk, maxnreg=reg or None)
+                                               sample_stride=st, block=blk)
                 idx, cnt = run()
                 ok = torch.equal(idx, ref_idx) and torch.equal(cnt, ref_cnt)
                 failed += not ok
                 t = timeit(run, a.reps, flush)
                 rows.append(dict(shape=name, B=B, Hkv=Hkv, n=n, k=k, segments=S, auto=S == auto[st], warps=w,
-                                 early_exit=early, sample_stride=st, block=blk, maxnreg=reg, time_us=t * 1e6, exact=ok))
+                                 early_exit=early, sample_stride=st, block=blk, time_us=t * 1e6, exact=ok))
                 print(f"  {name:<24} S={S:<3} warps={w:<3} exit={'on ' if early else 'off'} stride={st:<3} block={blk:<5} "
-                      f"maxnreg={reg or '-':<4} {t * 1e6:8.1f} us {'ok' if ok else 'MISMATCH'}", flush=True)
+                      f"{t * 1e6:8.1f} us {'ok' if ok else 'MISMATCH'}", flush=True)
     print(f"\n{torch.cuda.get_device_name()}: top-k per layer (us), 8 warps, early exit on, the launcher's choice "
           f"of segments: without the shortlist, with the default stride ({topk.SAMPLE_STRIDE}), and each shape's "
           f"best; {failed} mismatches")
@@ -84,13 +83,13 @@ def main():
     for name, *_ in SHAPES:
         rs = [r for r in rows if r["shape"] == name]
         pick = lambda st: next((r for r in rs if r["auto"] and r["warps"] == 8 and r["early_exit"]  # noqa: E731
-                                and r["sample_stride"] == st and r["block"] == 4096 and not r["maxnreg"]), None)
+                                and r["sample_stride"] == st and r["block"] == 4096), None)
         base, short = pick(0), pick(topk.SAMPLE_STRIDE)
         best = min(rs, key=lambda r: r["time_us"])
         cell = lambda r: f"{r['time_us']:.1f}" if r else "-"  # noqa: E731
         gain = f"{base['time_us'] / short['time_us']:.2f}x" if base and short else "-"
         print(f"{name:<26}{cell(base):>16}{cell(short):>12}{gain:>8}{best['time_us']:>10.1f} S={best['segments']},"
-              f"w={best['warps']},st={best['sample_stride']},b={best['block']},reg={best['maxnreg'] or '-'}")
+              f"w={best['warps']},st={best['sample_stride']},b={best['block']}")
     save_rows("topk.json", rows)
     sys.exit(1 if failed else 0)
 

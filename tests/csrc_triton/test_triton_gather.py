@@ -32,7 +32,15 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bf
     return host, slots, idx.to(device), cnt.to(device)
 
 
-POOLS = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}  # an fp8 pool is widened to bf16 outputs
+# pool dtype and output dtype: an fp8 pool widened to bf16, or kept fp8 (the engine's device cache);
+# where the two agree the zero-copy kernels move rows as 32-bit words
+POOLS = {"bf16": (torch.bfloat16, torch.bfloat16), "fp8": (torch.float8_e4m3fn, torch.bfloat16),
+         "fp8-kept": (torch.float8_e4m3fn, torch.float8_e4m3fn)}
+
+
+def bits(x: torch.Tensor) -> torch.Tensor:
+    """The raw bytes, so that outputs of any dtype compare bit for bit."""
+    return x.contiguous().view(torch.uint8)
 
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
@@ -40,9 +48,10 @@ POOLS = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}  # an fp8 pool is w
 @pytest.mark.parametrize("pool", list(POOLS))
 def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool):
     seed = torch.seed() % 2**31
-    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, POOLS[pool])
+    pool_dtype, out_dtype = POOLS[pool]
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype)
     layer = L - 1
-    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=torch.bfloat16, device=device)
+    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=out_dtype, device=device)
     ov = torch.full_like(ok, float("nan"))
     if path == "copy-engine":
         _, _, stream = gather_copy_engine(host, layer, slots, idx, cnt, out_k=ok, out_v=ov)
@@ -51,14 +60,14 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool):
     else:
         gather_uva(host, layer, slots.to(device), idx, cnt, out_k=ok, out_v=ov, mode=path[4:],
                    block_t=16 if INTERPRET else 32)
-    rk, rv = gather_ref(host, layer, slots, idx, cnt, out_dtype=torch.bfloat16)
-    assert rk.dtype == torch.bfloat16 and rk.abs().max() > 0, seed
+    rk, rv = gather_ref(host, layer, slots, idx, cnt, out_dtype=out_dtype)
+    assert rk.dtype == out_dtype and rk.float().abs().max() > 0, seed
     valid = (torch.arange(K, device=device)[None, None, :] < cnt[:, :, None])[..., None]
     for out, ref in ((ok, rk), (ov, rv)):
         if path == "copy-engine":  # rows past counts unspecified
-            out = torch.where(valid, out, 0)
+            out = torch.where(valid, out.float(), 0).to(out.dtype)
         assert not out.float().isnan().any(), seed
-        assert torch.equal(out, ref), seed
+        assert torch.equal(bits(out), bits(ref)), seed
 
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
@@ -70,7 +79,8 @@ def test_gather_cached(device, B, Hkv, L, bs, D, max_cold, K, pool):
     from vllm_kvoffload.ops.triton_kernels import gather_cached
 
     seed = torch.seed() % 2**31
-    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, POOLS[pool])
+    pool_dtype, out_dtype = POOLS[pool]
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype)
     g = torch.Generator().manual_seed(seed + 1)
     # The previous step: one fewer row than now, in another order; row -1 is a new request.
     Bp, KP = max(1, B - 1), K + 3
@@ -90,17 +100,17 @@ def test_gather_cached(device, B, Hkv, L, bs, D, max_cold, K, pool):
             pidx[p, h, : both.numel()] = both
             planted += keep.numel()
             pcnt[p, h] = both.numel()
-    pk = torch.randn(Bp, Hkv, KP, D, generator=g).to(torch.bfloat16).to(device)
-    pv = torch.randn(Bp, Hkv, KP, D, generator=g).to(torch.bfloat16).to(device)
+    pk = torch.randn(Bp, Hkv, KP, D, generator=g).to(out_dtype).to(device)
+    pv = torch.randn(Bp, Hkv, KP, D, generator=g).to(out_dtype).to(device)
     prev = [t.to(device) for t in (prev_row, pidx, pcnt)]
     stats = torch.zeros(2, dtype=torch.int64, device=device)
-    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=torch.bfloat16, device=device)
+    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=out_dtype, device=device)
     ov = torch.full_like(ok, float("nan"))
     gather_cached(host, L - 1, slots.to(device), idx, cnt, *prev, pk, pv, stats, out_k=ok, out_v=ov,
                   block_t=16 if INTERPRET else 32)
     ref_stats = torch.zeros(2, dtype=torch.int64, device=device)
-    rk, rv = gather_cached_ref(host, L - 1, slots, idx, cnt, *prev, pk, pv, ref_stats, out_dtype=torch.bfloat16)
+    rk, rv = gather_cached_ref(host, L - 1, slots, idx, cnt, *prev, pk, pv, ref_stats, out_dtype=out_dtype)
     assert not ok.float().isnan().any() and not ov.float().isnan().any(), seed
-    assert torch.equal(ok, rk) and torch.equal(ov, rv), seed
+    assert torch.equal(bits(ok), bits(rk)) and torch.equal(bits(ov), bits(rv)), seed
     assert stats.tolist() == ref_stats.tolist(), seed
     assert ref_stats[0] >= planted and ref_stats[1] == int(cnt.sum()), seed

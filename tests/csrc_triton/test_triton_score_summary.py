@@ -125,6 +125,21 @@ def test_qscalar_level_decodings_agree(device, block_n):
     assert torch.equal(packed, int8)
 
 
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", CASES)
+def test_qscalar_compact_epilogue_equals_the_dot_rows(device, B, Hq, Hkv, D, bs, cold):
+    """The epilogue on the query heads' rows only (compact) computes what it computes on the dot's
+    16 padded rows, for groups of 4, 1, 8 and 7 heads and every decoding the head size allows."""
+    scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
+    from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
+    args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
+    for decode in (1, 3) if D >= 128 else (1,):
+        padded = triton_kernels.qscalar_mass(*args, decode=decode, compact=False).cpu()
+        compact = triton_kernels.qscalar_mass(*args, decode=decode, compact=True).cpu()
+        assert torch.equal(torch.isfinite(padded), torch.isfinite(compact)) and not compact.isnan().any()
+        valid = torch.isfinite(padded)
+        torch.testing.assert_close(compact[valid], padded[valid], rtol=1e-5, atol=1e-7)
+
+
 def test_qscalar_refuses_a_summary_of_the_wrong_width(device):
     scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", 1, 4, 2, 64, 16, [2], device)
     with pytest.raises(ValueError, match="got 287 for head_dim=64"):
