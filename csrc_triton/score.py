@@ -83,10 +83,10 @@ def _score_logits(
 
 @triton.jit(do_not_specialize=['N_MAX', 'NC', 'CHUNK'])  # per-step sizes: no recompiles
 def _score_mass(
-    lg_ptr, pm_ptr, ps_ptr, ref_ptr, len_ptr, mass_ptr,
+    lg_ptr, pm_ptr, ps_ptr, len_ptr, mass_ptr,
     Hq, Hkv, N_MAX, NC,
     G, G_PAD: tl.constexpr, NC_PAD: tl.constexpr,
-    CHUNK, BLOCK_N: tl.constexpr, REL: tl.constexpr,  # REL: fp16 logits relative to ref [B, Hq, NC]
+    CHUNK, BLOCK_N: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -108,13 +108,11 @@ def _score_mass(
     hi = tl.minimum(lo + CHUNK, N_MAX)
     lg_row = (b * Hq + qh).to(tl.int64) * N_MAX
     out = mass_ptr + (b * Hkv + h).to(tl.int64) * N_MAX
-    # the logits' offset: their chunk's reference (REL), folded into the max they are taken from
-    base = M - tl.load(ref_ptr + (b * Hq + qh) * NC + c, mask=gmask, other=0.0) if REL else M
     for start in range(lo, hi, BLOCK_N):
         t = start + offs_n
         valid = t < n
         l = tl.load(lg_ptr + lg_row[:, None] + t[None, :], mask=gmask[:, None] & valid[None, :], other=float("-inf"))
-        p = tl.exp2(l.to(tl.float32) - base[:, None]) * inv[:, None]
+        p = tl.exp2(l - M[:, None]) * inv[:, None]
         mass = tl.where(valid, tl.sum(p, 0), float("-inf"))
         tl.store(out + t, mass, mask=t < hi)
 
@@ -151,7 +149,7 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     block_n = block_n or min(d_block, chunk or d_block)
     chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
     NC = max(1, cdiv(n_max, chunk))
-    logits, pm, ps, _ = workspace(B, Hq, n_max, NC, query.device)
+    logits, pm, ps = workspace(B, Hq, n_max, NC, query.device)
     ks = key_scale if fp8 else keys
     s_s = (key_scale.stride(0), key_scale.stride(1)) if fp8 else (0, 0)
     if fp8:
@@ -166,32 +164,28 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
 
 
-def workspace(B: int, Hq: int, n_max: int, NC: int, device: torch.device, relative: bool = False):
-    """The first pass's outputs: logits [B, Hq, n_max] and per-chunk max / sum [B, Hq, NC] fp32,
-    and with ``relative`` each chunk's reference [B, Hq, NC] fp32 (else None): the logits are
-    then fp16 differences from it, half the bytes to write and read back."""
-    logits = torch.empty(B, Hq, n_max, device=device, dtype=torch.float16 if relative else torch.float32)
+def workspace(B: int, Hq: int, n_max: int, NC: int, device: torch.device):
+    """The first pass's outputs: logits [B, Hq, n_max] and per-chunk max / sum [B, Hq, NC], fp32."""
+    logits = torch.empty(B, Hq, n_max, device=device, dtype=torch.float32)
     pm = torch.empty(B, Hq, NC, device=device, dtype=torch.float32)
-    return logits, pm, torch.empty_like(pm), torch.empty_like(pm) if relative else None
+    return logits, pm, torch.empty_like(pm)
 
 
 def finish_mass(logits, pm, ps, cold_lens, Hkv: int, chunk: int, out=None, block_n=512, num_warps=8,
-                dot_rows=False, ref=None):
+                dot_rows=False):
     """The second pass, shared by every first pass that fills ``workspace`` with log2-scaled
     logits and per-chunk (max, sum) over chunks of ``chunk`` tokens: mass [B, Hkv, n_max].
     A GQA group's rows are padded to the next power of two (this pass has no dot);
     ``dot_rows=True`` pads them to 16 as the first pass's dot does (the old layout, kept for the
-    sweep: 102 against 71 us at 32 requests of 32K on the H100, examples/gpu_score.py --finish).
-    ``ref``: the chunks' references of fp16 relative logits (``workspace(relative=True)``)."""
+    sweep: 102 against 71 us at 32 requests of 32K on the H100, examples/gpu_score.py --finish)."""
     B, Hq, n_max = logits.shape
     NC = pm.shape[2]
     G = Hq // Hkv
     mass = torch.empty(B, Hkv, n_max, device=logits.device, dtype=torch.float32) if out is None else out
-    assert (ref is not None) == (logits.dtype == torch.float16), "fp16 logits are relative to their chunk's ref"
     _score_mass[(NC, Hkv, B)](
-        logits, pm, ps, pm if ref is None else ref, cold_lens, mass, Hq, Hkv, n_max, NC,
+        logits, pm, ps, cold_lens, mass, Hq, Hkv, n_max, NC,
         G=G, G_PAD=max(16, next_pow2(G)) if dot_rows else next_pow2(G), NC_PAD=max(2, next_pow2(NC)), CHUNK=chunk,
-        BLOCK_N=block_n, REL=ref is not None, num_warps=num_warps,
+        BLOCK_N=block_n, num_warps=num_warps,
     )
     return mass
 

@@ -41,9 +41,6 @@ from .score import finish_mass, plan, workspace
 
 NEG = tl.constexpr(-1.0e30)
 QLANDMARK, INFINIGEN, LRQK, QSCALAR = 0, 1, 2, 3
-# The workspace's logits: fp16 differences from each chunk's first tile's max (half the bytes of the
-# fp32 logits the second pass reads back; 11 bits on the difference, far below these scorers' own error)
-FP16_LOGITS = True
 VEC = 4  # channels per qlandmark code
 
 
@@ -198,7 +195,7 @@ def _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD: tl.constexpr, D: tl.constexpr,
 
 @triton.jit(do_not_specialize=['s_slb', 'N_MAX', 'NC', 'CHUNK', 'R'])  # per-step sizes: no recompiles
 def _summary_logits(
-    q_ptr, s_ptr, cb_ptr, slots_ptr, len_ptr, lg_ptr, pm_ptr, ps_ptr, ref_ptr,
+    q_ptr, s_ptr, cb_ptr, slots_ptr, len_ptr, lg_ptr, pm_ptr, ps_ptr,
     qk_scale,
     s_qb, s_qh,                    # query [B, Hq, D]
     s_sslot, s_sh,                 # summaries [S, Hkv, ...], each (slot, head) row contiguous
@@ -207,7 +204,6 @@ def _summary_logits(
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, R_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KIND: tl.constexpr, F32: tl.constexpr, LOCAL_CB: tl.constexpr, DECODE: tl.constexpr,
     ROWS: tl.constexpr,            # rows of the epilogue: G_PAD (the dot's), or next_pow2(G) (compacted)
-    REL: tl.constexpr,             # fp16 logits relative to the chunk's first tile's max (stored in ref)
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -228,7 +224,6 @@ def _summary_logits(
     lg_row = (b * Hq + qr).to(tl.int64) * N_MAX
     m_i = tl.full([ROWS], NEG, tl.float32)
     s_i = tl.zeros([ROWS], tl.float32)
-    ref = tl.zeros([ROWS], tl.float32)
     cb = tl.load(cb_ptr + tl.arange(0, 1024)) if KIND == 0 and LOCAL_CB else 0.0  # [256 x 4] codebook
     if KIND == 3:  # the query's channels k::4 as dot operands, and what turns their dot into q . k_hat / s
         q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_rows, gmask, D, DECODE, G_PAD)
@@ -256,20 +251,13 @@ def _summary_logits(
                 l = _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD, D, F32)
             l = _first_rows(l, G_PAD, ROWS, BLOCK_N)
         l = tl.where(tmask[None, :], l * qk_scale, float("-inf"))
-        if REL:  # the first tile holds a valid token, so its max is finite; fp16 keeps l - ref to 11 bits
-            ref = tl.where(start == lo, tl.max(l, 1), ref)
-            tl.store(lg_ptr + lg_row[:, None] + t[None, :], (l - ref[:, None]).to(tl.float16),
-                     mask=rmask[:, None] & tmask[None, :])
-        else:
-            tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=rmask[:, None] & tmask[None, :])
+        tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=rmask[:, None] & tmask[None, :])
         m_new = tl.maximum(m_i, tl.max(l, 1))
         s_i = s_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(l - m_new[:, None]), 1)
         m_i = m_new
     ws = (b * Hq + qr) * NC + c
     tl.store(pm_ptr + ws, m_i, mask=rmask)
     tl.store(ps_ptr + ws, s_i, mask=rmask)
-    if REL:
-        tl.store(ref_ptr + ws, ref, mask=rmask)
 
 
 def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
@@ -278,8 +266,7 @@ def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
 
 
 def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_lens, scale, out=None,
-            chunk=None, block_n=None, num_warps=4, local_cb=False, num_stages=None, decode=0, compact=False,
-            fp16_logits=None):
+            chunk=None, block_n=None, num_warps=4, local_cb=False, num_stages=None, decode=0, compact=False):
     B, Hq, D = query.shape
     S, Hkv = summaries.shape[:2]
     bs = {QLANDMARK: lambda: summaries.shape[2], INFINIGEN: lambda: summaries.shape[2] - 1,
@@ -296,24 +283,23 @@ def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_l
     chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
     assert chunk % block_n == 0, (chunk, block_n)
     NC = max(1, cdiv(n_max, chunk))
-    rel = FP16_LOGITS if fp16_logits is None else fp16_logits
-    logits, pm, ps, ref = workspace(B, Hq, n_max, NC, query.device, relative=rel)
+    logits, pm, ps = workspace(B, Hq, n_max, NC, query.device)
     G = Hq // Hkv
     _summary_logits[(NC, Hkv, B)](
         query, summaries, codebook if codebook is not None else summaries, cold_slots, cold_lens,
-        logits, pm, ps, ref if rel else pm, scale * LOG2E,
+        logits, pm, ps, scale * LOG2E,
         query.stride(0), query.stride(1), summaries.stride(0), summaries.stride(1), cold_slots.stride(0),
         Hq, n_max, NC, chunk, max(rank, 1),
         G=G, G_PAD=max(16, next_pow2(G)), D=D, BS=bs, R_PAD=max(16, next_pow2(rank)),
         BLOCK_N=block_n, KIND=kind, F32=interpreting(), LOCAL_CB=local_cb, DECODE=decode,
-        ROWS=next_pow2(G) if compact else max(16, next_pow2(G)), REL=rel, num_warps=num_warps,
+        ROWS=next_pow2(G) if compact else max(16, next_pow2(G)), num_warps=num_warps,
         **({} if num_stages is None else {"num_stages": num_stages}),
     )
-    return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out, ref=ref)
+    return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
 
 
 def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, scale, out=None, chunk=None,
-                   block_n=None, num_warps=4, local_cb=True, fp16_logits=None):
+                   block_n=None, num_warps=4, local_cb=True):
     """query_rotated [B, Hq, D] fp32 (the query times the Hadamard matrix); summaries
     [S, Hkv, BS, D/4 + 2] uint8; codebook [256, 4] fp32 -> mass [B, Hkv, max_cold * BS]."""
     assert summaries.dtype == torch.uint8 and codebook.shape == (256, VEC) and codebook.is_contiguous()
@@ -321,7 +307,7 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
     bs = summaries.shape[2]
     block_n = block_n or max(bs, 64)  # tokens per tile (several blocks): fewer, longer loop steps
     return _launch(QLANDMARK, query_rotated.float(), summaries, codebook.float(), 0, cold_slots, cold_lens,
-                   scale, out, chunk, block_n, num_warps, local_cb, fp16_logits=fp16_logits)
+                   scale, out, chunk, block_n, num_warps, local_cb)
 
 
 # qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep),
@@ -339,7 +325,7 @@ def qscalar_default_decode(head_dim: int) -> int:
 
 
 def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, out=None, chunk=None,
-                 block_n=None, num_warps=None, num_stages=None, decode=None, compact=None, fp16_logits=None):
+                 block_n=None, num_warps=None, num_stages=None, decode=None, compact=None):
     """query_rotated [B, Hq, D] fp32; summaries [S, Hkv, BS * (D/4 + 2)] uint8 (qlandmark-scalar's
     planar blocks); ``step``: the grid's spacing (a level's value is (level - 1.5) * step)
     -> mass [B, Hkv, max_cold * BS]. ``decode`` picks how levels become dot operands: 0 fp16
@@ -347,8 +333,7 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
     four levels decoded per 32-bit instruction pair (inline PTX; under the interpreter, 2's ops).
     The int8 decodings need head_dim >= 128 (an int8 dot's K = D/4 >= 32); by default smaller heads
     take decoding 1. ``compact``: the softmax epilogue runs on the query heads' rows only, not on
-    the dot's 16 (``_first_rows``). ``fp16_logits``: the workspace's logits as fp16 differences
-    (default ``FP16_LOGITS``) or fp32."""
+    the dot's 16 (``_first_rows``)."""
     assert summaries.dtype == torch.uint8 and summaries.dim() == 3
     D = query_rotated.shape[-1]
     bs = summaries.shape[2] // (D // VEC + 2)
@@ -364,7 +349,7 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
         raise ValueError(f"decode={decode} (int8 dots) needs head_dim >= 128, got head_dim={D}; 0 and 1 take any")
     return _launch(QSCALAR, query_rotated.float().contiguous(), summaries, None, 0, cold_slots, cold_lens,
                    scale * step, out, chunk, block_n, num_warps or d_warps, False,
-                   num_stages or d_stages, decode, QSCALAR_COMPACT if compact is None else compact, fp16_logits)
+                   num_stages or d_stages, decode, QSCALAR_COMPACT if compact is None else compact)
 
 
 def infinigen_mass(query, summaries, cold_slots, cold_lens, scale, out=None, chunk=None):

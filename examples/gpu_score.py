@@ -44,19 +44,18 @@ def inputs(B, gen):
     return q, {"bf16": (keys, None), "fp8": fp8, "2bit": (q2, q2.summarize(keys))}, slots, lens
 
 
-def qscalar_runs(q, scorer, summaries, slots, lens, scale, configs, decodes, variants=((None, None),)):
-    """qlandmark-scalar: its torch reference, HBM bytes, and (config, decode, (compact, fp16 logits), run)
-    to time (None: the shipped default)."""
+def qscalar_runs(q, scorer, summaries, slots, lens, scale, configs, decodes, compacts=(False,)):
+    """qlandmark-scalar: its torch reference, HBM bytes, and (config, decode, compact, run) to time."""
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     from vllm_kvoffload.ops.triton_kernels import qscalar_mass
     ref = scorer.torch_mass(q, summaries, slots, lens, scale)
     n = int(lens.sum())  # summaries, logits written and read, mass written (score.bytes_touched's count)
     nbytes = int(n * scorer.summary_bytes_per_token()) + n * HQ * 8 + n * HKV * 4
     q_rot = scorer.rotated(q)
-    runs = [((block, warps, stages), dec, var, lambda block=block, warps=warps, stages=stages, dec=dec, var=var:
+    runs = [((block, warps, stages), dec, cmp, lambda block=block, warps=warps, stages=stages, dec=dec, cmp=cmp:
              qscalar_mass(q_rot, summaries, UNIFORM_STEP, slots, lens, scale, block_n=block, num_warps=warps,
-                          num_stages=stages, decode=dec, compact=var[0], fp16_logits=var[1]))
-            for (block, warps, stages) in configs for dec in decodes for var in variants]
+                          num_stages=stages, decode=dec, compact=cmp))
+            for (block, warps, stages) in configs for dec in decodes for cmp in compacts]
     return ref, nbytes, runs
 
 
@@ -121,11 +120,8 @@ def main():
     p.add_argument("--kinds", nargs="+", default=["bf16", "fp8", "2bit"], choices=["bf16", "fp8", "2bit"])
     p.add_argument("--decodes", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3],
                    help="qlandmark-scalar's level decodings (score_summary.qscalar_mass)")
-    p.add_argument("--compacts", type=int, nargs="+", default=None, choices=[0, 1],
-                   help="qlandmark-scalar's epilogue on the dot's 16 rows (0) or on the query heads' only (1); "
-                        "default: the shipped setting")
-    p.add_argument("--fp16-logits", type=int, nargs="+", default=None, choices=[0, 1],
-                   help="qlandmark-scalar's workspace logits fp32 (0) or fp16 differences (1); default: shipped")
+    p.add_argument("--compacts", type=int, nargs="+", default=[0], choices=[0, 1],
+                   help="qlandmark-scalar's epilogue on the dot's 16 rows (0) or on the query heads' only (1)")
     p.add_argument("--finish", action="store_true",
                    help="sweep only the second pass (score.finish_mass: rows padded to 16 or to the group, "
                         "tiles --finish-blocks, warps --warps) on a workspace of random log2 logits")
@@ -145,15 +141,14 @@ def main():
         for kind in a.kinds:
             keys, kscale = by_kind[kind]
             if kind == "2bit":
-                variants = list(itertools.product([bool(c) for c in a.compacts] if a.compacts else [None],
-                                                  [bool(f) for f in a.fp16_logits] if a.fp16_logits else [None]))
-                ref, nbytes, runs = qscalar_runs(q, keys, kscale, slots, lens, scale, configs, a.decodes, variants)
+                ref, nbytes, runs = qscalar_runs(q, keys, kscale, slots, lens, scale, configs, a.decodes,
+                                                 [bool(c) for c in a.compacts])
             else:
                 ref = score_mass_ref(q, keys, kscale, slots, lens, scale)
                 nbytes = score.bytes_touched(q, keys, kscale, lens)
-                runs = [(c, None, (None, None), lambda c=c: score.score_mass(q, keys, kscale, slots, lens, scale, block_n=c[0],
+                runs = [(c, None, None, lambda c=c: score.score_mass(q, keys, kscale, slots, lens, scale, block_n=c[0],
                                                                num_warps=c[1], num_stages=c[2])) for c in configs]
-            for (block, warps, stages), dec, (cmp, f16), run in runs:
+            for (block, warps, stages), dec, cmp, run in runs:
                 try:
                     out = run()
                     torch.cuda.synchronize()
@@ -166,15 +161,11 @@ def main():
                 ok = err <= 1e-2 and not out[valid].isnan().any().item()
                 failed += not ok
                 t = timeit(run, a.reps, flush)
-                half = kind == "2bit" and (score_summary.FP16_LOGITS if f16 is None else f16)
-                nbytes_run = nbytes - (int(lens.sum()) * HQ * 4 if half else 0)  # fp16 logits: 2 + 2 bytes, not 4 + 4
                 rows.append(dict(B=B, keys=kind, block_n=block, warps=warps, stages=stages, decode=dec, compact=cmp,
-                                 fp16_logits=f16,
                                  time_us=t * 1e6,
-                                 bytes=nbytes_run, hbm_frac=nbytes_run / t / HBM_PEAK, rel_err=err, ok=ok))
+                                 bytes=nbytes, hbm_frac=nbytes / t / HBM_PEAK, rel_err=err, ok=ok))
                 print(f"  B={B:<3}{kind:<5} block={block:<4} warps={warps} stages={stages} decode={dec} compact={cmp} "
-                      f"fp16={f16} "
-                      f"{t * 1e6:8.1f} us {nbytes_run / t / 1e9:7.0f} GB/s err {err:.1e} {'ok' if ok else 'FAIL'}", flush=True)
+                      f"{t * 1e6:8.1f} us {nbytes / t / 1e9:7.0f} GB/s err {err:.1e} {'ok' if ok else 'FAIL'}", flush=True)
             del ref
         del q, by_kind
         torch.cuda.empty_cache()
@@ -190,14 +181,13 @@ def main():
             if kind == "2bit":
                 shipped = score_summary.QSCALAR_DEFAULTS
                 default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"], r["decode"]) == shipped[:4]
-                                and r["compact"] in (None, score_summary.QSCALAR_COMPACT)
-                                and r["fp16_logits"] in (None, score_summary.FP16_LOGITS)), None)
+                                and r["compact"] == score_summary.QSCALAR_COMPACT), None)
             else:
                 default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"]) == score.DEFAULTS[kind]),
                                None)
             cell = lambda r: (f"{r['time_us']:7.1f} ({100 * r['hbm_frac']:.0f}% HBM) "  # noqa: E731
                               f"b{r['block_n']} w{r['warps']} s{r['stages']} d{r['decode']}"
-                              f"{' c' if r['compact'] else ''}{' h' if r['fp16_logits'] else ''}") if r else "-"
+                              f"{' c' if r['compact'] else ''}") if r else "-"
             best = min(rs, key=lambda r: r["time_us"])
             print(f"{B:<10}{kind:<6}{cell(default):>38}{cell(best):>38}")
     save_rows("score.json", rows)

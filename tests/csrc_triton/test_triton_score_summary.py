@@ -101,8 +101,8 @@ def test_qlandmark_codebook_in_program_equals_global_gathers(device):
     from vllm_kvoffload.scorers.qlandmark import CODES, VEC, gaussian_codebook, hadamard
     args = (query.float() @ hadamard(D, device), summaries, gaussian_codebook(VEC, CODES, device=device),
             cold_slots, cold_lens, D ** -0.5)
-    local = triton_kernels.qlandmark_mass(*args, local_cb=True, fp16_logits=False)  # fp32: the tiles differ
-    gathered = triton_kernels.qlandmark_mass(*args, local_cb=False, block_n=32, fp16_logits=False)
+    local = triton_kernels.qlandmark_mass(*args, local_cb=True)
+    gathered = triton_kernels.qlandmark_mass(*args, local_cb=False, block_n=32)
     torch.testing.assert_close(local, gathered, rtol=1e-5, atol=1e-6)
 
 
@@ -116,7 +116,7 @@ def test_qscalar_level_decodings_agree(device, block_n):
     scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
-    fp16, bits, int8, packed = (triton_kernels.qscalar_mass(*args, decode=d, block_n=block_n, fp16_logits=False).cpu()
+    fp16, bits, int8, packed = (triton_kernels.qscalar_mass(*args, decode=d, block_n=block_n).cpu()
                                 for d in (0, 1, 2, 3))
     valid = torch.isfinite(fp16)
     assert torch.equal(valid, torch.isfinite(bits)) and torch.equal(valid, torch.isfinite(int8))
@@ -133,29 +133,11 @@ def test_qscalar_compact_epilogue_equals_the_dot_rows(device, B, Hq, Hkv, D, bs,
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
     for decode in (1, 3) if D >= 128 else (1,):
-        padded = triton_kernels.qscalar_mass(*args, decode=decode, compact=False, fp16_logits=False).cpu()
-        compact = triton_kernels.qscalar_mass(*args, decode=decode, compact=True, fp16_logits=False).cpu()
+        padded = triton_kernels.qscalar_mass(*args, decode=decode, compact=False).cpu()
+        compact = triton_kernels.qscalar_mass(*args, decode=decode, compact=True).cpu()
         assert torch.equal(torch.isfinite(padded), torch.isfinite(compact)) and not compact.isnan().any()
         valid = torch.isfinite(padded)
         torch.testing.assert_close(compact[valid], padded[valid], rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("q_scale", [1.5, 8.0])
-def test_fp16_workspace_logits_match_fp32(device, q_scale):
-    """The workspace's logits as fp16 differences from their chunk's first tile's max (the default)
-    give the masses of fp32 logits to about 11 bits of each difference, with chunks and tiles that
-    do not divide the rows; q_scale 8 spreads the logits over tens of log2 units."""
-    from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
-    B, Hq, Hkv, D, bs, cold = 3, 16, 4, 128, 16, [9, 4, 0]
-    scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
-    args = (scorer.rotated(query * q_scale), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
-    fp32 = triton_kernels.qscalar_mass(*args, block_n=32, chunk=64, fp16_logits=False).cpu()
-    fp16 = triton_kernels.qscalar_mass(*args, block_n=32, chunk=64, fp16_logits=True).cpu()
-    valid = torch.isfinite(fp32)
-    assert torch.equal(valid, torch.isfinite(fp16)) and not fp16.isnan().any()
-    assert rel_err(fp16[valid], fp32[valid]) <= 3e-3
-    big = valid & (fp32 > 1e-3 * fp32.masked_fill(~valid, 0).amax(-1, keepdim=True))
-    assert ((fp16 - fp32).abs() / fp32)[big].max() <= 2e-2
 
 
 def test_qscalar_refuses_a_summary_of_the_wrong_width(device):
