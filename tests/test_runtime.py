@@ -10,7 +10,7 @@ import torch
 
 from test_kv_spec import decode_step, make_manager  # same folder (pytest prepends it)
 from vllm_kvoffload.attention.backend_cuda import OffloadFlashAttentionImpl
-from vllm_kvoffload.config import KVOffloadConfig
+from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
 from vllm_kvoffload.ops.attention import dense_decode_attention
 from vllm_kvoffload.runtime import OffloadRuntime
 from vllm_kvoffload.scorers import available
@@ -186,3 +186,16 @@ def test_block_table_rows_come_from_vllms_host_copy():
     assert rows.ctypes.data == host.ctypes.data and (rows == host[:2]).all()  # the host copy itself
     other = torch.full((3, 8), 7, dtype=torch.int32)
     assert (runtime._block_table_rows(other, 2) == 7).all()
+
+
+def test_a_pool_the_host_cannot_hold_fails_with_the_setting_named():
+    """The pool is allocated at start-up (``prepare_pool``, from vLLM's initialize_kv_cache); an
+    allocation the host refuses raises a config error that names host_gb and what to change."""
+    cfg = KVOffloadConfig.parse({"scorer": "exact-topk", "budget": 0.03, "host_gb": 1 << 40})
+    runtime = OffloadRuntime(cfg, BS)
+    runtime.add_layer("layer.0", SimpleNamespace(impl=FlashLayoutImpl(), kv_cache=torch.zeros(4, HKV, BS, 2 * D)))
+    with pytest.raises(KVOffloadConfigError, match=r"host_gb=1099511627776.*lower --kv-offload-host-gb"):
+        runtime.prepare_pool(1 << 36)  # 1 PiB of host memory: no host holds it
+    assert runtime.pool is None
+    runtime.prepare_pool(8)
+    assert runtime.pool is not None and runtime.pool.num_slots == 8

@@ -212,6 +212,23 @@ def _patch_model_runner() -> None:
 
     GPUModelRunner._update_states = _update_states
 
+    from vllm_kvoffload.kv_spec import OffloadAttentionSpec
+
+    initialize = GPUModelRunner.initialize_kv_cache  # the CPU runner's calls it too (super())
+
+    def initialize_kv_cache(self, kv_cache_config, *args, **kwargs):
+        # After vLLM allocates and binds the KV caches at start-up (not in a profiling run), the
+        # host pool is allocated too: a pool the host cannot pin fails the start, clearly.
+        initialize(self, kv_cache_config, *args, **kwargs)
+        is_profiling = kwargs.get("is_profiling", args[0] if args else False)
+        runtime = current_runtime()
+        groups = kv_cache_config.kv_cache_groups
+        if runtime is not None and not is_profiling and groups and isinstance(groups[0].kv_cache_spec,
+                                                                              OffloadAttentionSpec):
+            runtime.prepare_pool(groups[0].kv_cache_spec.host_blocks)
+
+    GPUModelRunner.initialize_kv_cache = initialize_kv_cache
+
 
 # ---- stats: engine-core utility + HTTP endpoint -----------------------------------------
 def _patch_engine_core() -> None:

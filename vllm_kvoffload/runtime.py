@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vllm_kvoffload.config import KVOffloadConfig
+from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
 from vllm_kvoffload.decode_graphs import FREE_MARGIN_BYTES, DecodeGraphs, GraphPolicy
 from vllm_kvoffload.host_pool import HostPool
 from vllm_kvoffload.logs import get_logger
@@ -141,14 +141,32 @@ class OffloadRuntime:
             self.layer_index[name] = len(self.layer_index)
             self.layers[name] = layer
 
+    def prepare_pool(self, num_slots: int) -> None:
+        """Allocate the host pool now, once vLLM has bound the layers' caches at start-up: a pool
+        the host cannot provide then fails the start, not the first request that offloads."""
+        if self.layers:
+            first = next(iter(self.layers.values()))
+            self._ensure_pool(num_slots, first.kv_cache, first.impl)
+
     def _ensure_pool(self, num_slots: int, kv_cache: torch.Tensor, impl) -> HostPool:
         if self.pool is None:
             geometry = KVGeometry(impl.num_kv_heads, impl.num_heads, impl.head_size,
                                   self.block_size, kv_cache.dtype)
             scorer = create_scorer(self.config.scorer, geometry)
-            self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
-                                 impl.head_size, kv_cache.dtype, scorer, kv_cache.device,
-                                 host_dtype=self.config.host_dtype(kv_cache.dtype))
+            host_dtype = self.config.host_dtype(kv_cache.dtype)
+            try:
+                self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
+                                     impl.head_size, kv_cache.dtype, scorer, kv_cache.device, host_dtype=host_dtype)
+            except (RuntimeError, MemoryError) as e:  # torch's allocators (pinned: cudaHostAlloc) raise these
+                gib = num_slots * len(self.layer_index) * 2 * impl.num_kv_heads * self.block_size * impl.head_size \
+                    * host_dtype.itemsize / 2**30
+                kind = "pinned host" if kv_cache.device.type == "cuda" else "host"
+                raise KVOffloadConfigError(
+                    f"kv_offload could not allocate its host pool: {num_slots} blocks, {gib:.1f} GiB of {kind} memory "
+                    f"(host_gb={self.config.host_gb}, host_blocks={self.config.host_blocks}): "
+                    f"{str(e).splitlines()[0]}. Accepted: a pool the host can hold; lower "
+                    "--kv-offload-host-gb (pinned memory is bounded by the machine's RAM and its "
+                    "locked-memory limit)") from e
             self.fetch_counts = torch.zeros(2, dtype=torch.int64, device=kv_cache.device)
             logger.info("kv_offload: host pool of %d blocks (%.2f GiB, %s), scorer %s", num_slots,
                         self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, self.pool.kv.dtype,

@@ -153,3 +153,17 @@ def test_fp8_host_pool_holds_more_blocks_and_decodes(tiny_llama, capfd, monkeypa
         assert pool_lines and ("float8_e4m3fn" in pool_lines[-1]) == (dtype == "fp8"), pool_lines
     assert runtimes[0] is not runtimes[1]
     assert 4 * totals["auto"] <= totals["fp8"] < 4 * (totals["auto"] + 1), totals  # (both are floors)
+
+
+def test_a_host_pool_the_machine_cannot_hold_fails_the_start(tiny_llama, capfd, monkeypatch):
+    """host_gb far beyond the machine: the engine's start fails (the pool is allocated at start-up,
+    not at the first request that offloads) with an error naming the setting and what to change."""
+    from vllm_kvoffload.config import KVOffloadConfigError
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the worker's error reaches this process
+    with pytest.raises((KVOffloadConfigError, RuntimeError)) as err:
+        make_llm(tiny_llama, offload(budget=0.1, host_gb=float(1 << 20)))  # 1 PiB
+    log = capfd.readouterr()
+    text = str(err.value) + log.out + log.err
+    assert "could not allocate its host pool" in text and "host_gb=1048576.0" in text, text[-2000:]
+    assert "lower --kv-offload-host-gb" in text
