@@ -24,8 +24,9 @@ An fp8 pool (``host_kv_dtype=fp8``) is widened on the way: every gather takes ``
 carries the fp8 bytes.
 Where nothing is converted (``out_dtype`` is the pool's), (a) and (c) move rows as 32-bit words
 (``_words``): a tile then holds a quarter (fp8) or half (bf16) as many elements, each with its
-64-bit address in registers. On the H100 that took the cached gather from 160 registers per
-thread (19% occupancy, latency-bound) to ... (examples/gpu_gather.py, docs/kernels.md).
+64-bit address in registers. On the H100 the cached gather had used 160 registers per thread
+(19% occupancy, stalled on memory latency); words took it from 166 to 102 us per layer at 100%
+hits, against 53 us for a device copy of the same bytes (examples/gpu_gather.py, docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def _words(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
     """The tensors viewed as int32 words along their last dim (rows copied without conversion),
     or None where a row is not a whole number of words or a power of two of them."""
     size = tensors[0].element_size()
-    n = tensors[0].shape[-1] * size // 4
-    if any(t.dtype != tensors[0].dtype or t.stride(-1) != 1 for t in tensors) or n & (n - 1) or n * 4 != \
-            tensors[0].shape[-1] * size or any(st * size % 4 for t in tensors for st in t.stride()[:-1]):
+    row_bytes = tensors[0].shape[-1] * size
+    words = row_bytes // 4
+    same_rows = all(t.dtype == tensors[0].dtype and t.stride(-1) == 1 for t in tensors)
+    aligned = all(st * size % 4 == 0 for t in tensors for st in t.stride()[:-1])
+    if not (same_rows and aligned and row_bytes % 4 == 0 and words & (words - 1) == 0):
         return None
     return [t.view(torch.int32) for t in tensors]
 
