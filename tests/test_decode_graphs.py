@@ -168,3 +168,26 @@ def test_a_failed_capture_keeps_the_step_correct_and_eager(monkeypatch):
     policy = GraphPolicy()
     policy.current, policy.last_key = graphs, "a"
     assert policy.for_step("a", lambda key: pytest.fail("a failed shape is not captured again")) is None
+
+
+def test_a_layer_without_its_cache_entry_runs_eagerly():
+    """Double-buffered graphs read the last step's cache entry; a layer that has none (which the
+    runtime never produces) runs eagerly instead of replaying or capturing on a stale buffer."""
+    from vllm_kvoffload.decode_graphs import DecodeGraphs
+
+    graphs = DecodeGraphs.__new__(DecodeGraphs)  # its constructor allocates on CUDA
+    graphs.key, graphs.parities, graphs.parity, graphs.failed = "a", 2, 0, None
+    graphs.query = graphs.output = None
+    graphs.graphs = {(0, 0): "a graph that must not be replayed"}
+    graphs.entries = [[(torch.zeros(1),) for _ in range(2)]]
+    calls = []
+
+    def layer_fn(query, output, prev, entry):
+        calls.append((prev, entry))
+        output.copy_(query + 1)
+        return (torch.ones(1),)
+
+    query, output = torch.arange(3.0), torch.zeros(3)
+    entry = graphs.run(0, layer_fn, query, output, None)
+    assert torch.equal(output, query + 1) and calls == [(None, None)] and entry[0].item() == 1
+    assert graphs.query is None  # nothing captured or staged

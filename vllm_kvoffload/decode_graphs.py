@@ -77,11 +77,17 @@ class DecodeGraphs:
         p = self.parity
         if self.failed:  # the rest of a step whose capture failed
             return fn(query, output, prev, None)
+        if (prev is None) != (self.parities == 1):
+            # The graphs read the device cache iff they are double-buffered. The runtime writes every
+            # layer's entry each step, so this does not happen; if it did, the layer runs eagerly.
+            logger.warning("kv_offload: layer %d runs eagerly this step: its device-cache entry %s, but "
+                           "its decode graphs %s one", layer, "is missing" if prev is None else "exists",
+                           "read" if self.parities == 2 else "do not read")
+            return fn(query, output, prev, None)
         graph = self.graphs.get((layer, p))
         if graph is None:  # the capture step: run eagerly into the static buffers, then capture
             if self.query is None:
                 self.query, self.output = torch.empty_like(query), torch.empty_like(output)
-            assert (prev is None) == (self.parities == 1), "the device cache is read iff double-buffered"
             fn(query, output, prev, self.entries[layer][p])  # also compiles whatever the capture launches
             try:
                 for q in range(self.parities):
