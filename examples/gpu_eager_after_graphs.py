@@ -15,23 +15,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process, so its runtime can be reached
 import gpu_offload_bench as g  # noqa: E402
 import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from vllm_kvoffload.runtime import current_runtime  # noqa: E402
 
 cfg = json.dumps({"scorer": "qlandmark-scalar", "budget": 0.03, "window_tokens": 256, "sink_tokens": 16, "host_gb": 64,
                   "device_cache": True, "host_kv_dtype": "fp8"})
 eng = g.SteadyEngine(str(g.dummy_llama()), 32, 32768, cfg, 0.35, out_tokens=512, graphs=True)
 out = {"graphs": eng.timed(16)["step_s"] * 1e3}
-rt = current_runtime()
-rt.config = rt.config.model_copy(update={"decode_graphs": False})
-for _ in range(3):
-    eng.step()
+g.set_decode_graphs(eng, False)
 out["eager_after_graphs"] = eng.timed(16)["step_s"] * 1e3
-with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-    out["eager_after_graphs_profiled"] = eng.timed(4)["step_s"] * 1e3
-ka = prof.key_averages()
-out["kernel_ms_per_step"] = sum(e.self_device_time_total for e in ka if e.self_cpu_time_total == 0) / 1e3 / 4
+step_s, ka, out["kernel_ms_per_step"] = g.timed_under_profiler(eng, 4)
+out["eager_after_graphs_profiled"] = step_s * 1e3
 out["torch_cuda_memory_gb"] = torch.cuda.memory_reserved() / 2**30
 out["free_gb"] = torch.cuda.mem_get_info()[0] / 2**30
 (g.OUT / "diag-gpu.txt").write_text(ka.table(sort_by="self_device_time_total", row_limit=25))

@@ -232,6 +232,31 @@ class SteadyEngine:
         return out
 
 
+def set_decode_graphs(eng: SteadyEngine, on: bool) -> None:
+    """Turn the offloaded decode's CUDA graphs on or off in this process's runtime (the engine
+    core must run in this process), then take the steps that are not steady: the shape's first,
+    and its capture step."""
+    from vllm_kvoffload.runtime import current_runtime
+
+    rt = current_runtime()
+    rt.config = rt.config.model_copy(update={"decode_graphs": on})
+    for _ in range(3):
+        eng.step()
+
+
+def timed_under_profiler(eng: SteadyEngine, steps: int):
+    """``steps`` steps under torch.profiler: (seconds per step, the profiler's key averages,
+    kernel milliseconds per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step_s = eng.timed(steps)["step_s"]
+    ka = prof.key_averages()
+    # kernels and copies are the rows with no host time of their own
+    kernel_us = sum(e.self_device_time_total for e in ka if e.self_cpu_time_total == 0)
+    return step_s, ka, kernel_us / 1e3 / steps
+
+
 def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
                      graphs: bool, decode_graphs_ab: bool = False) -> None:
     """Decode tok/s of the full batch over ``steps`` steady steps; fetch counters over them.
@@ -240,13 +265,8 @@ def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_
     eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
     out = eng.summary(eng.timed(steps))
     if decode_graphs_ab:
-        from vllm_kvoffload.runtime import current_runtime
-
-        rt = current_runtime()
         for tag, on in (("eager", False), ("graphs_again", True)):
-            rt.config = rt.config.model_copy(update={"decode_graphs": on})
-            for _ in range(3):  # the shape's first step, then its capture step, are not steady
-                eng.step()
+            set_decode_graphs(eng, on)
             out[f"step_ms_decode_{tag}"] = 1e3 * eng.timed(steps)["step_s"]
     print(json.dumps(out))
 
@@ -259,15 +279,9 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
     import io
     import pstats
 
-    from torch.profiler import ProfilerActivity, profile
-
     eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
     plain = eng.timed(steps)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        profiled = eng.timed(steps)["step_s"]
-    ka = prof.key_averages()
-    # kernels and copies are the rows with no host time of their own
-    kernel_us = sum(e.self_device_time_total for e in ka if e.self_cpu_time_total == 0)
+    profiled, ka, kernel_ms = timed_under_profiler(eng, steps)
     (OUT / f"profile-{tag}-gpu.txt").write_text(ka.table(sort_by="self_device_time_total", row_limit=40))
     (OUT / f"profile-{tag}-cpu.txt").write_text(ka.table(sort_by="self_cpu_time_total", row_limit=40))
     pr = cProfile.Profile()
@@ -279,7 +293,7 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
     pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(40)
     (OUT / f"profile-{tag}-python.txt").write_text(text.getvalue())
     print(json.dumps({"tag": tag, **eng.summary(plain), "steps": steps, "step_ms_under_torch_profiler": 1e3 * profiled,
-                      "kernel_ms_per_step": kernel_us / 1e3 / steps, "step_ms_under_cprofile": 1e3 * cprof}))
+                      "kernel_ms_per_step": kernel_ms, "step_ms_under_cprofile": 1e3 * cprof}))
 
 
 def dummy_llama() -> Path:

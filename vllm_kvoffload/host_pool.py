@@ -25,13 +25,17 @@ class HostPool:
         pin = device.type == "cuda"
         self.dtype = dtype  # the model's KV dtype: what reads return
         # empty, not zeros: pages are touched only as slots fill
-        self.kv = torch.empty(num_slots, num_layers, 2, num_kv_heads, block_size, head_dim,
+        self.kv = torch.empty(self.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim),
                               dtype=host_dtype or dtype, pin_memory=pin)
         shape, summary_dtype = scorer.summary_spec()
         self.summaries = [torch.empty(num_slots, *shape, dtype=summary_dtype, device=device)
                           for _ in range(num_layers)]
         self.scorer = scorer
         self.block_size = block_size
+
+    @staticmethod
+    def kv_shape(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int) -> tuple:
+        return num_slots, num_layers, 2, num_kv_heads, block_size, head_dim
 
     @property
     def num_slots(self) -> int:

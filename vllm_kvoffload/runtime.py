@@ -8,6 +8,7 @@ process replaces it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,8 +159,9 @@ class OffloadRuntime:
                 self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
                                      impl.head_size, kv_cache.dtype, scorer, kv_cache.device, host_dtype=host_dtype)
             except (RuntimeError, MemoryError) as e:  # torch's allocators (pinned: cudaHostAlloc) raise these
-                gib = num_slots * len(self.layer_index) * 2 * impl.num_kv_heads * self.block_size * impl.head_size \
-                    * host_dtype.itemsize / 2**30
+                shape = HostPool.kv_shape(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
+                                          impl.head_size)
+                gib = math.prod(shape) * host_dtype.itemsize / 2**30
                 kind = "pinned host" if kv_cache.device.type == "cuda" else "host"
                 raise KVOffloadConfigError(
                     f"kv_offload could not allocate its host pool: {num_slots} blocks, {gib:.1f} GiB of {kind} memory "
