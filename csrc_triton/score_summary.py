@@ -99,7 +99,8 @@ def _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D: tl.constexpr, BS: tl.const
                   F32: tl.constexpr):
     # blk [N]: each token's block row (slot, KV head); tin [N]: the token's place in its block.
     # q0..q3 [G_PAD, D/4]: the rotated query's channels k::4, in the levels' operand type.
-    # Returns sum_d q_d * level_d [G_PAD, N] (DECODE 1: sum_d q_d * (1 + level_d / 4)), unscaled.
+    # Returns sum_d q_d * level_d [G_PAD, N] (DECODE 1: sum_d q_d * (1 + level_d / 4)), unscaled:
+    # int32 for the int8 decodings (exact), fp32 otherwise.
     offs_j = tl.arange(0, D // 4)
     code = tl.load(blk[:, None] + (tin * (D // 4))[:, None] + offs_j[None, :], mask=tmask[:, None], other=0)
     if DECODE >= 2:
@@ -107,7 +108,7 @@ def _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D: tl.constexpr, BS: tl.const
         acc += tl.dot(q1, tl.trans(_qscalar_levels(code, 4, DECODE, F32)), out_dtype=tl.int32)
         acc += tl.dot(q2, tl.trans(_qscalar_levels(code, 2, DECODE, F32)), out_dtype=tl.int32)
         acc += tl.dot(q3, tl.trans(_qscalar_levels(code, 0, DECODE, F32)), out_dtype=tl.int32)
-        return acc.to(tl.float32)
+        return acc
     else:
         acc = mma(q0, tl.trans(_qscalar_levels(code, 6, DECODE, F32)), F32)
         acc += mma(q1, tl.trans(_qscalar_levels(code, 4, DECODE, F32)), F32)
@@ -119,10 +120,8 @@ def _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D: tl.constexpr, BS: tl.const
 @triton.jit
 def _qscalar_scale(blk, tin, tmask, D: tl.constexpr, BS: tl.constexpr):
     """Each token's bf16 scale, read from its two bytes after the block's codes: [N] fp32."""
-    at = blk + BS * (D // 4) + tin * 2
-    lo = tl.load(at, mask=tmask, other=0).to(tl.uint16)
-    hi = tl.load(at + 1, mask=tmask, other=0).to(tl.uint16)
-    return (lo | (hi << 8)).to(tl.bfloat16, bitcast=True).to(tl.float32)
+    at = (blk + BS * (D // 4)).to(tl.pointer_type(tl.uint16)) + tin  # 2-byte aligned: codes come in whole words
+    return tl.load(at, mask=tmask, other=0).to(tl.bfloat16, bitcast=True).to(tl.float32)
 
 
 @triton.jit
@@ -165,12 +164,12 @@ def _qscalar_query_parts(q_rows, gmask, D: tl.constexpr, DECODE: tl.constexpr, R
 @triton.jit
 def _first_rows(x, G_PAD: tl.constexpr, ROWS: tl.constexpr, N: tl.constexpr):
     """x [G_PAD, N] -> its first ROWS rows [ROWS, N] (ROWS divides G_PAD): the dot's padded rows
-    are dropped before the epilogue, which then runs on the query heads only."""
+    are dropped before the epilogue, which then runs on the query heads only.
+    Invariant: rows ROWS.. of x are zero (the dot's query rows past G are loaded as zeros), so
+    the first rows are the sum of the ROWS-row slices (no select)."""
     if ROWS == G_PAD:
         return x
-    y = tl.permute(tl.reshape(x, (G_PAD // ROWS, ROWS, N)), (1, 2, 0))  # [ROWS, N, G_PAD / ROWS]
-    first = tl.arange(0, G_PAD // ROWS) == 0
-    return tl.sum(tl.where(first[None, None, :], y, 0.0), 2)
+    return tl.sum(tl.reshape(x, (G_PAD // ROWS, ROWS, N)), 0)
 
 
 @triton.jit
@@ -222,13 +221,17 @@ def _summary_logits(
     rmask = offs_r < G
     qr = h * G + offs_r
     lg_row = (b * Hq + qr).to(tl.int64) * N_MAX
-    m_i = tl.full([ROWS], NEG, tl.float32)
-    s_i = tl.zeros([ROWS], tl.float32)
+    # The online (max, sum of exp2) per row, kept per tile column: each value meets only its own
+    # column's state (no reduction across threads per tile); the columns are merged after the loop.
+    m_i = tl.full([ROWS, BLOCK_N], NEG, tl.float32)
+    s_i = tl.zeros([ROWS, BLOCK_N], tl.float32)
     cb = tl.load(cb_ptr + tl.arange(0, 1024)) if KIND == 0 and LOCAL_CB else 0.0  # [256 x 4] codebook
     if KIND == 3:  # the query's channels k::4 as dot operands, and what turns their dot into q . k_hat / s
         q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_rows, gmask, D, DECODE, G_PAD)
         if ROWS != G_PAD:  # the same per-row values, on the epilogue's rows
             _, _, _, _, q_mul, q_off = _qscalar_query_parts(q_ptr + b * s_qb + qr * s_qh, rmask, D, DECODE, ROWS)
+        q_a = q_mul * qk_scale  # logit = (dot * q_a + q_c) * s[t]: one FMA and one multiply per value
+        q_c = -q_off * q_a
     for start in range(lo, hi, BLOCK_N):
         t = start + offs_t
         tmask = t < hi
@@ -236,12 +239,15 @@ def _summary_logits(
             slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
             tok = s_ptr + slot * s_sslot + h * s_sh + (t % BS) * (D // 4 + 2)
             l = _first_rows(_qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB), G_PAD, ROWS, BLOCK_N)
+            l = l * qk_scale
         elif KIND == 3:  # per-token summaries in planar blocks: a tile may span several blocks
-            slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
+            tu = t.to(tl.uint32)  # t >= 0: unsigned division by BS is a shift
+            slot = tl.load(slots_ptr + b * s_slb + (tu // BS).to(tl.int32), mask=tmask, other=0).to(tl.int64)
             blk = s_ptr + slot * s_sslot + h * s_sh
-            tin = t % BS
-            l = _first_rows(_qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D, BS, DECODE, F32), G_PAD, ROWS, BLOCK_N)
-            l = q_mul[:, None] * (l - q_off[:, None]) * _qscalar_scale(blk, tin, tmask, D, BS)[None, :]
+            tin = (tu % BS).to(tl.int32)
+            acc = _first_rows(_qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D, BS, DECODE, F32), G_PAD, ROWS, BLOCK_N)
+            l = acc.to(tl.float32) * q_a[:, None] + q_c[:, None]  # folded before the conversion (int32: exact)
+            l = l * _qscalar_scale(blk, tin, tmask, D, BS)[None, :]
         else:  # per-block summaries: one block per tile
             slot = tl.load(slots_ptr + b * s_slb + start // BS).to(tl.int64)
             base = s_ptr + slot * s_sslot + h * s_sh
@@ -249,15 +255,20 @@ def _summary_logits(
                 l = _infinigen_tile(base, q_rows, gmask, offs_t, R, R_PAD, F32)
             else:
                 l = _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD, D, F32)
-            l = _first_rows(l, G_PAD, ROWS, BLOCK_N)
-        l = tl.where(tmask[None, :], l * qk_scale, float("-inf"))
+            l = _first_rows(l, G_PAD, ROWS, BLOCK_N) * qk_scale
+        l = tl.where(tmask[None, :], l, float("-inf"))  # log2-scaled logits
         tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=rmask[:, None] & tmask[None, :])
-        m_new = tl.maximum(m_i, tl.max(l, 1))
-        s_i = s_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(l - m_new[:, None]), 1)
-        m_i = m_new
+        # one exponential per value: exp2(-|l - m|) rescales the sum where l is the new max, else adds
+        d = l - m_i
+        e = tl.exp2(-tl.abs(d))
+        up = d > 0
+        s_i = tl.where(up, s_i * e + 1.0, s_i + e)
+        m_i = tl.where(up, l, m_i)
+    m_row = tl.max(m_i, 1)
+    s_row = tl.sum(s_i * tl.exp2(m_i - m_row[:, None]), 1)
     ws = (b * Hq + qr) * NC + c
-    tl.store(pm_ptr + ws, m_i, mask=rmask)
-    tl.store(ps_ptr + ws, s_i, mask=rmask)
+    tl.store(pm_ptr + ws, m_row, mask=rmask)
+    tl.store(ps_ptr + ws, s_row, mask=rmask)
 
 
 def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
