@@ -59,6 +59,7 @@ def _sparse_decode_partial(
     Hq, K_SEL, NRC, NC,
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     CHUNK, BLOCK_N: tl.constexpr, HAS_VALID: tl.constexpr, F32: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,         # every sel_k/sel_v row starts at a multiple of this many elements
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -92,16 +93,19 @@ def _sparse_decode_partial(
         lo = (c - NRC) * CHUNK
         hi = tl.minimum(lo + CHUNK, tl.minimum(n, K_SEL))
         base = b.to(tl.int64) * s_sb + h * s_sh
+        # selections from an fp8 pool stay fp8 on the device: widened here to fp16 (exact, one
+        # conversion per pair of values; bf16 would need several), the query rounded to fp16
+        # (|q| < 65504), and the probabilities enter the PV dot in fp16
+        q_sel = q.to(tl.float16) if sk_ptr.dtype.element_ty == tl.float8e4nv else q
         for start in range(lo, hi, BLOCK_N):
             t = start + offs_n
             tmask = t < hi
             if HAS_VALID:
                 tmask = tmask & (tl.load(valid_ptr + b * s_vb + h * s_vh + t, mask=tmask, other=0) != 0)
-            row = base + t.to(tl.int64) * s_st
-            # selections from an fp8 pool stay fp8 on the device: widened here (exact)
-            k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
-            v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q.dtype)
-            m_i, l_i, acc = _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
+            row = tl.multiple_of(base + t.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher checks the strides
+            k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
+            v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
+            m_i, l_i, acc = _online_update(q_sel, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
 
     # partials [B, Hq, NC] and [B, Hq, NC, D], fp32 contiguous
     ws = (b * Hq + qh) * NC + c
@@ -147,6 +151,16 @@ def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: 
     return min(2048, max(block_n, cdiv(chunk, block_n) * block_n))
 
 
+def _row_align(t: torch.Tensor) -> int:
+    """The largest power of two <= 16 dividing every stride of t's leading dims: each of its
+    rows starts at a multiple of that many elements (the data pointer itself is 16-byte aligned,
+    which Triton checks and specializes on), so row loads can be vectorized."""
+    align = 16
+    while any(s % align for s in t.stride()[:-1]):
+        align //= 2
+    return align
+
+
 def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale,
                   sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=2):
     """Same contract as ``sparse_decode_ref``; returns out [B, Hq, D] in query's dtype.
@@ -182,6 +196,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
         Hq, K, NRC, NC,
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n,
         HAS_VALID=sel_valid is not None, F32=interpreting(),
+        ROW_ALIGN=_row_align(sel_k),
         num_warps=num_warps, num_stages=num_stages,
     )
     out = torch.empty_like(query) if out is None else out
@@ -192,9 +207,10 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
 
 def bytes_touched(query, kv_cache, res_lens, sel_k, sel_lens) -> int:
     """HBM bytes the attention must read/write: q, out, resident and selected K and V
-    rows actually attended (the split-K partials are extra, reported apart)."""
+    rows actually attended, each at its own element size (fp8 selections: 1 byte); the split-K
+    partials are extra, reported apart."""
     B, Hq, D = query.shape
     Hkv = kv_cache.shape[3]
-    es = kv_cache.element_size()
-    tokens_kv = int(res_lens.sum()) * Hkv + int(sel_lens.clamp_max(sel_k.shape[2]).sum())
-    return 2 * tokens_kv * D * es + 2 * query.numel() * query.element_size()
+    resident = int(res_lens.sum()) * Hkv * kv_cache.element_size()
+    selected = int(sel_lens.clamp_max(sel_k.shape[2]).sum()) * sel_k.element_size()
+    return 2 * (resident + selected) * D + 2 * query.numel() * query.element_size()

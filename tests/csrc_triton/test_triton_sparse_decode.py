@@ -52,14 +52,37 @@ def test_sparse_decode(device, B, Hq, Hkv, D, bs, max_res, K, chunk, with_valid)
 
 @pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_res,K,chunk", CASES[1:3])
 def test_sparse_decode_widens_fp8_selections(device, B, Hq, Hkv, D, bs, max_res, K, chunk):
-    """Selections gathered from an fp8 pool stay fp8 on the device; the kernel widens them as it
-    loads them, which equals attending over the same values widened beforehand (exact)."""
+    """Selections gathered from an fp8 pool stay fp8 on the device; the kernel widens them to fp16
+    as it loads them (exact) and runs their dots in fp16, so its result is at least about as close
+    to the fp32 reference as attending over bf16-widened copies (bf16 probabilities)."""
     seed = torch.seed() % 2**31
     (q, kv, bt, rl, sk, sv, sl), _ = make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed,
                                                  sel_dtype=torch.float8_e4m3fn)
     kwargs = dict(chunk=chunk, block_n=32 if INTERPRET else None)
     out = sparse_decode(q, kv, bt, rl, sk, sv, sl, D**-0.5, out=torch.full_like(q, float("nan")), **kwargs)
     widened = sparse_decode(q, kv, bt, rl, sk.bfloat16(), sv.bfloat16(), sl, D**-0.5, **kwargs)
-    assert torch.equal(out, widened), f"seed {seed}"
     ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
-    assert rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
+    assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
+    # the output's own bf16 rounding dominates both errors (about 4-5e-3); fp16 is 0.8-0.95x bf16
+    assert rel_err(out, ref) <= 1.1 * rel_err(widened, ref), f"seed {seed}"
+
+
+@pytest.mark.parametrize("pad", [1, 8])
+def test_sparse_decode_reads_selections_whose_rows_are_not_16_aligned(device, pad):
+    """Rows of sel_k/sel_v that start at odd element offsets (views into wider buffers) are read
+    correctly: the kernel's vectorization hint comes from the strides (``_row_align``)."""
+    from csrc_triton.sparse_decode import _row_align
+
+    B, Hq, Hkv, D, bs, max_res, K = 3, 8, 2, 64, 16, 40, 50
+    seed = torch.seed() % 2**31
+    for sel_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        (q, kv, bt, rl, sk, sv, sl), _ = make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed, sel_dtype=sel_dtype)
+        wide_k = torch.zeros(B, Hkv, K, D + pad, device=device, dtype=sel_dtype)
+        wide_v = torch.zeros_like(wide_k)
+        wide_k[..., :D], wide_v[..., :D] = sk, sv
+        vk, vv = wide_k[..., :D], wide_v[..., :D]
+        assert _row_align(vk) == (1 if pad == 1 else 8) and _row_align(sk) == 16
+        out = sparse_decode(q, kv, bt, rl, vk, vv, sl, D**-0.5, out=torch.full_like(q, float("nan")),
+                            block_n=32 if INTERPRET else None)
+        ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
+        assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed} {sel_dtype}"
