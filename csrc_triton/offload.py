@@ -7,6 +7,8 @@ Reference: ``vllm_kvoffload/ops/offload_ref.py`` (same arguments and layouts).
                                                 dtype, or fp8 e4m3 (rounded to nearest, saturated
                                                 at +-448, as ``offload_ref.to_host``)
   slots    [n] int (device)                     their host slots
+``keys_all_layers`` copies the same blocks' keys of a range of layers into one device tensor
+[layers, n, Hkv, block_size, D] in one launch, so a scorer summarizes all of them in one call.
 ``store_blocks_all_layers_uva`` moves every layer in one launch: grid (n, 2 * Hkv, num_layers),
 each program reading its layer's cache base address from a device table (all layers' kv5
 views share one shape and strides). Each program moves one (block, head, K|V) tile of block_size x D elements
@@ -52,6 +54,42 @@ def _store_blocks_all_layers(table_ptr, blk_ptr, dst_ptr, slot_ptr,
     slot = tl.load(slot_ptr + i).to(tl.int64)
     _copy_tile(src, dst_ptr, blk, slot, layer, kv, h, s_kv, s_blk, s_tok, s_h,
                d_slot, d_layer, d_kv, d_h, d_tok, BS, D, FP8)
+
+
+@triton.jit
+def _keys_all_layers(table_ptr, blk_ptr, dst_ptr, layer0,
+                     s_kv, s_blk, s_tok, s_h,             # strides of every layer's kv5
+                     d_i, d_layer, d_h, d_tok,            # out [layers, n, Hkv, bs, D] strides (D contiguous)
+                     HKV: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, DTYPE: tl.constexpr):
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    layer = tl.program_id(2).to(tl.int64)  # within the range: its table entry is layer0 + layer
+    src = tl.load(table_ptr + layer0 + layer).to(tl.pointer_type(DTYPE))
+    blk = tl.load(blk_ptr + i).to(tl.int64)
+    _copy_tile(src, dst_ptr, blk, i, layer, 0, h, s_kv, s_blk, s_tok, s_h,
+               d_i, d_layer, 0, d_h, d_tok, BS, D, False)
+
+
+def keys_all_layers(kv5: torch.Tensor, table: torch.Tensor, blocks: torch.Tensor, layer0: int,
+                    num_layers: int, num_warps: int = 4) -> torch.Tensor:
+    """Keys of device blocks ``blocks`` [n] in layers layer0 .. layer0 + num_layers - 1 of the caches
+    whose base addresses ``table`` holds (``layer_pointer_table``; ``kv5``: any one of those views,
+    for the shared shape and strides) -> [num_layers, n, Hkv, block_size, D] on the device, in the
+    caches' dtype. One launch."""
+    _, _, BS, Hkv, D = kv5.shape
+    assert kv5.stride(-1) == 1 and BS == next_pow2(BS) and D == next_pow2(D)
+    assert 0 <= layer0 and layer0 + num_layers <= table.numel()
+    n = blocks.numel()
+    out = torch.empty(num_layers, n, Hkv, BS, D, dtype=kv5.dtype, device=kv5.device)
+    if n == 0 or num_layers == 0:
+        return out
+    so = out.stride()
+    _keys_all_layers[(n, Hkv, num_layers)](
+        table, blocks, out, layer0,
+        kv5.stride(0), kv5.stride(1), kv5.stride(2), kv5.stride(3),
+        so[1], so[0], so[2], so[3],
+        HKV=Hkv, BS=BS, D=D, DTYPE=_TL[kv5.dtype], num_warps=num_warps)
+    return out
 
 
 def _check_pool(kv5: torch.Tensor, host_kv: torch.Tensor) -> None:

@@ -28,8 +28,10 @@ class HostPool:
         self.kv = torch.empty(self.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim),
                               dtype=host_dtype or dtype, pin_memory=pin)
         shape, summary_dtype = scorer.summary_spec()
-        self.summaries = [torch.empty(num_slots, *shape, dtype=summary_dtype, device=device)
-                          for _ in range(num_layers)]
+        # one tensor for all layers (one write stores a block's summaries in every layer);
+        # summaries[layer] is its view of one layer
+        self.all_summaries = torch.empty(num_layers, num_slots, *shape, dtype=summary_dtype, device=device)
+        self.summaries = list(self.all_summaries.unbind(0))
         self.scorer = scorer
         self.block_size = block_size
 
@@ -50,16 +52,28 @@ class HostPool:
         self.summaries[layer][slots.to(self.summaries[layer].device)] = self.scorer.summarize(keys)
 
     def store_from_caches(self, kv5s: list[torch.Tensor], table: torch.Tensor, blocks: torch.Tensor,
-                          slots: torch.Tensor) -> None:
+                          slots: torch.Tensor, group_bytes: int = 64 * 2**20) -> None:
         """GPU: device blocks of every layer's cache view kv5s[layer] [2, blocks, bs, Hkv, D]
         straight into their pinned slots, all layers in one zero-copy launch (stream-ordered,
-        no host sync; table: ``offload.layer_pointer_table(kv5s)``), then each layer's summaries."""
+        no host sync; table: ``offload.layer_pointer_table(kv5s)``), then their summaries, as many
+        layers at a time as ``group_bytes`` of keys hold (a decode step's few blocks: all layers in a
+        handful of launches; a long prefill's thousands: a layer at a time). Scorers summarize
+        blocks independently of their layer, so layers can share one call."""
         from vllm_kvoffload.ops.triton_kernels import load
 
-        load("offload").store_blocks_all_layers_uva(kv5s, blocks, self.kv, slots, table=table)
-        for layer, kv5 in enumerate(kv5s):
-            keys = kv5[0, blocks].transpose(1, 2)  # [n, Hkv, bs, D]
-            self.summaries[layer][slots] = self.scorer.summarize(keys)
+        offload = load("offload")
+        offload.store_blocks_all_layers_uva(kv5s, blocks, self.kv, slots, table=table)
+        n = blocks.numel()
+        if n == 0:
+            return
+        kv5 = kv5s[0]
+        per_layer = n * kv5[0, 0].numel() * kv5.element_size()
+        group = max(1, min(len(kv5s), group_bytes // per_layer))
+        for layer0 in range(0, len(kv5s), group):
+            g = min(group, len(kv5s) - layer0)
+            keys = offload.keys_all_layers(kv5, table, blocks, layer0, g)  # [g, n, Hkv, bs, D]
+            summaries = self.scorer.summarize(keys.flatten(0, 1))
+            self.all_summaries[layer0:layer0 + g, slots] = summaries.view(g, n, *summaries.shape[1:])
 
     def gather(self, layer: int, slots: torch.Tensor, token_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cold tokens chosen per KV head. slots: [n_cold_blocks] (the request's

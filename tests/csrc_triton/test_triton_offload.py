@@ -75,11 +75,28 @@ def test_layer_pointer_table_refuses_mixed_layouts(device):
         offload.layer_pointer_table([a, b])
 
 
-@pytest.mark.parametrize("scorer", ["exact-topk", "exact-topk-fp8"])
+@pytest.mark.parametrize("layer0,count", [(0, 3), (1, 2), (2, 1)])
+def test_keys_all_layers_equals_reference(device, layer0, count):
+    """One launch copies the keys of the given blocks in a range of layers; the values' half of
+    each cache and the other layers are not read into it."""
+    from vllm_kvoffload.ops.offload_ref import keys_all_layers_ref
+
+    offload = load("offload")
+    kv5s = [flash_kv5(9, 2, 16, 64, device)[1] for _ in range(3)]
+    blocks = torch.tensor([4, 8, 0, 5, 4], dtype=torch.int32, device=device)
+    got = offload.keys_all_layers(kv5s[0], offload.layer_pointer_table(kv5s), blocks, layer0, count)
+    want = keys_all_layers_ref(kv5s, blocks, layer0, count)
+    assert got.shape == (count, 5, 2, 16, 64) and torch.equal(got, want)
+    assert not torch.equal(got[0], keys_all_layers_ref(kv5s, blocks, (layer0 + 1) % 3, 1)[0])
+
+
+@pytest.mark.parametrize("scorer", ["exact-topk", "exact-topk-fp8", "qlandmark-scalar"])
 @pytest.mark.parametrize("pool_dtype", [torch.bfloat16, torch.float8_e4m3fn])
-def test_pool_store_from_caches_equals_per_layer_store(device, scorer, pool_dtype):
-    """HostPool's GPU store (one launch for all layers, then per-layer summaries) fills the
-    pool and the summaries exactly like its per-layer copy path, with either pool dtype."""
+@pytest.mark.parametrize("group_bytes", [64 * 2**20, 2 * 4 * 2 * 16 * 64 * 2])  # all layers at once; 2 of 3 at a time
+def test_pool_store_from_caches_equals_per_layer_store(device, scorer, pool_dtype, group_bytes):
+    """HostPool's GPU store (one launch for all layers, then the summaries of several layers per
+    call) fills the pool and the summaries exactly like its per-layer copy path, with either pool
+    dtype, whether all layers or only some fit in one summarize call."""
     if INTERPRET and pool_dtype != torch.bfloat16:
         pytest.skip("the interpreter's fp8 cast misrounds (test_store_blocks_all_layers covers it there)")
     from vllm_kvoffload.host_pool import HostPool
@@ -98,7 +115,7 @@ def test_pool_store_from_caches_equals_per_layer_store(device, scorer, pool_dtyp
     kv5s = [flash_kv5(nb, Hkv, BS, D, device)[1] for _ in range(layers)]
     blocks = torch.tensor([4, 8, 0, 5], dtype=torch.int32, device=device)
     slots = torch.tensor([6, 0, 3, 2], dtype=torch.int32, device=device)
-    pools[0].store_from_caches(kv5s, load("offload").layer_pointer_table(kv5s), blocks, slots)
+    pools[0].store_from_caches(kv5s, load("offload").layer_pointer_table(kv5s), blocks, slots, group_bytes=group_bytes)
     for layer, kv5 in enumerate(kv5s):
         kv = kv5[:, blocks.long()].transpose(2, 3)  # [2, n, Hkv, bs, D]
         pools[1].store(layer, slots.cpu().long(), kv[0], kv[1])

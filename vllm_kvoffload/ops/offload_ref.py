@@ -27,3 +27,8 @@ def store_blocks_all_layers_ref(kv5s: list[torch.Tensor], blocks: torch.Tensor, 
     """Every layer at once: kv5s[layer] -> host_kv[:, layer]."""
     for layer, kv5 in enumerate(kv5s):
         store_blocks_ref(kv5, blocks, host_kv, layer, slots)
+
+
+def keys_all_layers_ref(kv5s: list[torch.Tensor], blocks: torch.Tensor, layer0: int, num_layers: int) -> torch.Tensor:
+    """Keys of ``blocks`` in layers layer0 .. layer0 + num_layers - 1: [num_layers, n, Hkv, bs, D]."""
+    return torch.stack([kv5[0, blocks.long()].transpose(1, 2) for kv5 in kv5s[layer0:layer0 + num_layers]])
