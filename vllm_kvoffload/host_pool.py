@@ -73,7 +73,7 @@ class HostPool:
             g = min(group, len(kv5s) - layer0)
             keys = offload.keys_all_layers(kv5, table, blocks, layer0, g)  # [g, n, Hkv, bs, D]
             summaries = self.scorer.summarize(keys.flatten(0, 1))
-            self.all_summaries[layer0:layer0 + g, slots] = summaries.view(g, n, *summaries.shape[1:])
+            self.all_summaries[layer0:layer0 + g, slots] = summaries.reshape(g, n, *summaries.shape[1:])
 
     def gather(self, layer: int, slots: torch.Tensor, token_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cold tokens chosen per KV head. slots: [n_cold_blocks] (the request's

@@ -31,6 +31,20 @@ def to_blocks(x: torch.Tensor, bs: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_summarize_is_per_block(name):
+    """A block's summary depends on that block's keys only, not on the other blocks of the call:
+    the GPU store summarizes the leaving blocks of every layer in one call (HostPool.store_from_caches),
+    which must equal summarizing each layer's blocks apart."""
+    g = torch.Generator().manual_seed(3)
+    scorer = create_scorer(name, GEOM)
+    layers = [to_blocks(torch.randn(GEOM.num_kv_heads, n * GEOM.block_size, GEOM.head_dim, generator=g).bfloat16() * s,
+                        GEOM.block_size) for n, s in ((3, 1.0), (2, 9.0), (4, 0.1))]  # different scales per layer
+    together = scorer.summarize(torch.cat(layers))
+    apart = torch.cat([scorer.summarize(blocks) for blocks in layers])
+    assert together.shape == apart.shape and torch.equal(together, apart)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_summary_and_mass_contract(name):
     g = torch.Generator().manual_seed(1)
     keys = torch.randn(GEOM.num_kv_heads, 5 * GEOM.block_size, GEOM.head_dim, generator=g).bfloat16()
