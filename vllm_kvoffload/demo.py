@@ -39,7 +39,8 @@ def serve_command(model: str, port: int, scorer: str, budget: float) -> list[str
             "--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "4096",
             "--block-size", "32", "--kv-cache-memory-bytes", str(256 << 20), "--enforce-eager",
             f"--kv-offload={scorer}", "--kv-offload-budget", str(budget),
-            "--kv-offload-window-tokens", "64", "--kv-offload-host-gb", "0.25"]
+            "--kv-offload-window-tokens", "64", "--kv-offload-host-gb", "0.25",
+            "--shutdown-timeout", "10"]  # drain on SIGTERM (0, the default, aborts the engine and logs an error)
 
 
 def main() -> None:
