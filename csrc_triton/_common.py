@@ -24,6 +24,16 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def row_align(t: torch.Tensor, cap: int = 16) -> int:
+    """The largest power of two <= cap dividing every stride of t's leading dims: each of its rows
+    starts at a multiple of that many elements from its data pointer (which Triton checks for
+    16-byte alignment and specializes on), so row loads can be vectorized."""
+    align = cap
+    while any(s % align for s in t.stride()[:-1]):
+        align //= 2
+    return align
+
+
 def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, interpreting
+from ._common import cdiv, interpreting, row_align
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
        torch.float8_e4m3fn: tl.float8e4nv}
@@ -81,7 +81,7 @@ def _words(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
     row_bytes = tensors[0].shape[-1] * size
     words = row_bytes // 4
     same_rows = all(t.dtype == tensors[0].dtype and t.stride(-1) == 1 for t in tensors)
-    aligned = all(st * size % 4 == 0 for t in tensors for st in t.stride()[:-1])
+    aligned = all(row_align(t) * size % 4 == 0 for t in tensors)  # every row starts on a word
     if not (same_rows and aligned and row_bytes % 4 == 0 and words & (words - 1) == 0):
         return None
     return [t.view(torch.int32) for t in tensors]

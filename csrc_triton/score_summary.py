@@ -239,7 +239,6 @@ def _summary_logits(
             slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
             tok = s_ptr + slot * s_sslot + h * s_sh + (t % BS) * (D // 4 + 2)
             l = _first_rows(_qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB), G_PAD, ROWS, BLOCK_N)
-            l = l * qk_scale
         elif KIND == 3:  # per-token summaries in planar blocks: a tile may span several blocks
             tu = t.to(tl.uint32)  # t >= 0: unsigned division by BS is a shift
             slot = tl.load(slots_ptr + b * s_slb + (tu // BS).to(tl.int32), mask=tmask, other=0).to(tl.int64)
@@ -255,7 +254,9 @@ def _summary_logits(
                 l = _infinigen_tile(base, q_rows, gmask, offs_t, R, R_PAD, F32)
             else:
                 l = _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD, D, F32)
-            l = _first_rows(l, G_PAD, ROWS, BLOCK_N) * qk_scale
+            l = _first_rows(l, G_PAD, ROWS, BLOCK_N)
+        if KIND != 3:  # qlandmark-scalar has the scale folded into q_a already
+            l = l * qk_scale
         l = tl.where(tmask[None, :], l, float("-inf"))  # log2-scaled logits
         tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=rmask[:, None] & tmask[None, :])
         # one exponential per value: exp2(-|l - m|) rescales the sum where l is the new max, else adds

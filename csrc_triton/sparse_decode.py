@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms
+from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms, row_align
 
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": exp2(NEG - m) == 0 and NEG - NEG == 0 (no NaN)
 
@@ -102,7 +102,7 @@ def _sparse_decode_partial(
             tmask = t < hi
             if HAS_VALID:
                 tmask = tmask & (tl.load(valid_ptr + b * s_vb + h * s_vh + t, mask=tmask, other=0) != 0)
-            row = tl.multiple_of(base + t.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher checks the strides
+            row = tl.multiple_of(base + t.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher derives it from the strides (row_align)
             k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
             v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
             m_i, l_i, acc = _online_update(q_sel, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
@@ -151,16 +151,6 @@ def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: 
     return min(2048, max(block_n, cdiv(chunk, block_n) * block_n))
 
 
-def _row_align(t: torch.Tensor) -> int:
-    """The largest power of two <= 16 dividing every stride of t's leading dims: each of its
-    rows starts at a multiple of that many elements (the data pointer itself is 16-byte aligned,
-    which Triton checks and specializes on), so row loads can be vectorized."""
-    align = 16
-    while any(s % align for s in t.stride()[:-1]):
-        align //= 2
-    return align
-
-
 def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale,
                   sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=2):
     """Same contract as ``sparse_decode_ref``; returns out [B, Hq, D] in query's dtype.
@@ -196,7 +186,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
         Hq, K, NRC, NC,
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n,
         HAS_VALID=sel_valid is not None, F32=interpreting(),
-        ROW_ALIGN=_row_align(sel_k),
+        ROW_ALIGN=row_align(sel_k),
         num_warps=num_warps, num_stages=num_stages,
     )
     out = torch.empty_like(query) if out is None else out

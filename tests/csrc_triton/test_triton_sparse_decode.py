@@ -70,8 +70,8 @@ def test_sparse_decode_widens_fp8_selections(device, B, Hq, Hkv, D, bs, max_res,
 @pytest.mark.parametrize("pad", [1, 8])
 def test_sparse_decode_reads_selections_whose_rows_are_not_16_aligned(device, pad):
     """Rows of sel_k/sel_v that start at odd element offsets (views into wider buffers) are read
-    correctly: the kernel's vectorization hint comes from the strides (``_row_align``)."""
-    from csrc_triton.sparse_decode import _row_align
+    correctly: the kernel's vectorization hint comes from the strides (``row_align``)."""
+    from csrc_triton._common import row_align
 
     B, Hq, Hkv, D, bs, max_res, K = 3, 8, 2, 64, 16, 40, 50
     seed = torch.seed() % 2**31
@@ -81,7 +81,7 @@ def test_sparse_decode_reads_selections_whose_rows_are_not_16_aligned(device, pa
         wide_v = torch.zeros_like(wide_k)
         wide_k[..., :D], wide_v[..., :D] = sk, sv
         vk, vv = wide_k[..., :D], wide_v[..., :D]
-        assert _row_align(vk) == (1 if pad == 1 else 8) and _row_align(sk) == 16
+        assert row_align(vk) == (1 if pad == 1 else 8) and row_align(sk) == 16
         out = sparse_decode(q, kv, bt, rl, vk, vv, sl, D**-0.5, out=torch.full_like(q, float("nan")),
                             block_n=32 if INTERPRET else None)
         ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
