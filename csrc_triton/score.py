@@ -111,7 +111,8 @@ def _score_mass(
     for start in range(lo, hi, BLOCK_N):
         t = start + offs_n
         valid = t < n
-        l = tl.load(lg_ptr + lg_row[:, None] + t[None, :], mask=gmask[:, None] & valid[None, :], other=float("-inf"))
+        l = tl.load(lg_ptr + lg_row[:, None] + t[None, :], mask=gmask[:, None] & valid[None, :],
+                    other=float("-inf")).to(tl.float32)
         p = tl.exp2(l - M[:, None]) * inv[:, None]
         mass = tl.where(valid, tl.sum(p, 0), float("-inf"))
         tl.store(out + t, mass, mask=t < hi)
@@ -164,9 +165,10 @@ def score_mass(query, keys, key_scale, cold_slots, cold_lens, scale, n_max=None,
     return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
 
 
-def workspace(B: int, Hq: int, n_max: int, NC: int, device: torch.device):
-    """The first pass's outputs: logits [B, Hq, n_max] and per-chunk max / sum [B, Hq, NC], fp32."""
-    logits = torch.empty(B, Hq, n_max, device=device, dtype=torch.float32)
+def workspace(B: int, Hq: int, n_max: int, NC: int, device: torch.device, logits_dtype=torch.float32):
+    """The first pass's outputs: logits [B, Hq, n_max] (fp32, or fp16 where the first pass rounds
+    them) and per-chunk max / sum [B, Hq, NC], fp32."""
+    logits = torch.empty(B, Hq, n_max, device=device, dtype=logits_dtype)
     pm = torch.empty(B, Hq, NC, device=device, dtype=torch.float32)
     return logits, pm, torch.empty_like(pm)
 

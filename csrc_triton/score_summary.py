@@ -118,6 +118,38 @@ def _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D: tl.constexpr, BS: tl.const
 
 
 @triton.jit
+def _qscalar_tile_tm(blk, tin, tmask, k0, k1, k2, k3, D: tl.constexpr, DECODE: tl.constexpr, F32: tl.constexpr):
+    """``_qscalar_tile`` with tokens on the dot's M: the codes [N, D/4] are its A operand as loaded,
+    k0..k3 [D/4, NCOL] the query's channels k::4 with head g in column 2g (zeros elsewhere).
+    Returns [N, NCOL]: column 2g holds head g's sum_d q_d * level_d (as ``_qscalar_tile``)."""
+    offs_j = tl.arange(0, D // 4)
+    code = tl.load(blk[:, None] + (tin * (D // 4))[:, None] + offs_j[None, :], mask=tmask[:, None], other=0)
+    if DECODE >= 2:
+        acc = tl.dot(_qscalar_levels(code, 6, DECODE, F32), k0, out_dtype=tl.int32)
+        acc += tl.dot(_qscalar_levels(code, 4, DECODE, F32), k1, out_dtype=tl.int32)
+        acc += tl.dot(_qscalar_levels(code, 2, DECODE, F32), k2, out_dtype=tl.int32)
+        acc += tl.dot(_qscalar_levels(code, 0, DECODE, F32), k3, out_dtype=tl.int32)
+        return acc
+    else:
+        acc = mma(_qscalar_levels(code, 6, DECODE, F32), k0, F32)
+        acc += mma(_qscalar_levels(code, 4, DECODE, F32), k1, F32)
+        acc += mma(_qscalar_levels(code, 2, DECODE, F32), k2, F32)
+        acc += mma(_qscalar_levels(code, 0, DECODE, F32), k3, F32)
+        return acc
+
+
+@triton.jit
+def _head_columns(acc, N: tl.constexpr, NCOL: tl.constexpr, ROWS: tl.constexpr):
+    """acc [N, NCOL] (head g in column 2g) -> [ROWS, N]. Column 2g sits in lane (g mod 4) of each
+    quad of the MMA's accumulator layout and in a register of its own for g // 4: the selection is
+    a choice of registers (split), and every lane holds distinct heads (no replicated epilogue)."""
+    x, _ = tl.split(tl.reshape(acc, (N, NCOL // 2, 2)))  # even columns: [N, NCOL / 2]
+    if NCOL // 2 != ROWS:  # ROWS = 4 in NCOL = 16: heads in the first of two register groups
+        x, _ = tl.split(tl.permute(tl.reshape(x, (N, 2, ROWS)), (0, 2, 1)))
+    return tl.trans(x)
+
+
+@triton.jit
 def _qscalar_scale(blk, tin, tmask, D: tl.constexpr, BS: tl.constexpr):
     """Each token's bf16 scale, read from its two bytes after the block's codes: [N] fp32."""
     at = (blk + BS * (D // 4)).to(tl.pointer_type(tl.uint16)) + tin  # 2-byte aligned: codes come in whole words
@@ -137,7 +169,8 @@ def _qscalar_query_parts(q_rows, gmask, D: tl.constexpr, DECODE: tl.constexpr, R
     (q_mul, q_off) with q_mul * (sum_d operand_d level_d - q_off) = sum_d (qH)_d (level_d - 1.5):
     the int8 decodings round the query to int8 steps of amax / 127 per row; the others keep fp16
     operands (decoding 1's operand is 1 + level / 4, so level - 1.5 = 4 * (operand - 1.375)).
-    Computed the same way for any row count, so a compacted epilogue's rows get the dot rows' values."""
+    Computed the same way for any row layout, so the token-major epilogue's rows get the values of
+    the dot's columns."""
     q0 = _qscalar_query(q_rows, gmask, 0, D)
     q1 = _qscalar_query(q_rows, gmask, 1, D)
     q2 = _qscalar_query(q_rows, gmask, 2, D)
@@ -159,17 +192,6 @@ def _qscalar_query_parts(q_rows, gmask, D: tl.constexpr, DECODE: tl.constexpr, R
     q_sum = (tl.sum(q0.to(tl.float32), 1) + tl.sum(q1.to(tl.float32), 1) + tl.sum(q2.to(tl.float32), 1)
              + tl.sum(q3.to(tl.float32), 1))
     return q0, q1, q2, q3, q_mul, level_zero * q_sum
-
-
-@triton.jit
-def _first_rows(x, G_PAD: tl.constexpr, ROWS: tl.constexpr, N: tl.constexpr):
-    """x [G_PAD, N] -> its first ROWS rows [ROWS, N] (ROWS divides G_PAD): the dot's padded rows
-    are dropped before the epilogue, which then runs on the query heads only.
-    Invariant: rows ROWS.. of x are zero (the dot's query rows past G are loaded as zeros), so
-    the first rows are the sum of the ROWS-row slices (no select)."""
-    if ROWS == G_PAD:
-        return x
-    return tl.sum(tl.reshape(x, (G_PAD // ROWS, ROWS, N)), 0)
 
 
 @triton.jit
@@ -202,7 +224,9 @@ def _summary_logits(
     Hq, N_MAX, NC, CHUNK, R,
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, R_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KIND: tl.constexpr, F32: tl.constexpr, LOCAL_CB: tl.constexpr, DECODE: tl.constexpr,
-    ROWS: tl.constexpr,            # rows of the epilogue: G_PAD (the dot's), or next_pow2(G) (compacted)
+    ROWS: tl.constexpr,            # rows of the epilogue: G_PAD (the dot's), or max(4, next_pow2(G)) (TM)
+    TM: tl.constexpr,              # qscalar: token-major, tokens on the dot's M and NCOL columns of heads
+    NCOL: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -217,7 +241,7 @@ def _summary_logits(
     n = tl.load(len_ptr + b)
     lo = c * CHUNK  # a multiple of BS: chunks hold whole blocks
     hi = tl.minimum(lo + CHUNK, n)
-    offs_r = tl.arange(0, ROWS)  # the epilogue's rows: the first ROWS of the dot's G_PAD
+    offs_r = tl.arange(0, ROWS)  # the epilogue's rows: the dot's G_PAD, or the heads of the token-major dot
     rmask = offs_r < G
     qr = h * G + offs_r
     lg_row = (b * Hq + qr).to(tl.int64) * N_MAX
@@ -227,8 +251,15 @@ def _summary_logits(
     s_i = tl.zeros([ROWS, BLOCK_N], tl.float32)
     cb = tl.load(cb_ptr + tl.arange(0, 1024)) if KIND == 0 and LOCAL_CB else 0.0  # [256 x 4] codebook
     if KIND == 3:  # the query's channels k::4 as dot operands, and what turns their dot into q . k_hat / s
-        q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_rows, gmask, D, DECODE, G_PAD)
-        if ROWS != G_PAD:  # the same per-row values, on the epilogue's rows
+        if TM:  # head g in column 2g of the dot's B operand
+            offs_c = tl.arange(0, NCOL)
+            cmask = (offs_c % 2 == 0) & (offs_c // 2 < G)
+            q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_ptr + b * s_qb + (h * G + offs_c // 2) * s_qh,
+                                                                cmask, D, DECODE, NCOL)
+            q0, q1, q2, q3 = tl.trans(q0), tl.trans(q1), tl.trans(q2), tl.trans(q3)
+        else:
+            q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_rows, gmask, D, DECODE, G_PAD)
+        if TM:  # the same per-head values, on the epilogue's rows
             _, _, _, _, q_mul, q_off = _qscalar_query_parts(q_ptr + b * s_qb + qr * s_qh, rmask, D, DECODE, ROWS)
         q_a = q_mul * qk_scale  # logit = (dot * q_a + q_c) * s[t]: one FMA and one multiply per value
         q_c = -q_off * q_a
@@ -238,13 +269,16 @@ def _summary_logits(
         if KIND == 0:  # per-token summaries: a tile may span several blocks
             slot = tl.load(slots_ptr + b * s_slb + t // BS, mask=tmask, other=0).to(tl.int64)
             tok = s_ptr + slot * s_sslot + h * s_sh + (t % BS) * (D // 4 + 2)
-            l = _first_rows(_qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB), G_PAD, ROWS, BLOCK_N)
+            l = _qlandmark_tile(tok, tmask, cb_ptr, cb, q, D, BLOCK_N, LOCAL_CB)
         elif KIND == 3:  # per-token summaries in planar blocks: a tile may span several blocks
             tu = t.to(tl.uint32)  # t >= 0: unsigned division by BS is a shift
             slot = tl.load(slots_ptr + b * s_slb + (tu // BS).to(tl.int32), mask=tmask, other=0).to(tl.int64)
             blk = s_ptr + slot * s_sslot + h * s_sh
             tin = (tu % BS).to(tl.int32)
-            acc = _first_rows(_qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D, BS, DECODE, F32), G_PAD, ROWS, BLOCK_N)
+            if TM:
+                acc = _head_columns(_qscalar_tile_tm(blk, tin, tmask, q0, q1, q2, q3, D, DECODE, F32), BLOCK_N, NCOL, ROWS)
+            else:
+                acc = _qscalar_tile(blk, tin, tmask, q0, q1, q2, q3, D, BS, DECODE, F32)
             l = acc.to(tl.float32) * q_a[:, None] + q_c[:, None]  # folded before the conversion (int32: exact)
             l = l * _qscalar_scale(blk, tin, tmask, D, BS)[None, :]
         else:  # per-block summaries: one block per tile
@@ -254,11 +288,17 @@ def _summary_logits(
                 l = _infinigen_tile(base, q_rows, gmask, offs_t, R, R_PAD, F32)
             else:
                 l = _lrqk_tile(base, q, offs_t, offs_d, R, R_PAD, D, F32)
-            l = _first_rows(l, G_PAD, ROWS, BLOCK_N)
         if KIND != 3:  # qlandmark-scalar has the scale folded into q_a already
             l = l * qk_scale
         l = tl.where(tmask[None, :], l, float("-inf"))  # log2-scaled logits
-        tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=rmask[:, None] & tmask[None, :])
+        if lg_ptr.dtype.element_ty == tl.float16:
+            # Invariant: the (max, sum) below are taken over the stored values, so the second pass's
+            # masses are an exact softmax of them. Clamped above (below fp16's range, -inf is a mass of 0).
+            l16 = tl.minimum(l, 6.0e4).to(tl.float16)
+            tl.store(lg_ptr + lg_row[:, None] + t[None, :], l16, mask=rmask[:, None] & tmask[None, :])
+            l = l16.to(tl.float32)
+        else:
+            tl.store(lg_ptr + lg_row[:, None] + t[None, :], l, mask=rmask[:, None] & tmask[None, :])
         # one exponential per value: exp2(-|l - m|) rescales the sum where l is the new max, else adds
         d = l - m_i
         e = tl.exp2(-tl.abs(d))
@@ -278,7 +318,8 @@ def summary_scoring_tiles(head_dim: int, block_size: int) -> bool:
 
 
 def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_lens, scale, out=None,
-            chunk=None, block_n=None, num_warps=4, local_cb=False, num_stages=None, decode=0, compact=False):
+            chunk=None, block_n=None, num_warps=4, local_cb=False, num_stages=None, decode=0,
+            token_major=False, logits_dtype=torch.float32):
     B, Hq, D = query.shape
     S, Hkv = summaries.shape[:2]
     bs = {QLANDMARK: lambda: summaries.shape[2], INFINIGEN: lambda: summaries.shape[2] - 1,
@@ -295,7 +336,7 @@ def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_l
     chunk = chunk or plan(B, Hkv, n_max, query.device, block_n)
     assert chunk % block_n == 0, (chunk, block_n)
     NC = max(1, cdiv(n_max, chunk))
-    logits, pm, ps = workspace(B, Hq, n_max, NC, query.device)
+    logits, pm, ps = workspace(B, Hq, n_max, NC, query.device, logits_dtype)
     G = Hq // Hkv
     _summary_logits[(NC, Hkv, B)](
         query, summaries, codebook if codebook is not None else summaries, cold_slots, cold_lens,
@@ -304,7 +345,8 @@ def _launch(kind: int, query, summaries, codebook, rank: int, cold_slots, cold_l
         Hq, n_max, NC, chunk, max(rank, 1),
         G=G, G_PAD=max(16, next_pow2(G)), D=D, BS=bs, R_PAD=max(16, next_pow2(rank)),
         BLOCK_N=block_n, KIND=kind, F32=interpreting(), LOCAL_CB=local_cb, DECODE=decode,
-        ROWS=next_pow2(G) if compact else max(16, next_pow2(G)), num_warps=num_warps,
+        ROWS=max(4, next_pow2(G)) if token_major else max(16, next_pow2(G)),
+        TM=token_major, NCOL=max(16, 2 * max(4, next_pow2(G))), num_warps=num_warps,
         **({} if num_stages is None else {"num_stages": num_stages}),
     )
     return finish_mass(logits, pm, ps, cold_lens, Hkv, chunk, out)
@@ -322,11 +364,13 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
                    scale, out, chunk, block_n, num_warps, local_cb)
 
 
-# qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep),
-# and whether the epilogue is compacted to the query heads' rows (session 18: 348 against 417 us at
-# 32 requests of 32K on the H100, examples/gpu_score.py --kinds 2bit --compacts 0 1)
+# qscalar_mass's defaults: tokens per tile, warps, pipeline stages, level decoding (set by a GPU sweep);
+# the token-major first pass and fp16 workspace logits (session 20: 222.9 against 304.7 us per layer for
+# both passes at 32 requests of 32K on the H100, the dot-row epilogue with fp32 logits; examples/gpu_score.py
+# --kinds 2bit --epilogues rows16 tokens --logits fp32 fp16, docs/kernels.md)
 QSCALAR_DEFAULTS = (128, 4, 3, 3)
-QSCALAR_COMPACT = True
+QSCALAR_TOKEN_MAJOR = True
+QSCALAR_LOGITS = torch.float16
 
 
 def qscalar_default_decode(head_dim: int) -> int:
@@ -337,15 +381,18 @@ def qscalar_default_decode(head_dim: int) -> int:
 
 
 def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, out=None, chunk=None,
-                 block_n=None, num_warps=None, num_stages=None, decode=None, compact=None):
+                 block_n=None, num_warps=None, num_stages=None, decode=None, token_major=None, logits_dtype=None):
     """query_rotated [B, Hq, D] fp32; summaries [S, Hkv, BS * (D/4 + 2)] uint8 (qlandmark-scalar's
     planar blocks); ``step``: the grid's spacing (a level's value is (level - 1.5) * step)
     -> mass [B, Hkv, max_cold * BS]. ``decode`` picks how levels become dot operands: 0 fp16
     conversion, 1 fp16 bit pattern (no conversion), 2 int8 with an int8 query (rounded), 3 as 2 with
     four levels decoded per 32-bit instruction pair (inline PTX; under the interpreter, 2's ops).
     The int8 decodings need head_dim >= 128 (an int8 dot's K = D/4 >= 32); by default smaller heads
-    take decoding 1. ``compact``: the softmax epilogue runs on the query heads' rows only, not on
-    the dot's 16 (``_first_rows``)."""
+    take decoding 1. ``token_major``: the dot puts tokens on its M and each query head in a lane of
+    its own (``_qscalar_tile_tm``), so the softmax epilogue runs once per value; otherwise the
+    heads are the M rows of a dot padded to 16, whose values the epilogue's lanes hold twice.
+    ``logits_dtype``: the workspace's logits, fp16 (what the second pass reads is halved; the
+    masses are the exact softmax of the rounded logits) or fp32."""
     assert summaries.dtype == torch.uint8 and summaries.dim() == 3
     D = query_rotated.shape[-1]
     bs = summaries.shape[2] // (D // VEC + 2)
@@ -361,7 +408,8 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
         raise ValueError(f"decode={decode} (int8 dots) needs head_dim >= 128, got head_dim={D}; 0 and 1 take any")
     return _launch(QSCALAR, query_rotated.float().contiguous(), summaries, None, 0, cold_slots, cold_lens,
                    scale * step, out, chunk, block_n, num_warps or d_warps, False,
-                   num_stages or d_stages, decode, QSCALAR_COMPACT if compact is None else compact)
+                   num_stages or d_stages, decode, QSCALAR_TOKEN_MAJOR if token_major is None else token_major,
+                   QSCALAR_LOGITS if logits_dtype is None else logits_dtype)
 
 
 def infinigen_mass(query, summaries, cold_slots, cold_lens, scale, out=None, chunk=None):

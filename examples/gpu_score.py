@@ -44,19 +44,24 @@ def inputs(B, gen):
     return q, {"bf16": (keys, None), "fp8": fp8, "2bit": (q2, q2.summarize(keys))}, slots, lens
 
 
-def qscalar_runs(q, scorer, summaries, slots, lens, scale, configs, decodes, compacts=(False,)):
-    """qlandmark-scalar: its torch reference, HBM bytes, and (config, decode, compact, run) to time."""
+def qscalar_runs(q, scorer, summaries, slots, lens, scale, configs, decodes, layouts):
+    """qlandmark-scalar: its torch reference, and (config, decode, layout, HBM bytes, run) to time. A layout
+    is (epilogue, logits dtype): the heads on the dot's 16 rows ("rows16"), or token-major (tokens on the
+    dot's M, each head in a lane of its own: "tokens")."""
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     from vllm_kvoffload.ops.triton_kernels import qscalar_mass
     ref = scorer.torch_mass(q, summaries, slots, lens, scale)
     n = int(lens.sum())  # summaries, logits written and read, mass written (score.bytes_touched's count)
-    nbytes = int(n * scorer.summary_bytes_per_token()) + n * HQ * 8 + n * HKV * 4
     q_rot = scorer.rotated(q)
-    runs = [((block, warps, stages), dec, cmp, lambda block=block, warps=warps, stages=stages, dec=dec, cmp=cmp:
-             qscalar_mass(q_rot, summaries, UNIFORM_STEP, slots, lens, scale, block_n=block, num_warps=warps,
-                          num_stages=stages, decode=dec, compact=cmp))
-            for (block, warps, stages) in configs for dec in decodes for cmp in compacts]
-    return ref, nbytes, runs
+    runs = []
+    for (block, warps, stages), dec, (epilogue, logits) in itertools.product(configs, decodes, layouts):
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}[logits]
+        nbytes = int(n * scorer.summary_bytes_per_token()) + n * HQ * 2 * dtype.itemsize + n * HKV * 4
+        kw = dict(block_n=block, num_warps=warps, num_stages=stages, decode=dec, token_major=epilogue == "tokens",
+                  logits_dtype=dtype)
+        runs.append(((block, warps, stages), dec, (epilogue, logits), nbytes,
+                     lambda kw=kw: qscalar_mass(q_rot, summaries, UNIFORM_STEP, slots, lens, scale, **kw)))
+    return ref, runs
 
 
 def finish_sweep(a, gen, flush) -> int:
@@ -120,8 +125,11 @@ def main():
     p.add_argument("--kinds", nargs="+", default=["bf16", "fp8", "2bit"], choices=["bf16", "fp8", "2bit"])
     p.add_argument("--decodes", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3],
                    help="qlandmark-scalar's level decodings (score_summary.qscalar_mass)")
-    p.add_argument("--compacts", type=int, nargs="+", default=[0], choices=[0, 1],
-                   help="qlandmark-scalar's epilogue on the dot's 16 rows (0) or on the query heads' only (1)")
+    p.add_argument("--epilogues", nargs="+", default=["tokens"], choices=["rows16", "tokens"],
+                   help="qlandmark-scalar's first pass: the heads on the dot's 16 rows, or token-major (tokens on "
+                        "the dot's M, each head in a lane of its own)")
+    p.add_argument("--logits", nargs="+", default=["fp16"], choices=["fp32", "fp16"],
+                   help="qlandmark-scalar's workspace logits (what the second pass reads)")
     p.add_argument("--finish", action="store_true",
                    help="sweep only the second pass (score.finish_mass: rows padded to 16 or to the group, "
                         "tiles --finish-blocks, warps --warps) on a workspace of random log2 logits")
@@ -141,14 +149,15 @@ def main():
         for kind in a.kinds:
             keys, kscale = by_kind[kind]
             if kind == "2bit":
-                ref, nbytes, runs = qscalar_runs(q, keys, kscale, slots, lens, scale, configs, a.decodes,
-                                                 [bool(c) for c in a.compacts])
+                ref, runs = qscalar_runs(q, keys, kscale, slots, lens, scale, configs, a.decodes,
+                                         list(itertools.product(a.epilogues, a.logits)))
             else:
                 ref = score_mass_ref(q, keys, kscale, slots, lens, scale)
                 nbytes = score.bytes_touched(q, keys, kscale, lens)
-                runs = [(c, None, None, lambda c=c: score.score_mass(q, keys, kscale, slots, lens, scale, block_n=c[0],
-                                                               num_warps=c[1], num_stages=c[2])) for c in configs]
-            for (block, warps, stages), dec, cmp, run in runs:
+                runs = [(c, None, None, nbytes, lambda c=c: score.score_mass(q, keys, kscale, slots, lens, scale,
+                                                                             block_n=c[0], num_warps=c[1],
+                                                                             num_stages=c[2])) for c in configs]
+            for (block, warps, stages), dec, layout, nbytes, run in runs:
                 try:
                     out = run()
                     torch.cuda.synchronize()
@@ -161,10 +170,11 @@ def main():
                 ok = err <= 1e-2 and not out[valid].isnan().any().item()
                 failed += not ok
                 t = timeit(run, a.reps, flush)
-                rows.append(dict(B=B, keys=kind, block_n=block, warps=warps, stages=stages, decode=dec, compact=cmp,
+                rows.append(dict(B=B, keys=kind, block_n=block, warps=warps, stages=stages, decode=dec, layout=layout,
                                  time_us=t * 1e6,
                                  bytes=nbytes, hbm_frac=nbytes / t / HBM_PEAK, rel_err=err, ok=ok))
-                print(f"  B={B:<3}{kind:<5} block={block:<4} warps={warps} stages={stages} decode={dec} compact={cmp} "
+                print(f"  B={B:<3}{kind:<5} block={block:<4} warps={warps} stages={stages} decode={dec} "
+                      f"layout={'/'.join(layout) if layout else '-'} "
                       f"{t * 1e6:8.1f} us {nbytes / t / 1e9:7.0f} GB/s err {err:.1e} {'ok' if ok else 'FAIL'}", flush=True)
             del ref
         del q, by_kind
@@ -172,7 +182,7 @@ def main():
     print(f"\n{torch.cuda.get_device_name()}: scoring one layer, 32K cold tokens per request (us); "
           f"the shipped default (score.DEFAULTS, score_summary.QSCALAR_DEFAULTS) against the best "
           f"configuration; {failed} failures")
-    print(f"{'requests':<10}{'keys':<6}{'default':>38}{'best':>38}")
+    print(f"{'requests':<10}{'keys':<6}{'default':>48}{'best':>48}")
     for B in a.requests:
         for kind in a.kinds:
             rs = [r for r in rows if r["B"] == B and r["keys"] == kind]
@@ -180,16 +190,18 @@ def main():
                 continue
             if kind == "2bit":
                 shipped = score_summary.QSCALAR_DEFAULTS
+                epilogue = "tokens" if score_summary.QSCALAR_TOKEN_MAJOR else "rows16"
+                logits = {torch.float32: "fp32", torch.float16: "fp16"}[score_summary.QSCALAR_LOGITS]
                 default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"], r["decode"]) == shipped[:4]
-                                and r["compact"] == score_summary.QSCALAR_COMPACT), None)
+                                and r["layout"] == (epilogue, logits)), None)
             else:
                 default = next((r for r in rs if (r["block_n"], r["warps"], r["stages"]) == score.DEFAULTS[kind]),
                                None)
             cell = lambda r: (f"{r['time_us']:7.1f} ({100 * r['hbm_frac']:.0f}% HBM) "  # noqa: E731
                               f"b{r['block_n']} w{r['warps']} s{r['stages']} d{r['decode']}"
-                              f"{' c' if r['compact'] else ''}") if r else "-"
+                              f"{' ' + '/'.join(r['layout']) if r['layout'] else ''}") if r else "-"
             best = min(rs, key=lambda r: r["time_us"])
-            print(f"{B:<10}{kind:<6}{cell(default):>38}{cell(best):>38}")
+            print(f"{B:<10}{kind:<6}{cell(default):>48}{cell(best):>48}")
     save_rows("score.json", rows)
     sys.exit(1 if failed else 0)
 

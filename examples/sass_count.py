@@ -36,8 +36,11 @@ def kernel_spec(name: str, module):
         const = dict(G_PAD=16, D=128, BS=16, R_PAD=16, BLOCK_N=128, KIND=3, F32=False, LOCAL_CB=False, DECODE=3)
         if "ROWS" in fn.arg_names:
             const["ROWS"] = 4
+        if "TM" in fn.arg_names:  # the shipped epilogue layout (session 20)
+            const.update(TM=module.QSCALAR_TOKEN_MAJOR, NCOL=16)
+        logits = "*fp16" if str(getattr(module, "QSCALAR_LOGITS", "")) == "torch.float16" else "*fp32"
         ptrs = {"q_ptr": "*fp32", "s_ptr": "*u8", "cb_ptr": "*u8", "slots_ptr": "*i32", "len_ptr": "*i32",
-                "lg_ptr": "*fp32", "pm_ptr": "*fp32", "ps_ptr": "*fp32"}
+                "lg_ptr": logits, "pm_ptr": "*fp32", "ps_ptr": "*fp32"}
         aligned = list(ptrs) + ["s_qb", "s_qh", "s_sslot", "s_sh", "Hq"]
         return fn, const, ptrs, aligned, 4, 3
     if name == "sparse-decode":

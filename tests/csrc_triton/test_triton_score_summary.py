@@ -116,7 +116,8 @@ def test_qscalar_level_decodings_agree(device, block_n):
     scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
-    fp16, bits, int8, packed = (triton_kernels.qscalar_mass(*args, decode=d, block_n=block_n).cpu()
+    fp16, bits, int8, packed = (triton_kernels.qscalar_mass(*args, decode=d, block_n=block_n,
+                                                            logits_dtype=torch.float32).cpu()
                                 for d in (0, 1, 2, 3))
     valid = torch.isfinite(fp16)
     assert torch.equal(valid, torch.isfinite(bits)) and torch.equal(valid, torch.isfinite(int8))
@@ -126,18 +127,34 @@ def test_qscalar_level_decodings_agree(device, block_n):
 
 
 @pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", CASES)
-def test_qscalar_compact_epilogue_equals_the_dot_rows(device, B, Hq, Hkv, D, bs, cold):
-    """The epilogue on the query heads' rows only (compact) computes what it computes on the dot's
-    16 padded rows, for groups of 4, 1, 8 and 7 heads and every decoding the head size allows."""
+def test_qscalar_token_major_equals_the_dot_rows(device, B, Hq, Hkv, D, bs, cold):
+    """The token-major dot (tokens on M, head g in column 2g, the epilogue on the heads' lanes)
+    computes what the dot with the heads on its 16 padded rows computes, for groups of 4, 1, 8 and
+    7 heads and every decoding the head size allows."""
     scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
+    fp32 = dict(logits_dtype=torch.float32)  # the layouts' sums are compared, not fp16's roundings of them
     for decode in (1, 3) if D >= 128 else (1,):
-        padded = triton_kernels.qscalar_mass(*args, decode=decode, compact=False).cpu()
-        compact = triton_kernels.qscalar_mass(*args, decode=decode, compact=True).cpu()
-        assert torch.equal(torch.isfinite(padded), torch.isfinite(compact)) and not compact.isnan().any()
+        padded = triton_kernels.qscalar_mass(*args, decode=decode, token_major=False, **fp32).cpu()
+        tokens = triton_kernels.qscalar_mass(*args, decode=decode, token_major=True, **fp32).cpu()
         valid = torch.isfinite(padded)
-        torch.testing.assert_close(compact[valid], padded[valid], rtol=1e-5, atol=1e-7)
+        assert torch.equal(valid, torch.isfinite(tokens)) and not tokens.isnan().any()
+        torch.testing.assert_close(tokens[valid], padded[valid], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", CASES[:3])
+def test_qscalar_fp16_logits_match_fp32(device, B, Hq, Hkv, D, bs, cold):
+    """The first pass's logits rounded to fp16 in the workspace (the default) give the masses of fp32
+    logits to within fp16's rounding of a log2-scaled logit (at most 2^-11 of it, relative)."""
+    scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
+    from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
+    args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
+    wide = triton_kernels.qscalar_mass(*args, logits_dtype=torch.float32).cpu()
+    half = triton_kernels.qscalar_mass(*args, logits_dtype=torch.float16).cpu()
+    valid = torch.isfinite(wide)
+    assert torch.equal(valid, torch.isfinite(half)) and not half.isnan().any()
+    assert 0 < rel_err(half[valid], wide[valid]) <= 2e-3, rel_err(half[valid], wide[valid])
 
 
 def test_qscalar_refuses_a_summary_of_the_wrong_width(device):
