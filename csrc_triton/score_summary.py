@@ -28,11 +28,6 @@ see ``examples/gpu_scorers.py`` and docs/kernels.md. The per-block kinds walk on
 
 Tile constraints: D and BS powers of two, BS >= 16 (``tl.dot``); the dispatchers raise
 otherwise, and the scorers fall back to their torch path for smaller blocks.
-
-Rows hold whole blocks: ``cold_lens[b]`` is a multiple of BS, as the runtime's cold rows are.
-The first pass tells Triton so (``tl.multiple_of``), which lets it store each thread's logits
-as one vector; were a row to end inside a block, the vectors past its end would write -inf into
-workspace positions below ``N_MAX`` that the second pass never reads.
 """
 
 from __future__ import annotations
@@ -244,12 +239,12 @@ def _summary_logits(
     q_rows = q_ptr + b * s_qb + qh * s_qh
     q = tl.load(q_rows[:, None] + offs_d[None, :], mask=gmask[:, None], other=0.0)
     n = tl.load(len_ptr + b)
-    lo = tl.multiple_of(c * tl.multiple_of(CHUNK, BLOCK_N), BLOCK_N)  # chunks hold whole tiles
-    hi = tl.multiple_of(tl.minimum(lo + CHUNK, n), BS)  # cold rows hold whole blocks
+    lo = c * CHUNK  # a multiple of BS: chunks hold whole blocks
+    hi = tl.minimum(lo + CHUNK, n)
     offs_r = tl.arange(0, ROWS)  # the epilogue's rows: the dot's G_PAD, or the heads of the token-major dot
     rmask = offs_r < G
     qr = h * G + offs_r
-    lg_row = tl.multiple_of((b * Hq + qr).to(tl.int64) * N_MAX, BS)
+    lg_row = (b * Hq + qr).to(tl.int64) * N_MAX
     # The online (max, sum of exp2) per row, kept per tile column: each value meets only its own
     # column's state (no reduction across threads per tile); the columns are merged after the loop.
     m_i = tl.full([ROWS, BLOCK_N], NEG, tl.float32)

@@ -19,20 +19,17 @@ With S = 1 the one program writes the output directly (no scratch, no counter).
 
 ``_select`` over m values (bits, indices): radix bisection finds T, the kk-th largest
 pattern, 4 bits a pass (16 candidate thresholds counted at once), 8 passes for bits 30..0;
-the last pass's count for the candidate after T is n_gt = count(bits > T) (since session 20;
-it was a pass of its own), so need_eq = kk - n_gt ties are taken; one pass compacts in order:
-bits > T, and the first need_eq of bits == T (running count + exclusive tl.cumsum). Every pass
-re-reads the values (from L2 after the first).
+one pass counts n_gt = count(bits > T), so need_eq = kk - n_gt ties are taken; one pass
+compacts in order: bits > T, and the first need_eq of bits == T (running count + exclusive
+tl.cumsum). Every pass re-reads the values (from L2 after the first).
 Early exit: once a pass finds a candidate c with count(bits >= c) == kk exactly, the values
->= c are the top-kk and no tie crosses the boundary, so the remaining passes are skipped
-and the compaction keeps bits >= c. It happens once the kk-th value is
+>= c are the top-kk and no tie crosses the boundary, so the remaining passes and the n_gt
+pass are skipped and the compaction keeps bits >= c. It happens once the kk-th value is
 alone in its candidate bucket; with many equal masses it may never, and all passes run.
 
 Shortlist (``_select_shortlisted``, where a program's m values exceed its shortlist's
 capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE) finds tau,
-about the (1.5 kk / STRIDE + 16)-th largest sampled pattern, to its top 16 bits only
-(SAMPLE_PASSES = 4 of the 8 passes; tau is then at most 2^-7 below it, relative, which lets a few
-more values onto the shortlist and changes nothing else); one pass copies every value > tau
+about the (1.5 kk / STRIDE + 16)-th largest sampled pattern; one pass copies every value > tau
 with its index, in order of position, to the program's shortlist and counts the values == tau,
 and ``_select`` runs on the shortlist. Exact whenever it holds c
 values with kk <= c <= CAP: then the kk-th largest value is > tau, so the top-kk and every tie
@@ -57,29 +54,21 @@ import triton.language as tl
 from ._common import next_pow2, num_sms
 
 SAMPLE_STRIDE = 16  # the shortlist's threshold: from every 16th value (topk_select)
-SAMPLE_PASSES = tl.constexpr(4)  # of the sample's radix bisection: its top 16 bits (sign, exponent, 7 mantissa bits)
 
 
 @triton.jit
-def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr,
-                 PASSES: tl.constexpr = 8):
-    """Radix bisection over src[0], src[STRIDE], ... (m values): (T, exact, n_gt). exact == 0: T is
-    the kk-th largest pattern and n_gt = count(values > T), read off the last pass's counts.
-    exact != 0 (the early exit): exactly kk values are >= T (n_gt is then not needed). Either way
-    count(values >= T) >= kk. PASSES < 8 stops after bits 30..31-4*PASSES: T is then the kk-th
-    largest pattern with its lower bits cleared, a lower bound of it (n_gt: not computed)."""
+def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
+    """Radix bisection over src[0], src[STRIDE], ... (m values): (T, exact). exact == 0: T is the
+    kk-th largest pattern. exact != 0 (the early exit): exactly kk values are >= T. Either way
+    count(values >= T) >= kk."""
     offs = tl.arange(0, BLOCK)
     digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
     exact = tl.zeros([], tl.int32)  # 1 once count(bits >= prefix) == kk: the passes left are skipped
-    n_gt = tl.zeros([], tl.int32)
-    for p in range(PASSES):
+    for p in range(8):
         shift = tl.maximum(27 - 4 * p, 0)
         width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
-        # prefix + (digit << shift): the prefix's bits from shift up are 0, so for the pass's digits
-        # (< 2^width) this is prefix | (digit << shift); in the last pass (shift 0, digits < 8), the
-        # candidate after T = prefix + d is T + 1 even for d = 7, so count(>= it) = count(> T)
-        cand = prefix + (digit << shift)
+        cand = prefix | (digit << shift)
         cnt = tl.zeros([16], tl.int32)
         for start in range(0, tl.where(exact != 0, 0, m), BLOCK):
             i = start + offs
@@ -88,12 +77,10 @@ def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: t
         ok = (cnt >= kk) & (digit < (1 << width))
         d = tl.sum(ok.to(tl.int32), 0) - 1  # count(>= cand) falls with the digit; digit 0 always ok
         at_d = tl.sum(tl.where(digit == d, cnt, 0), 0)  # count(bits >= cand[d])
-        n_gt = tl.sum(tl.where(digit == d + 1, cnt, 0), 0)  # count(bits >= cand[d] + 1), in the last pass
         prefix = tl.where(exact != 0, prefix, prefix | (tl.maximum(d, 0) << shift))
         if EARLY:
             exact = tl.where((exact == 0) & (at_d == kk), 1, exact)
-    n_gt = tl.where(prefix == 0x7FFFFFFF, 0, n_gt)  # no pattern above the largest (T + 1 would wrap)
-    return prefix, exact, n_gt
+    return prefix, exact
 
 
 @triton.jit
@@ -104,10 +91,16 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
     position (plus ``src_idx`` as an int offset) or, when INDEXED, src_idx[position]. CACHE: the
     loads' cache modifier (".cg" for data written in this launch: not from L1).
     EARLY: the early exit (module docstring); off only to measure what it saves."""
-    prefix, exact, n_gt = _kth_pattern(src, 1, m, kk, BLOCK, CACHE, EARLY)
+    offs = tl.arange(0, BLOCK)
+    prefix, exact = _kth_pattern(src, 1, m, kk, BLOCK, CACHE, EARLY)
 
     # Either exact: the kk values >= prefix are the top-kk, no tie crosses the boundary (keep
     # bits > prefix - 1); or prefix is the kk-th largest pattern T, and need_eq ties are taken.
+    n_gt = tl.zeros([], tl.int32)
+    for start in range(0, tl.where(exact != 0, 0, m), BLOCK):
+        i = start + offs
+        bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)
+        n_gt += tl.sum((bits > prefix).to(tl.int32), 0)
     need_eq = tl.where(exact != 0, 0, kk - n_gt)
     prefix = tl.where(exact != 0, prefix - 1, prefix)
 
@@ -156,7 +149,7 @@ def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, shor
     n_eq = tl.zeros([], tl.int32)
     tau = tl.zeros([], tl.int32)
     if (m > CAP) & (kk > 0):
-        tau, _, _ = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY, SAMPLE_PASSES)
+        tau, _ = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY)
         c = tl.zeros([], tl.int32)
         for start in range(0, m, BLOCK):
             i = start + offs

@@ -33,7 +33,7 @@ def inputs(B, gen):
     the "2bit" kind holds (qlandmark-scalar, its summaries)."""
     nblk = -(-COLD // BS)
     slots = torch.randperm(B * nblk + 7, device="cuda", generator=gen)[: B * nblk].view(B, nblk).int()
-    lens = torch.full((B,), COLD, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * BS
+    lens = torch.full((B,), COLD, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * 5
     q = torch.randn(B, HQ, D, device="cuda", generator=gen).to(torch.bfloat16)
     keys = (torch.randn(B * nblk + 7, HKV, BS, D, device="cuda", generator=gen) * 2).to(torch.bfloat16)
     from vllm_kvoffload.scorers import create_scorer
