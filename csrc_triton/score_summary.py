@@ -251,16 +251,15 @@ def _summary_logits(
     s_i = tl.zeros([ROWS, BLOCK_N], tl.float32)
     cb = tl.load(cb_ptr + tl.arange(0, 1024)) if KIND == 0 and LOCAL_CB else 0.0  # [256 x 4] codebook
     if KIND == 3:  # the query's channels k::4 as dot operands, and what turns their dot into q . k_hat / s
-        if TM:  # head g in column 2g of the dot's B operand
+        if TM:  # head g in column 2g of the dot's B operand; the per-head values on the epilogue's rows
             offs_c = tl.arange(0, NCOL)
             cmask = (offs_c % 2 == 0) & (offs_c // 2 < G)
-            q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_ptr + b * s_qb + (h * G + offs_c // 2) * s_qh,
-                                                                cmask, D, DECODE, NCOL)
+            q0, q1, q2, q3, _, _ = _qscalar_query_parts(q_ptr + b * s_qb + (h * G + offs_c // 2) * s_qh, cmask, D,
+                                                        DECODE, NCOL)
             q0, q1, q2, q3 = tl.trans(q0), tl.trans(q1), tl.trans(q2), tl.trans(q3)
+            _, _, _, _, q_mul, q_off = _qscalar_query_parts(q_ptr + b * s_qb + qr * s_qh, rmask, D, DECODE, ROWS)
         else:
             q0, q1, q2, q3, q_mul, q_off = _qscalar_query_parts(q_rows, gmask, D, DECODE, G_PAD)
-        if TM:  # the same per-head values, on the epilogue's rows
-            _, _, _, _, q_mul, q_off = _qscalar_query_parts(q_ptr + b * s_qb + qr * s_qh, rmask, D, DECODE, ROWS)
         q_a = q_mul * qk_scale  # logit = (dot * q_a + q_c) * s[t]: one FMA and one multiply per value
         q_c = -q_off * q_a
     for start in range(lo, hi, BLOCK_N):

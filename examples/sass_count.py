@@ -38,7 +38,9 @@ def kernel_spec(name: str, module):
             const["ROWS"] = 4
         if "TM" in fn.arg_names:  # the shipped epilogue layout (session 20)
             const.update(TM=module.QSCALAR_TOKEN_MAJOR, NCOL=16)
-        logits = "*fp16" if str(getattr(module, "QSCALAR_LOGITS", "")) == "torch.float16" else "*fp32"
+        import torch
+
+        logits = "*fp16" if getattr(module, "QSCALAR_LOGITS", None) is torch.float16 else "*fp32"
         ptrs = {"q_ptr": "*fp32", "s_ptr": "*u8", "cb_ptr": "*u8", "slots_ptr": "*i32", "len_ptr": "*i32",
                 "lg_ptr": logits, "pm_ptr": "*fp32", "ps_ptr": "*fp32"}
         aligned = list(ptrs) + ["s_qb", "s_qh", "s_sslot", "s_sh", "Hq"]
