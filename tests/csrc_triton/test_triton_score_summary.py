@@ -126,11 +126,11 @@ def test_qscalar_level_decodings_agree(device, block_n):
     assert torch.equal(packed, int8)
 
 
-@pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", CASES)
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,cold", CASES + [(2, 4, 2, 64, 16, [3, 2]), (2, 32, 2, 128, 16, [2, 3])])
 def test_qscalar_token_major_equals_the_dot_rows(device, B, Hq, Hkv, D, bs, cold):
     """The token-major dot (tokens on M, head g in column 2g, the epilogue on the heads' lanes)
-    computes what the dot with the heads on its 16 padded rows computes, for groups of 4, 1, 8 and
-    7 heads and every decoding the head size allows."""
+    computes what the dot with the heads on its 16 padded rows computes, for groups of 4, 1, 8, 7,
+    2 and 16 heads (16: 32 columns) and every decoding the head size allows."""
     scorer, query, summaries, cold_slots, cold_lens = make_case("qlandmark-scalar", B, Hq, Hkv, D, bs, cold, device)
     from vllm_kvoffload.scorers.qlandmark import UNIFORM_STEP
     args = (scorer.rotated(query), summaries, UNIFORM_STEP, cold_slots, cold_lens, D ** -0.5)
