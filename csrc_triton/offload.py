@@ -60,7 +60,7 @@ def _store_blocks_all_layers(table_ptr, blk_ptr, dst_ptr, slot_ptr,
 def _keys_all_layers(table_ptr, blk_ptr, dst_ptr, layer0,
                      s_kv, s_blk, s_tok, s_h,             # strides of every layer's kv5
                      d_i, d_layer, d_h, d_tok,            # out [layers, n, Hkv, bs, D] strides (D contiguous)
-                     HKV: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, DTYPE: tl.constexpr):
+                     BS: tl.constexpr, D: tl.constexpr, DTYPE: tl.constexpr):
     i = tl.program_id(0)
     h = tl.program_id(1)
     layer = tl.program_id(2).to(tl.int64)  # within the range: its table entry is layer0 + layer
@@ -88,7 +88,7 @@ def keys_all_layers(kv5: torch.Tensor, table: torch.Tensor, blocks: torch.Tensor
         table, blocks, out, layer0,
         kv5.stride(0), kv5.stride(1), kv5.stride(2), kv5.stride(3),
         so[1], so[0], so[2], so[3],
-        HKV=Hkv, BS=BS, D=D, DTYPE=_TL[kv5.dtype], num_warps=num_warps)
+        BS=BS, D=D, DTYPE=_TL[kv5.dtype], num_warps=num_warps)
     return out
 
 

@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 
 def kernel_spec(name: str, module):
     """(jit function, constexprs, pointer types, aligned args, warps, stages) of a kernel at the engine's shape."""
@@ -38,8 +40,6 @@ def kernel_spec(name: str, module):
             const["ROWS"] = 4
         if "TM" in fn.arg_names:  # the shipped epilogue layout (session 20)
             const.update(TM=module.QSCALAR_TOKEN_MAJOR, NCOL=16)
-        import torch
-
         logits = "*fp16" if getattr(module, "QSCALAR_LOGITS", None) is torch.float16 else "*fp32"
         ptrs = {"q_ptr": "*fp32", "s_ptr": "*u8", "cb_ptr": "*u8", "slots_ptr": "*i32", "len_ptr": "*i32",
                 "lg_ptr": logits, "pm_ptr": "*fp32", "ps_ptr": "*fp32"}
