@@ -60,26 +60,42 @@ SAMPLE_STRIDE = 16  # the shortlist's threshold: from every 16th value (topk_sel
 def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
     """Radix bisection over src[0], src[STRIDE], ... (m values): (T, exact). exact == 0: T is the
     kk-th largest pattern. exact != 0 (the early exit): exactly kk values are >= T. Either way
-    count(values >= T) >= kk."""
+    count(values >= T) >= kk. With EARLY, a first pass finds the values' smallest and largest
+    pattern: where they are equal (a row of one value, as a dummy-weight model's masses), that
+    pattern is T and no radix pass runs."""
     offs = tl.arange(0, BLOCK)
     digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
     exact = tl.zeros([], tl.int32)  # 1 once count(bits >= prefix) == kk: the passes left are skipped
+    skip = tl.zeros([], tl.int32)   # 1 where the radix passes are not needed at all
+    if EARLY:
+        lo_v = tl.full([BLOCK], 2147483647, tl.int32)  # per lane, over the values: smallest and largest pattern
+        hi_v = tl.full([BLOCK], -1, tl.int32)
+        for start in range(0, m, BLOCK):
+            i = start + offs
+            bits = tl.load(src + i * STRIDE, mask=i < m, other=-1, cache_modifier=CACHE)
+            lo_v = tl.minimum(lo_v, tl.where(i < m, bits, 2147483647))
+            hi_v = tl.maximum(hi_v, bits)
+        lo = tl.min(lo_v, 0)
+        one = (lo == tl.max(hi_v, 0)) & (kk > 0) & (kk <= m)  # one value, m >= kk copies: it is the kk-th largest
+        prefix = tl.where(one, lo, prefix)
+        skip = one.to(tl.int32)
     for p in range(8):
         shift = tl.maximum(27 - 4 * p, 0)
         width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
         cand = prefix | (digit << shift)
         cnt = tl.zeros([16], tl.int32)
-        for start in range(0, tl.where(exact != 0, 0, m), BLOCK):
+        for start in range(0, tl.where((exact != 0) | (skip != 0), 0, m), BLOCK):
             i = start + offs
             bits = tl.load(src + i * STRIDE, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
             cnt += tl.sum((bits[None, :] >= cand[:, None]).to(tl.int32), 1)
         ok = (cnt >= kk) & (digit < (1 << width))
         d = tl.sum(ok.to(tl.int32), 0) - 1  # count(>= cand) falls with the digit; digit 0 always ok
         at_d = tl.sum(tl.where(digit == d, cnt, 0), 0)  # count(bits >= cand[d])
-        prefix = tl.where(exact != 0, prefix, prefix | (tl.maximum(d, 0) << shift))
+        live = (exact == 0) & (skip == 0)
+        prefix = tl.where(live, prefix | (tl.maximum(d, 0) << shift), prefix)
         if EARLY:
-            exact = tl.where((exact == 0) & (at_d == kk), 1, exact)
+            exact = tl.where(live & (at_d == kk), 1, exact)
     return prefix, exact
 
 
@@ -104,18 +120,21 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
     need_eq = tl.where(exact != 0, 0, kk - n_gt)
     prefix = tl.where(exact != 0, prefix - 1, prefix)
 
-    _compact(src, src_idx, m, prefix, need_eq, out_idx, out_bits, BLOCK, INDEXED, WRITE_BITS, CACHE)
+    _compact(src, src_idx, m, prefix, need_eq, kk, out_idx, out_bits, BLOCK, INDEXED, WRITE_BITS, CACHE)
 
 
 @triton.jit
-def _compact(src, src_idx, m, T, need_eq, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
+def _compact(src, src_idx, m, T, need_eq, total, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED: tl.constexpr,
              WRITE_BITS: tl.constexpr, CACHE: tl.constexpr):
     """One pass, in order of position: every value > T, and the first need_eq values == T
-    (running count + exclusive tl.cumsum). Indices as in ``_select``."""
+    (running count + exclusive tl.cumsum). Indices as in ``_select``. ``total`` is how many
+    that is (count(> T) + need_eq, the caller's kk): the pass stops once they are written, so a
+    row of ties costs about kk values, not m."""
     offs = tl.arange(0, BLOCK)
     pos = tl.zeros([], tl.int32)
     eq_seen = tl.zeros([], tl.int32)
-    for start in range(0, m, BLOCK):
+    start = tl.zeros([], tl.int32)
+    while (start < m) & (pos < total):
         i = start + offs
         bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)
         eq = (bits == T).to(tl.int32)
@@ -131,6 +150,7 @@ def _compact(src, src_idx, m, T, need_eq, out_idx, out_bits, BLOCK: tl.constexpr
             tl.store(out_bits + dst, bits, mask=keep != 0)
         pos += tl.sum(keep, 0)
         eq_seen += tl.sum(eq, 0)
+        start += BLOCK
 
 
 @triton.jit
@@ -151,21 +171,25 @@ def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, shor
     if (m > CAP) & (kk > 0):
         tau, _ = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY)
         c = tl.zeros([], tl.int32)
+        bits = tl.load(src + offs, mask=offs < m, other=-1)
         for start in range(0, m, BLOCK):
             i = start + offs
-            bits = tl.load(src + i, mask=i < m, other=-1)
+            ahead = tl.load(src + i + BLOCK, mask=i + BLOCK < m, other=-1)  # the next tile, in flight meanwhile
             keep = (bits > tau).to(tl.int32)
-            dst = c + tl.cumsum(keep, 0) - keep
-            w = (keep != 0) & (dst < CAP)
-            tl.store(short_bits + dst, bits, mask=w)
-            tl.store(short_idx + dst, i + src_off, mask=w)
-            c += tl.sum(keep, 0)
+            kept = tl.sum(keep, 0)
+            if kept > 0:  # the scan and stores only where the tile keeps a value (none, on rows of ties)
+                dst = c + tl.cumsum(keep, 0) - keep
+                w = (keep != 0) & (dst < CAP)
+                tl.store(short_bits + dst, bits, mask=w)
+                tl.store(short_idx + dst, i + src_off, mask=w)
+            c += kept
             n_eq += tl.sum((bits == tau).to(tl.int32), 0)
+            bits = ahead
         tl.debug_barrier()  # every thread's shortlist entries stored before any is read back
     if (c >= kk) & (c <= CAP):  # count(> tau) >= kk: the top-kk and all ties of its last value are shortlisted
         _select(short_bits, short_idx, c, kk, out_idx, out_bits, BLOCK, True, WRITE_BITS, ".cg", EARLY)
     elif (c >= 0) & (c < kk) & (c + n_eq >= kk):  # count(> tau) < kk <= count(>= tau): tau is the kk-th largest
-        _compact(src, src_off, m, tau, kk - c, out_idx, out_bits, BLOCK, False, WRITE_BITS, "")
+        _compact(src, src_off, m, tau, kk - c, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "")
     else:
         _select(src, src_off, m, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "", EARLY)
 

@@ -9,7 +9,8 @@ events (median of --reps, L2 flushed before each). Needs torch + triton and a CU
 
 Masses are what the scorer hands over: softmax over each row's cold tokens of q.k logits
 (scale 4, fp32), summed over a GQA group of 4, so rows have the long tail of real masses; the
-"ties" shape has nearly uniform rows rounded to a few distinct values.
+"ties" shape has nearly uniform rows rounded to a few distinct values, the "equal" shape rows of one
+value (the dummy-weight benchmark model's masses). `--shapes 32` runs only the shapes so named.
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
     ("32K 6%, 16 requests", 16, 8, 32768 - 288, 0.06),
     ("32K 3%, 32 requests", 32, 8, 32768 - 288, 0.03),
     ("32K 3%, 32 requests, ties", 32, 8, 32768 - 288, 0.03),
+    ("32K 3%, 32 requests, equal", 32, 8, 32768 - 288, 0.03),
     ("128K 3%, 4 requests", 4, 8, 130000 - 288, 0.03),
 ]
 
 
-def masses(B, Hkv, n, gen, ties=False):
-    """ties: nearly uniform rows rounded to about 5 distinct masses, like a dummy-weight model's (a guess)."""
-    logits = torch.randn(B, Hkv, 4, n, device="cuda", generator=gen) * (0.05 if ties else 4)
+def masses(B, Hkv, n, gen, kind="softmax"):
+    """ties: nearly uniform rows rounded to about 5 distinct masses. equal: every mass of a row the
+    same, as the dummy-weight model gives (its logits round to 0: docs/performance.md, session 21)."""
+    logits = torch.randn(B, Hkv, 4, n, device="cuda", generator=gen) * {"softmax": 4, "ties": 0.05, "equal": 0}[kind]
     mass = torch.softmax(logits, -1).sum(2)
-    if ties:
+    if kind == "ties":
         mass = (mass * n).mul(4).round().div(4 * n)
     lens = torch.full((B,), n, dtype=torch.int32, device="cuda") - torch.arange(B, device="cuda", dtype=torch.int32) * 7
     for b in range(B):
@@ -53,13 +56,20 @@ def main():
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--strides", type=int, nargs="+", default=[0, 16], help="sample strides (0: no shortlist)")
     p.add_argument("--blocks", type=int, nargs="+", default=[4096], help="values per tile (topk_select's block)")
+    p.add_argument("--shapes", nargs="+", default=None, metavar="TEXT",
+                   help="only the shapes whose name contains one of these (default: all): " +
+                        "; ".join(s[0] for s in SHAPES).replace("%", "%%"))
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_topk.py", "tests/csrc_triton/test_triton_topk.py")
     from vllm_kvoffload.ops.triton_kernels import load
     topk = load("topk")
     rows, failed = [], 0
-    for name, B, Hkv, n, share in SHAPES:
-        mass, lens = masses(B, Hkv, n, gen, ties=name.endswith("ties"))
+    shapes = [s for s in SHAPES if a.shapes is None or any(t in s[0] for t in a.shapes)]
+    if not shapes:
+        p.error(f"--shapes {a.shapes}: no shape matches; the shapes are: " + "; ".join(s[0] for s in SHAPES).replace("%", "%%"))
+    for name, B, Hkv, n, share in shapes:
+        kind = name.rsplit(", ", 1)[-1]
+        mass, lens = masses(B, Hkv, n, gen, kind if kind in ("ties", "equal") else "softmax")
         k = int(share * n)
         ref_idx, ref_cnt = topk.topk_select(mass, lens, k, segments=1, sample_stride=0)
         auto = {st: topk.segments_for(B * Hkv, n, k, mass.device, st > 0) for st in a.strides}  # the launcher's choice
@@ -80,7 +90,7 @@ def main():
           f"of segments: without the shortlist, with the default stride ({topk.SAMPLE_STRIDE}), and each shape's "
           f"best; {failed} mismatches")
     print(f"{'shape':<26}{'no shortlist':>16}{'shortlist':>12}{'gain':>8}{'best':>28}")
-    for name, *_ in SHAPES:
+    for name, *_ in shapes:
         rs = [r for r in rows if r["shape"] == name]
         pick = lambda st: next((r for r in rs if r["auto"] and r["warps"] == 8 and r["early_exit"]  # noqa: E731
                                 and r["sample_stride"] == st and r["block"] == 4096), None)
