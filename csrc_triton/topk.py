@@ -26,12 +26,17 @@ Early exit: once a pass finds a candidate c with count(bits >= c) == kk exactly,
 >= c are the top-kk and no tie crosses the boundary, so the remaining passes and the n_gt
 pass are skipped and the compaction keeps bits >= c. It happens once the kk-th value is
 alone in its candidate bucket; with many equal masses it may never, and all passes run.
+Rows of one value (the dummy-weight benchmark model's masses are all equal: docs/performance.md,
+session 21): a first pass finds the smallest and largest pattern; where they are equal, that
+pattern is T and no radix pass runs. The compaction stops once it has written its kk values,
+so on such rows it reads about kk values, not m.
 
 Shortlist (``_select_shortlisted``, where a program's m values exceed its shortlist's
 capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE) finds tau,
 about the (1.5 kk / STRIDE + 16)-th largest sampled pattern; one pass copies every value > tau
 with its index, in order of position, to the program's shortlist and counts the values == tau,
-and ``_select`` runs on the shortlist. Exact whenever it holds c
+and ``_select`` runs on the shortlist (where the sample is one value, the pass skips the scan
+and stores of tiles that keep nothing: ``_shortlist_pass``). Exact whenever it holds c
 values with kk <= c <= CAP: then the kk-th largest value is > tau, so the top-kk and every tie
 of its last value are on the shortlist, in the row's order. Where c < kk <= c + count(== tau)
 (rows of many equal masses, as dummy-weight models give), tau is itself the kk-th largest
@@ -58,11 +63,11 @@ SAMPLE_STRIDE = 16  # the shortlist's threshold: from every 16th value (topk_sel
 
 @triton.jit
 def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
-    """Radix bisection over src[0], src[STRIDE], ... (m values): (T, exact). exact == 0: T is the
-    kk-th largest pattern. exact != 0 (the early exit): exactly kk values are >= T. Either way
-    count(values >= T) >= kk. With EARLY, a first pass finds the values' smallest and largest
+    """Radix bisection over src[0], src[STRIDE], ... (m values): (T, exact, single). exact == 0: T
+    is the kk-th largest pattern. exact != 0 (the early exit): exactly kk values are >= T. Either
+    way count(values >= T) >= kk. With EARLY, a first pass finds the values' smallest and largest
     pattern: where they are equal (a row of one value, as a dummy-weight model's masses), that
-    pattern is T and no radix pass runs."""
+    pattern is T, no radix pass runs, and single != 0."""
     offs = tl.arange(0, BLOCK)
     digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
@@ -96,7 +101,7 @@ def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: t
         prefix = tl.where(live, prefix | (tl.maximum(d, 0) << shift), prefix)
         if EARLY:
             exact = tl.where(live & (at_d == kk), 1, exact)
-    return prefix, exact
+    return prefix, exact, skip
 
 
 @triton.jit
@@ -108,7 +113,7 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
     loads' cache modifier (".cg" for data written in this launch: not from L1).
     EARLY: the early exit (module docstring); off only to measure what it saves."""
     offs = tl.arange(0, BLOCK)
-    prefix, exact = _kth_pattern(src, 1, m, kk, BLOCK, CACHE, EARLY)
+    prefix, exact, _ = _kth_pattern(src, 1, m, kk, BLOCK, CACHE, EARLY)
 
     # Either exact: the kk values >= prefix are the top-kk, no tie crosses the boundary (keep
     # bits > prefix - 1); or prefix is the kk-th largest pattern T, and need_eq ties are taken.
@@ -154,6 +159,37 @@ def _compact(src, src_idx, m, T, need_eq, total, out_idx, out_bits, BLOCK: tl.co
 
 
 @triton.jit
+def _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK: tl.constexpr, SKIP_EMPTY: tl.constexpr):
+    """One pass over src[0:m): every value > tau with its position (+ src_off) into short_*[0:CAP),
+    in order of position; returns (count(> tau), count(== tau)). SKIP_EMPTY: a tile's scan and
+    stores run only where it keeps a value; that puts a reduction before the scan, on every tile's
+    critical path, so it is asked for only where most tiles are likely to keep nothing."""
+    offs = tl.arange(0, BLOCK)
+    c = tl.zeros([], tl.int32)
+    n_eq = tl.zeros([], tl.int32)
+    for start in range(0, m, BLOCK):
+        i = start + offs
+        bits = tl.load(src + i, mask=i < m, other=-1)
+        keep = (bits > tau).to(tl.int32)
+        if SKIP_EMPTY:
+            kept = tl.sum(keep, 0)
+            if kept > 0:
+                dst = c + tl.cumsum(keep, 0) - keep
+                w = (keep != 0) & (dst < CAP)
+                tl.store(short_bits + dst, bits, mask=w)
+                tl.store(short_idx + dst, i + src_off, mask=w)
+            c += kept
+        else:
+            dst = c + tl.cumsum(keep, 0) - keep
+            w = (keep != 0) & (dst < CAP)
+            tl.store(short_bits + dst, bits, mask=w)
+            tl.store(short_idx + dst, i + src_off, mask=w)
+            c += tl.sum(keep, 0)
+        n_eq += tl.sum((bits == tau).to(tl.int32), 0)
+    return c, n_eq
+
+
+@triton.jit
 def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, short_idx, CAP, BLOCK: tl.constexpr,
                         WRITE_BITS: tl.constexpr, EARLY: tl.constexpr, STRIDE: tl.constexpr):
     """``_select(src, src_off, m, kk, ...)`` (positions offset by src_off), by way of a shortlist
@@ -162,29 +198,17 @@ def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, shor
     c = count(> tau) in [kk, CAP]: the selection among the shortlist; c < kk <= c + ties: tau is
     the kk-th largest value, and one pass takes every value > tau and the first kk - c ties (rows
     of many equal masses); otherwise the whole row is selected."""
-    offs = tl.arange(0, BLOCK)
     ns = m // STRIDE
     rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)  # about 1.5 kk + 16 STRIDE values reach the threshold
     c = tl.full([], -1, tl.int32)
     n_eq = tl.zeros([], tl.int32)
     tau = tl.zeros([], tl.int32)
     if (m > CAP) & (kk > 0):
-        tau, _ = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY)
-        c = tl.zeros([], tl.int32)
-        bits = tl.load(src + offs, mask=offs < m, other=-1)
-        for start in range(0, m, BLOCK):
-            i = start + offs
-            ahead = tl.load(src + i + BLOCK, mask=i + BLOCK < m, other=-1)  # the next tile, in flight meanwhile
-            keep = (bits > tau).to(tl.int32)
-            kept = tl.sum(keep, 0)
-            if kept > 0:  # the scan and stores only where the tile keeps a value (none, on rows of ties)
-                dst = c + tl.cumsum(keep, 0) - keep
-                w = (keep != 0) & (dst < CAP)
-                tl.store(short_bits + dst, bits, mask=w)
-                tl.store(short_idx + dst, i + src_off, mask=w)
-            c += kept
-            n_eq += tl.sum((bits == tau).to(tl.int32), 0)
-            bits = ahead
+        tau, _, single = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY)
+        if single != 0:  # a sample of one value: most tiles are likely to keep nothing
+            c, n_eq = _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK, True)
+        else:
+            c, n_eq = _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK, False)
         tl.debug_barrier()  # every thread's shortlist entries stored before any is read back
     if (c >= kk) & (c <= CAP):  # count(> tau) >= kk: the top-kk and all ties of its last value are shortlisted
         _select(short_bits, short_idx, c, kk, out_idx, out_bits, BLOCK, True, WRITE_BITS, ".cg", EARLY)
