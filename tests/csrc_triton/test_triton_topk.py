@@ -142,14 +142,31 @@ def misleading_rows(B, Hkv, n, stride, seed):
     return mass
 
 
+def one_value_sample_rows(Hkv, n, k, stride, seed):
+    """Every stride-th value (the sample) 0.5, the rest below it but for a few above: per request,
+    more than k and fewer than the shortlist's capacity above it (the shortlist holds), more than
+    the capacity (the row is selected whole), and fewer than k (0.5 is the k-th largest, ties taken
+    in order). The shortlist pass skips empty tiles here (a sample of one value); tiles that do
+    keep values must still be stored."""
+    g = torch.Generator().manual_seed(seed)
+    mass = torch.rand(3, Hkv, n, generator=g) * 0.25
+    mass[..., ::stride] = 0.5
+    others = torch.tensor([i for i in range(n) if i % stride])
+    for b, above in enumerate([3 * k, 2 * n // 3, k // 4]):
+        for h in range(Hkv):
+            pick = others[torch.randperm(len(others), generator=g)[:above]]
+            mass[b, h, pick] = 0.5 + torch.rand(above, generator=g)
+    return mass
+
+
 @pytest.mark.parametrize("fn", SELECTS)
-@pytest.mark.parametrize("rows", ["softmax", "ties", "zeros", "three values", "misleading"])
+@pytest.mark.parametrize("rows", ["softmax", "ties", "zeros", "three values", "misleading", "one-value sample"])
 def test_topk_shortlist_changes_nothing(device, fn, rows):
     """The shortlist (rows longer than its capacity) gives the output of the radix passes over
     the whole row, bit for bit: where it holds the top-k (softmax rows); where the threshold is
     itself the k-th largest value and ties are taken in one more pass (all zeros; three distinct
-    values); and where the sample misleads (too few values reach the threshold) and the row is
-    selected whole."""
+    values); where the sample misleads (too few values reach the threshold) and the row is
+    selected whole; and all three where the sample is one value (the pass then skips empty tiles)."""
     seed = torch.seed() % 2**31
     B, Hkv, n, k, stride = 3, 2, 2000, 40, 4
     assert load("topk").shortlist_cap(k, stride) < n // 7  # even one of seven segments has a shortlist
@@ -160,11 +177,16 @@ def test_topk_shortlist_changes_nothing(device, fn, rows):
             mass = torch.zeros(B, Hkv, n)
         elif rows == "three values":
             mass = torch.randint(1, 4, (B, Hkv, n), generator=torch.Generator().manual_seed(seed)) * 0.125
-        else:
+        elif rows == "misleading":
             mass = misleading_rows(B, Hkv, n, stride, seed)
+        else:
+            mass = one_value_sample_rows(Hkv, n, k, stride, seed)
         mass, lens = mass.to(device), torch.tensor([n, n - 3, n - 250], dtype=torch.int32, device=device)
         for b in range(B):
             mass[b, :, int(lens[b]):] = float("-inf")
+    select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=stride)  # sizes the scratch, then poison it:
+    for scratch in load("topk")._SCRATCH.values():  # a shortlist entry never written would show
+        scratch.fill_(2**31 - 1)
     short = select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=stride)
     whole = select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=0)
     assert torch.equal(short[0], whole[0]) and torch.equal(short[1], whole[1]), f"seed {seed}"
