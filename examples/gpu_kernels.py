@@ -64,6 +64,28 @@ def timeit(fn, reps, flush):
     return ts[len(ts) // 2]
 
 
+def timeit_pair(fn_a, fn_b, reps, flush):
+    """(median seconds of fn_a, of fn_b), timed as ``timeit`` does but alternately, a then b,
+    then b then a, so that both see the same clocks and neighbours: for A/B of two trees'
+    kernels in one process, where separate runs differ by up to 40% on a shared device."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.05:
+        fn_a()
+        fn_b()
+        torch.cuda.synchronize()
+    ts = ([], [])
+    for r in range(reps):
+        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+            flush.zero_()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            (fn_a, fn_b)[which]()
+            e.record()
+            e.synchronize()
+            ts[which].append(s.elapsed_time(e) * 1e-3)
+    return tuple(sorted(t)[len(t) // 2] for t in ts)
+
+
 def sweep_setup(script: str, cpu_test: str):
     """The GPU sweeps' common start: exit with a hint on a machine without CUDA, else
     (a seeded CUDA generator, a 256 MiB buffer that timeit zeroes to flush the L2)."""

@@ -4,6 +4,7 @@ re-export of their dispatch functions. Raises ImportError without triton."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -33,6 +34,23 @@ def load(name: str):
     """csrc_triton.<name>, e.g. load("sparse_decode")."""
     _package()
     return importlib.import_module(f"csrc_triton.{name}")
+
+
+def load_from(root: str | Path, name: str):
+    """csrc_triton.<name> of another checkout at ``root``, imported as the package
+    ``csrc_triton_<hash of its path>`` beside this one's, so both trees' kernels run in one
+    process (the GPU sweeps' ``--baseline``: paired timings, free of run-to-run noise)."""
+    pkg_dir = Path(root).resolve() / "csrc_triton"
+    init = pkg_dir / "__init__.py"
+    if not init.is_file():
+        raise ImportError(f"{root}: no csrc_triton/__init__.py there (expected another checkout's root)")
+    alias = "csrc_triton_" + hashlib.sha1(str(pkg_dir).encode()).hexdigest()[:10]
+    if alias not in sys.modules:
+        spec = importlib.util.spec_from_file_location(alias, init, submodule_search_locations=[str(pkg_dir)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[alias] = mod
+        spec.loader.exec_module(mod)
+    return importlib.import_module(f"{alias}.{name}")
 
 
 def __getattr__(attr: str):
