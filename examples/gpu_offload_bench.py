@@ -257,6 +257,36 @@ def timed_under_profiler(eng: SteadyEngine, steps: int):
     return step_s, ka, kernel_us / 1e3 / steps
 
 
+def topk_probe(step_ms: float, reps: int = 30) -> dict:
+    """The top-k at this engine's last decode shape (requests, KV heads, cold lengths, k and
+    budgets of its plan), on two kinds of rows timed alternately in this process: rows of one
+    value, which is what the dummy-weight model hands it (examples/dummy_weight_logits.py), and
+    softmax rows with a real model's long tail (q.k logits of scale 4 over a GQA group of 4, as
+    examples/gpu_topk.py). Per layer, us, the masses left in L2 as the scorer leaves them. The
+    step with softmax rows is an estimate: this step plus the difference times the layers."""
+    import torch
+    from gpu_kernels import timeit_pair
+
+    from vllm_kvoffload.ops.triton_kernels import topk_select
+    from vllm_kvoffload.runtime import current_runtime
+
+    rt = current_runtime()
+    plan, kv = rt.batched, rt.pool.kv
+    lens, k, budgets = plan["cold_lens"], plan["k"], plan["budgets"]
+    B, Hkv, n_max = lens.numel(), kv.shape[3], plan["cold_slots"].shape[1] * kv.shape[4]
+    gen = torch.Generator(device=lens.device).manual_seed(0)
+    past = torch.arange(n_max, device=lens.device)[None, None, :] >= lens[:, None, None].long()
+    soft = torch.softmax(torch.randn(B, Hkv, 4, n_max, device=lens.device, generator=gen) * 4
+                         + torch.where(past, float("-inf"), 0.0)[:, :, None, :], -1).sum(2)
+    one = (4.0 / lens.clamp_min(1).float())[:, None, None].expand(B, Hkv, n_max).contiguous()
+    soft, one = soft.masked_fill(past, float("-inf")), one.masked_fill(past, float("-inf"))
+    t_one, t_soft = timeit_pair(lambda: topk_select(one, lens, k, budgets=budgets),
+                                lambda: topk_select(soft, lens, k, budgets=budgets), reps, torch.empty(1, device=lens.device))
+    layers = len(rt.layer_index)
+    return {"topk_us_rows_of_one_value": t_one * 1e6, "topk_us_softmax_rows": t_soft * 1e6, "layers": layers,
+            "step_ms_with_softmax_rows_est": step_ms + layers * (t_soft - t_one) * 1e3}
+
+
 def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
                      graphs: bool, decode_graphs_ab: bool = False) -> None:
     """Decode tok/s of the full batch over ``steps`` steady steps; fetch counters over them.
@@ -268,6 +298,11 @@ def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_
         for tag, on in (("eager", False), ("graphs_again", True)):
             set_decode_graphs(eng, on)
             out[f"step_ms_decode_{tag}"] = 1e3 * eng.timed(steps)["step_s"]
+    if offload and "fetch" in out:
+        try:  # a diagnostic: it must not cost the run its figures
+            out["topk_probe"] = topk_probe(out["step_ms"])
+        except Exception as e:  # noqa: BLE001
+            out["topk_probe"] = {"error": repr(e)}
     print(json.dumps(out))
 
 
