@@ -174,19 +174,22 @@ def _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK: tl.
         if SKIP_EMPTY:
             kept = tl.sum(keep, 0)
             if kept > 0:
-                dst = c + tl.cumsum(keep, 0) - keep
-                w = (keep != 0) & (dst < CAP)
-                tl.store(short_bits + dst, bits, mask=w)
-                tl.store(short_idx + dst, i + src_off, mask=w)
+                _append(bits, i + src_off, keep, c, short_bits, short_idx, CAP)
             c += kept
         else:
-            dst = c + tl.cumsum(keep, 0) - keep
-            w = (keep != 0) & (dst < CAP)
-            tl.store(short_bits + dst, bits, mask=w)
-            tl.store(short_idx + dst, i + src_off, mask=w)
+            _append(bits, i + src_off, keep, c, short_bits, short_idx, CAP)
             c += tl.sum(keep, 0)
         n_eq += tl.sum((bits == tau).to(tl.int32), 0)
     return c, n_eq
+
+
+@triton.jit
+def _append(bits, index, keep, c, short_bits, short_idx, CAP):
+    """The kept (bits, index) of a tile, in order, to short_*[c:) (those that fit below CAP)."""
+    dst = c + tl.cumsum(keep, 0) - keep
+    w = (keep != 0) & (dst < CAP)
+    tl.store(short_bits + dst, bits, mask=w)
+    tl.store(short_idx + dst, index, mask=w)
 
 
 @triton.jit

@@ -46,21 +46,29 @@ class Checks:
         print(f"  [{'ok' if ok else 'FAIL'}] {name} {detail}", flush=True)
 
 
-def timeit(fn, reps, flush):
-    t0 = time.perf_counter()  # warm up for 50 ms: clocks ramp after the CPU-bound checks
+def _warm_up(*fns):
+    t0 = time.perf_counter()  # for 50 ms: clocks ramp after the CPU-bound checks
     while time.perf_counter() - t0 < 0.05:
-        fn()
+        for fn in fns:
+            fn()
         torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        flush.zero_()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e) * 1e-3)
-    ts.sort()
+
+
+def _timed_once(fn, flush) -> float:
+    """Seconds of one call, by CUDA events, the L2 flushed first."""
+    flush.zero_()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) * 1e-3
+
+
+def timeit(fn, reps, flush):
+    """Median seconds of ``reps`` calls, each timed alone with the L2 flushed, after a warm-up."""
+    _warm_up(fn)
+    ts = sorted(_timed_once(fn, flush) for _ in range(reps))
     return ts[len(ts) // 2]
 
 
@@ -68,21 +76,11 @@ def timeit_pair(fn_a, fn_b, reps, flush):
     """(median seconds of fn_a, of fn_b), timed as ``timeit`` does but alternately, a then b,
     then b then a, so that both see the same clocks and neighbours: for A/B of two trees'
     kernels in one process, where separate runs differ by up to 40% on a shared device."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 0.05:
-        fn_a()
-        fn_b()
-        torch.cuda.synchronize()
+    _warm_up(fn_a, fn_b)
     ts = ([], [])
     for r in range(reps):
         for which in ((0, 1) if r % 2 == 0 else (1, 0)):
-            flush.zero_()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            (fn_a, fn_b)[which]()
-            e.record()
-            e.synchronize()
-            ts[which].append(s.elapsed_time(e) * 1e-3)
+            ts[which].append(_timed_once((fn_a, fn_b)[which], flush))
     return tuple(sorted(t)[len(t) // 2] for t in ts)
 
 

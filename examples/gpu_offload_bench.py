@@ -261,11 +261,12 @@ def topk_probe(step_ms: float, reps: int = 30) -> dict:
     """The top-k at this engine's last decode shape (requests, KV heads, cold lengths, k and
     budgets of its plan), on two kinds of rows timed alternately in this process: rows of one
     value, which is what the dummy-weight model hands it (examples/dummy_weight_logits.py), and
-    softmax rows with a real model's long tail (q.k logits of scale 4 over a GQA group of 4, as
-    examples/gpu_topk.py). Per layer, us, the masses left in L2 as the scorer leaves them. The
-    step with softmax rows is an estimate: this step plus the difference times the layers."""
+    softmax rows with a real model's long tail (``gpu_topk.masses_for``). Per layer, us, the
+    masses left in L2 as the scorer leaves them. The step with softmax rows is an estimate: this
+    step plus the difference times the layers."""
     import torch
     from gpu_kernels import timeit_pair
+    from gpu_topk import masses_for
 
     from vllm_kvoffload.ops.triton_kernels import topk_select
     from vllm_kvoffload.runtime import current_runtime
@@ -273,13 +274,9 @@ def topk_probe(step_ms: float, reps: int = 30) -> dict:
     rt = current_runtime()
     plan, kv = rt.batched, rt.pool.kv
     lens, k, budgets = plan["cold_lens"], plan["k"], plan["budgets"]
-    B, Hkv, n_max = lens.numel(), kv.shape[3], plan["cold_slots"].shape[1] * kv.shape[4]
+    Hkv, n_max = kv.shape[3], plan["cold_slots"].shape[1] * kv.shape[4]
     gen = torch.Generator(device=lens.device).manual_seed(0)
-    past = torch.arange(n_max, device=lens.device)[None, None, :] >= lens[:, None, None].long()
-    soft = torch.softmax(torch.randn(B, Hkv, 4, n_max, device=lens.device, generator=gen) * 4
-                         + torch.where(past, float("-inf"), 0.0)[:, :, None, :], -1).sum(2)
-    one = (4.0 / lens.clamp_min(1).float())[:, None, None].expand(B, Hkv, n_max).contiguous()
-    soft, one = soft.masked_fill(past, float("-inf")), one.masked_fill(past, float("-inf"))
+    one, soft = (masses_for(lens, Hkv, n_max, gen, kind) for kind in ("equal", "softmax"))
     t_one, t_soft = timeit_pair(lambda: topk_select(one, lens, k, budgets=budgets),
                                 lambda: topk_select(soft, lens, k, budgets=budgets), reps, torch.empty(1, device=lens.device))
     layers = len(rt.layer_index)

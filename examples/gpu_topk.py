@@ -40,17 +40,23 @@ SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
 ]
 
 
-def masses(B, Hkv, n, gen, kind="softmax"):
-    """ties: nearly uniform rows rounded to about 5 distinct masses. equal: every mass of a row the
-    same, as the dummy-weight model gives (its logits round to 0: docs/performance.md, session 21)."""
-    logits = torch.randn(B, Hkv, 4, n, device=gen.device, generator=gen) * {"softmax": 4, "ties": 0.05, "equal": 0}[kind]
-    mass = torch.softmax(logits, -1).sum(2)
+def masses_for(lens, Hkv, n, gen, kind="softmax"):
+    """[B, Hkv, n] fp32 masses of rows of lens[b] cold tokens (-inf past them), as the scorer hands
+    them over: softmax of q.k logits over a GQA group of 4. softmax: logits of scale 4 (a real
+    model's long tail); ties: nearly uniform rows rounded to about 5 distinct masses; equal: every
+    mass of a row the same, as the dummy-weight model gives (examples/dummy_weight_logits.py)."""
+    scale = {"softmax": 4, "ties": 0.05, "equal": 0}[kind]
+    mass = torch.softmax(torch.randn(lens.numel(), Hkv, 4, n, device=gen.device, generator=gen) * scale, -1).sum(2)
     if kind == "ties":
         mass = (mass * n).mul(4).round().div(4 * n)
+    past = torch.arange(n, device=gen.device)[None, None, :] >= lens.long()[:, None, None]
+    return mass.masked_fill(past, float("-inf")).contiguous()
+
+
+def masses(B, Hkv, n, gen, kind="softmax"):
+    """``masses_for`` B requests of n cold tokens less 7 per request: (mass, lens)."""
     lens = torch.full((B,), n, dtype=torch.int32, device=gen.device) - torch.arange(B, device=gen.device, dtype=torch.int32) * 7
-    for b in range(B):
-        mass[b, :, int(lens[b]):] = float("-inf")
-    return mass.contiguous(), lens
+    return masses_for(lens, Hkv, n, gen, kind), lens
 
 
 def main():
