@@ -37,6 +37,8 @@ SHAPES = [  # (name, requests, KV heads, cold tokens, budget share)
     ("32K 3%, 32 requests, ties", 32, 8, 32768 - 288, 0.03),
     ("32K 3%, 32 requests, equal", 32, 8, 32768 - 288, 0.03),
     ("128K 3%, 4 requests", 4, 8, 130000 - 288, 0.03),
+    ("128K 3%, 8 requests", 8, 8, 130000 - 288, 0.03),  # the 128K benchmark's batch since session 22
+    ("128K 3%, 8 requests, equal", 8, 8, 130000 - 288, 0.03),
 ]
 
 
