@@ -48,6 +48,14 @@ from up to 10 to 2 (the sample's passes read m / STRIDE values, the shortlist's 
 Why segments: 4 requests x 8 KV heads at 128K is 32 rows, one program each on 132 SMs; with
 segments the idle SMs share the rows, and the last program's second selection reads S * k
 values, not n. Where rows already fill the SMs, one program per row is faster (segments_for).
+
+Split shortlist (S > 1 with a shortlist, ``_select_split_shortlist``): selecting each segment's
+local top-kk as above would make every segment shortlist and select about 1.5 kk values, S times
+the work of one program. Instead every program of the row finds the same tau from the whole row's
+sample (the same passes as one program would make), and shortlists only its own segment into its
+own slot; the last to arrive concatenates the slots in segment order (the row's shortlist, in
+order of position) and selects from it, or takes the ties or the whole row, exactly as
+``_select_shortlisted``. What S programs share is the pass over the row, the longest on long rows.
 """
 
 from __future__ import annotations
@@ -221,6 +229,64 @@ def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, shor
         _select(src, src_off, m, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "", EARLY)
 
 
+@triton.jit
+def _select_split_shortlist(row, n, kk, s, out, slot_bits, slot_idx, merged_bits, merged_idx, row_tallies, arrival, CAP, S: tl.constexpr, BLOCK: tl.constexpr, EARLY: tl.constexpr,
+                            STRIDE: tl.constexpr):
+    """Program s of S selecting one row's top-kk into ``out`` (module docstring, "Split shortlist").
+    Every program finds the same tau from the whole row's sample and shortlists its segment's
+    values > tau into its own slot of CAP (tally: its count(> tau), count(== tau)); the last to
+    arrive concatenates the slots in segment order, which is the row's shortlist in order of
+    position, as one program would have written it, and decides as ``_select_shortlisted`` does."""
+    tally = row_tallies + 2 * s
+    offs = tl.arange(0, BLOCK)
+    ns = n // STRIDE
+    rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)
+    use = (n > CAP) & (kk > 0)  # else the row is selected whole, as _select_shortlisted does
+    seg = tl.cdiv(n, S)
+    lo = tl.minimum(s * seg, n)
+    m = tl.minimum(n - lo, seg)
+    c = tl.zeros([], tl.int32)
+    n_eq = tl.zeros([], tl.int32)
+    tau = tl.zeros([], tl.int32)
+    if use:
+        tau, _, single = _kth_pattern(row, STRIDE, ns, rank, BLOCK, "", EARLY)
+        if single != 0:
+            c, n_eq = _shortlist_pass(row + lo, lo, m, tau, slot_bits, slot_idx, CAP, BLOCK, True)
+        else:
+            c, n_eq = _shortlist_pass(row + lo, lo, m, tau, slot_bits, slot_idx, CAP, BLOCK, False)
+    tl.store(tally, c)
+    tl.store(tally + 1, n_eq)
+    # As the segments' merge below: stores, barrier, release; acquire, barrier, reads past L1.
+    tl.debug_barrier()
+    last = tl.atomic_add(arrival, 1, sem="acq_rel", scope="gpu") == S - 1
+    tl.debug_barrier()
+    if last:
+        tl.atomic_xchg(arrival, 0)  # ready for the next launch
+        c_all = tl.zeros([], tl.int32)  # count(> tau) over the row
+        eq_all = tl.zeros([], tl.int32)
+        for j in range(S):
+            c_all += tl.load(row_tallies + 2 * j, cache_modifier=".cg")
+            eq_all += tl.load(row_tallies + 2 * j + 1, cache_modifier=".cg")
+        if use & (c_all >= kk) & (c_all <= CAP):  # every slot held its values (each c_j <= c_all <= CAP)
+            pos = tl.zeros([], tl.int32)
+            for j in range(S):
+                cj = tl.load(row_tallies + 2 * j, cache_modifier=".cg")
+                src = (j - s) * CAP  # slot j, from this program's slot
+                for start in range(0, cj, BLOCK):
+                    i = start + offs
+                    b = tl.load(slot_bits + src + i, mask=i < cj, cache_modifier=".cg")
+                    x = tl.load(slot_idx + src + i, mask=i < cj, cache_modifier=".cg")
+                    tl.store(merged_bits + pos + i, b, mask=i < cj)
+                    tl.store(merged_idx + pos + i, x, mask=i < cj)
+                pos += cj
+            tl.debug_barrier()  # every thread's merged entries stored before any is read back
+            _select(merged_bits, merged_idx, c_all, kk, out, out, BLOCK, True, False, ".cg", EARLY)
+        elif use & (c_all < kk) & (c_all + eq_all >= kk):  # tau is the kk-th largest value
+            _compact(row, 0, n, tau, kk - c_all, kk, out, out, BLOCK, False, False, "")
+        else:
+            _select(row, 0, n, kk, out, out, BLOCK, False, False, "", EARLY)
+
+
 @triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih', 'CAP'])  # per-step sizes: no recompiles
 def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scratch_idx, arrivals, short_bits, short_idx,
                K, CAP, s_mb, s_mh, s_ib, s_ih, Hkv, S: tl.constexpr, BLOCK: tl.constexpr, HAS_BUDGET: tl.constexpr,
@@ -242,6 +308,12 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
                                 EARLY, STRIDE)
         else:
             _select(row, 0, n, kk, out, out, BLOCK, False, False, "", EARLY)
+    elif STRIDE > 0:  # short_*: every row's S slots of CAP, then every row's merged list of CAP, then tallies
+        rows = (Hkv * tl.num_programs(2)).to(tl.int64)
+        merged = rows * S * CAP + r.to(tl.int64) * CAP
+        tallies = rows * S * CAP + rows * CAP + r.to(tl.int64) * S * 2  # (count > tau, count == tau) per slot
+        _select_split_shortlist(row, n, kk, s, out, short_bits + short, short_idx + short, short_bits + merged,
+                                short_idx + merged, short_bits + tallies, arrivals + r, CAP, S, BLOCK, EARLY, STRIDE)
     else:
         seg = tl.cdiv(n, S)
         lo = tl.minimum(s * seg, n)
@@ -298,17 +370,16 @@ def shortlist_cap(k: int, stride: int) -> int:
 
 
 def segments_for(rows: int, n_max: int, k: int, device: torch.device, shortlist: bool = True) -> int:
-    """Programs per row: as many as keep the grid within one program per SM, while each segment
-    stays over 4k values (the last program re-reads S * k of them) and 2048 (a few tiles). On
-    the H100 (examples/gpu_topk.py) splitting only pays where rows leave SMs idle: 32 rows of
-    128K took 295 us with 4 segments against 700 with one; 128 rows of 32K took 175 us with one
-    and 260-360 with 2-8. With the shortlist a row costs about two passes, and one program per
-    row won from 32 rows up (128K: 139 us against 166 with 4 segments, session 16); fewer rows
-    were not measured and keep the rule above."""
-    if shortlist and rows >= 32:
-        return 1
+    """Programs per row: as many as keep the grid within one program per SM. Without the
+    shortlist each segment also stays over 4k values and 2048 (the last program re-reads S * k of
+    them); with it (the split shortlist) each keeps at least four tiles of 4096.
+    On the H100 (examples/gpu_topk.py, NVIDIA H100 80GB HBM3): without the shortlist, 32 rows of
+    128K took 295 us with 4 segments against 700 with one (session 8). With the split shortlist
+    (session 22, call 22f), rows of 128K at 3%: 32 rows 149 us with one program per row, 125 with
+    2, 110 with 4, 145-173 with 8; 64 rows 166 with one, 140 with 2, 170 with 4; 256 rows of 32K
+    85 with one, 111 with 2."""
     want = num_sms(device) // max(rows, 1)
-    fit = n_max // max(4 * k, 2048)
+    fit = n_max // 16384 if shortlist else n_max // max(4 * k, 2048)
     return max(1, min(want, fit, 32))
 
 
@@ -344,10 +415,13 @@ def topk_select(mass: torch.Tensor, cold_lens: torch.Tensor, k: int, idx=None, c
     S = segments or segments_for(B * Hkv, n_max, k, mass.device, sample_stride > 0)
     S = S if k > 0 else 1
     cap = shortlist_cap(k, sample_stride) if sample_stride and k > 0 else 0
-    seg_k = k if S > 1 else 0  # the segments' selections, then the shortlists
+    split_short = S > 1 and cap > 0  # the split shortlist: its merged lists and tallies after the slots
+    seg_k = k if S > 1 and not split_short else 0  # the segments' selections, then the shortlists
+    rows = B * Hkv
     if seg_k or cap:
-        arrivals, bits, index = _workspace(B * Hkv, B * Hkv * S * (seg_k + cap), mass.device)
-        split = B * Hkv * S * seg_k
+        pairs = rows * S * (seg_k + cap) + (rows * (cap + 2 * S) if split_short else 0)
+        arrivals, bits, index = _workspace(rows, pairs, mass.device)
+        split = rows * S * seg_k
         scratch_bits, short_bits, scratch_idx, short_idx = bits[:split], bits[split:], index[:split], index[split:]
     else:
         arrivals = scratch_bits = scratch_idx = short_bits = short_idx = counts  # unused
