@@ -48,6 +48,10 @@ def main() -> None:
             text = f"{r['speedup_vs_stock']:.2f}x" + (f"\nhits {hit:.0%}" if hit is not None else "")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=8)
+        failed = [r for r in run["results"] if r.get("error")]
+        if failed:  # a configuration that did not run: say so where its bar would be
+            ax.text(0.98, 0.5, "\n".join(textwrap.fill(f"{r['config']} failed: {r['error']}", 40)[:200] for r in failed),
+                    transform=ax.transAxes, ha="right", va="center", fontsize=7, color="tab:red")
         args = run["command"].split("throughput")[-1].strip() or "defaults"
         ax.set_title(textwrap.fill(f"session {run.get('session', '?')}: {args}", 60), fontsize=8)
         ax.margins(y=0.15)  # room for the ratio above the tallest bar
