@@ -61,8 +61,8 @@ def _timed_once(fn, flush) -> float:
     """Seconds of one call, by CUDA events, the L2 flushed first. A GPU spin is queued before
     the start event, so the device is still busy while the host runs ``fn``'s launcher: the
     events then time the kernels alone, not the Python between them (without it a small
-    ``flush`` left the GPU idle for the launch, and topk_probe read 112 us for a top-k that
-    the engine's profile put at 33)."""
+    ``flush`` left the GPU idle for the launch: topk_probe's one-element flush read 94 us
+    for a top-k of 22 us, call 22e, docs/results/gpu/topk-session22e/)."""
     flush.zero_()
     torch.cuda._sleep(COVER_CYCLES)
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

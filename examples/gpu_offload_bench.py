@@ -31,10 +31,10 @@ LLAMA_31_8B = {
 }
 
 
-def run_child(args: list[str], timeout: int) -> dict:
-    """Run one configuration in a fresh process; it prints one JSON line last."""
+def run_child(args: list[str], timeout: int, script: str = __file__) -> dict:
+    """Run one configuration in a fresh process (``script`` with ``args``); it prints one JSON line last."""
     t = time.time()
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stdout + proc.stderr)[-4000:]
