@@ -71,9 +71,14 @@ def child_lifecycle(model: str, offload: str, prompts_file: str, pool_prompts: f
     for i in range(N_FIRST):
         add(i)
     tokens, finished, aborted, preempted = {}, {}, [], {}
-    steps, abort_step, preempted_all_at = 0, None, None
+    from vllm_kvoffload.runtime import current_runtime
+
+    steps, abort_step, preempted_all_at, graph_steps = 0, None, None, 0
     while engine.has_unfinished_requests():
-        for o in engine.step():
+        outputs = engine.step()
+        rt = current_runtime()  # steps whose offloaded decode replayed (or captured) its own graphs
+        graph_steps += bool(rt is not None and getattr(rt, "graphs", None) is not None and rt.graphs.graphs)
+        for o in outputs:
             tokens[o.request_id] = list(o.outputs[0].token_ids)
             if o.finished:
                 finished[o.request_id] = tokens[o.request_id]
@@ -97,9 +102,9 @@ def child_lifecycle(model: str, offload: str, prompts_file: str, pool_prompts: f
                 add(i)
     wall = time.time() - t0
     out = {"device_blocks": blocks, "steps": steps, "abort_step": abort_step, "preempted_all_at": preempted_all_at, "aborted": aborted, "preempted": preempted,
-           "finished": finished, "wall_s_schedule": round(wall, 1)}
+           "finished": finished, "wall_s_schedule": round(wall, 1), "decode_graph_steps": graph_steps,
+           "async_scheduling": bool(getattr(engine.vllm_config.scheduler_config, "async_scheduling", False))}
     if offload:
-        from vllm_kvoffload.runtime import current_runtime
         from vllm_kvoffload.stats import engine_stats
 
         stats = engine_stats(llm)
@@ -125,6 +130,8 @@ def summarize(results: dict) -> list[dict]:
         complete = sum(len(t) == N_TOKENS for t in r["finished"].values())
         row = {"variant": name, "finished": f"{complete}/{expected}", "aborted": r["aborted"],
                "preemptions": sum(r["preempted"].values()), "accounting_whole": r.get("accounting_whole"),
+               "steps": r["steps"], "decode_graph_steps": r.get("decode_graph_steps"),
+               "async_scheduling": r.get("async_scheduling"),
                "cache_hit_rate": (r.get("fetch") or {}).get("cache_hit_rate")}
         if name != "stock" and "finished" in stock:
             both = sorted(set(stock["finished"]) & set(r["finished"]))
