@@ -230,8 +230,8 @@ def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, shor
 
 
 @triton.jit
-def _select_split_shortlist(row, n, kk, s, out, slot_bits, slot_idx, merged_bits, merged_idx, row_tallies, arrival, CAP, S: tl.constexpr, BLOCK: tl.constexpr, EARLY: tl.constexpr,
-                            STRIDE: tl.constexpr):
+def _select_split_shortlist(row, n, kk, s, out, slot_bits, slot_idx, merged_bits, merged_idx, row_tallies, arrival,
+                            CAP, S: tl.constexpr, BLOCK: tl.constexpr, EARLY: tl.constexpr, STRIDE: tl.constexpr):
     """Program s of S selecting one row's top-kk into ``out`` (module docstring, "Split shortlist").
     Every program finds the same tau from the whole row's sample and shortlists its segment's
     values > tau into its own slot of CAP (tally: its count(> tau), count(== tau)); the last to

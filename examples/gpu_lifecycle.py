@@ -58,8 +58,8 @@ def child_lifecycle(model: str, offload: str, prompts_file: str, pool_prompts: f
     if cuda:
         kw["gpu_memory_utilization"] = 0.3
     llm = LLM(model=model, dtype="bfloat16" if cuda else "float32", max_model_len=longest + N_TOKENS + 64,
-              block_size=BLOCK, num_gpu_blocks_override=blocks, enable_prefix_caching=False, enforce_eager=not cuda, seed=0,
-              max_num_seqs=N_FIRST + N_LATE, max_num_batched_tokens=CHUNK, **kw)
+              block_size=BLOCK, num_gpu_blocks_override=blocks, enable_prefix_caching=False,
+              enforce_eager=not cuda, seed=0, max_num_seqs=N_FIRST + N_LATE, max_num_batched_tokens=CHUNK, **kw)
     engine = llm.llm_engine
     scheduler = engine.engine_core.engine_core.scheduler  # in-process (the parent sets it)
     params = SamplingParams(max_tokens=N_TOKENS, temperature=0, ignore_eos=True, detokenize=False)
@@ -101,7 +101,8 @@ def child_lifecycle(model: str, offload: str, prompts_file: str, pool_prompts: f
             for i in range(N_FIRST, N_FIRST + N_LATE):
                 add(i)
     wall = time.time() - t0
-    out = {"device_blocks": blocks, "steps": steps, "abort_step": abort_step, "preempted_all_at": preempted_all_at, "aborted": aborted, "preempted": preempted,
+    out = {"device_blocks": blocks, "steps": steps, "abort_step": abort_step, "preempted_all_at": preempted_all_at,
+           "aborted": aborted, "preempted": preempted,
            "finished": finished, "wall_s_schedule": round(wall, 1), "decode_graph_steps": graph_steps,
            "async_scheduling": bool(getattr(engine.vllm_config.scheduler_config, "async_scheduling", False))}
     if offload:
@@ -110,7 +111,8 @@ def child_lifecycle(model: str, offload: str, prompts_file: str, pool_prompts: f
         stats = engine_stats(llm)
         out["stats"] = {k: v for k, v in stats.items() if k != "requests"}
         out["requests_left"] = stats["requests"]
-        out["accounting_whole"] = (stats["requests"] == {} and stats["device_blocks_free"] == stats["device_blocks_total"]
+        out["accounting_whole"] = (stats["requests"] == {}
+                                   and stats["device_blocks_free"] == stats["device_blocks_total"]
                                    and stats["host_blocks_free"] == stats["host_blocks_total"])
         rt = current_runtime()
         out["fetch"] = rt.fetch_stats() if rt is not None and rt.pool is not None else None
