@@ -57,14 +57,16 @@ def _warm_up(*fns):
 COVER_CYCLES = 1_000_000  # about 0.5 ms of GPU clock: longer than any launcher's Python
 
 
-def _timed_once(fn, flush) -> float:
+def _timed_once(fn, flush, cover: bool = True) -> float:
     """Seconds of one call, by CUDA events, the L2 flushed first. A GPU spin is queued before
     the start event, so the device is still busy while the host runs ``fn``'s launcher: the
     events then time the kernels alone, not the Python between them (without it a small
     ``flush`` left the GPU idle for the launch: topk_probe's one-element flush read 94 us
-    for a top-k of 22 us, call 22e, docs/results/gpu/topk-session22e/)."""
+    for a top-k of 22 us, call 22e, docs/results/gpu/topk-session22e/). ``cover=False``: no spin,
+    as before session 22 (for that comparison)."""
     flush.zero_()
-    torch.cuda._sleep(COVER_CYCLES)
+    if cover:
+        torch.cuda._sleep(COVER_CYCLES)
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
     fn()

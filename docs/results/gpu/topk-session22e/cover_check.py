@@ -1,7 +1,9 @@
 """Call 22e: does the GPU spin in gpu_kernels._timed_once change what topk_probe reads?
 The top-k at the engine's shapes, timed with a 1-element flush (as topk_probe does) without the
 spin (the session-21 _timed_once) and with it, alternately. Run from the project root:
-    python docs/results/gpu/topk-session22e/cover_check.py"""
+    python docs/results/gpu/topk-session22e/cover_check.py
+(As run in call 22e the spin-less timing was a copy of _timed_once without the spin; it is now
+_timed_once(..., cover=False), the same steps.)"""
 import sys
 
 import torch
@@ -16,16 +18,6 @@ dev = torch.device("cuda")
 tiny = torch.empty(1, device=dev)
 
 
-def no_cover(fn):
-    tiny.zero_()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    fn()
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) * 1e-3
-
-
 print(torch.cuda.get_device_name())
 for B, n in ((32, 32768 - 288), (8, 130000 - 288)):
     k = int(0.03 * n)
@@ -37,7 +29,7 @@ for B, n in ((32, 32768 - 288), (8, 130000 - 288)):
         gpu_kernels._warm_up(fn)
         a, b = [], []
         for r in range(30):
-            a.append(no_cover(fn))
+            a.append(gpu_kernels._timed_once(fn, tiny, cover=False))
             b.append(gpu_kernels._timed_once(fn, tiny))
         med = lambda t: sorted(t)[len(t) // 2] * 1e6  # noqa: E731
         print(f"{B:3d} requests x 8 heads, n={n}, {kind:8s}: without the spin {med(a):7.1f} us, with it {med(b):7.1f} us")
