@@ -201,32 +201,52 @@ def _append(bits, index, keep, c, short_bits, short_idx, CAP):
 
 
 @triton.jit
+def _threshold_and_shortlist(sample_src, n, kk, src, src_off, m, short_bits, short_idx, CAP, BLOCK: tl.constexpr,
+                             EARLY: tl.constexpr, STRIDE: tl.constexpr):
+    """tau, about the (1.5 kk / STRIDE + 16)-th largest of every STRIDE-th value of sample_src[0:n),
+    then ``_shortlist_pass`` over src[0:m) (positions + src_off): (tau, count(> tau), count(== tau))
+    there. Where the sample is one value, the pass skips the tiles that keep nothing."""
+    ns = n // STRIDE
+    rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)  # about 1.5 kk + 16 STRIDE values reach the threshold
+    tau, _, single = _kth_pattern(sample_src, STRIDE, ns, rank, BLOCK, "", EARLY)
+    if single != 0:  # a sample of one value: most tiles are likely to keep nothing
+        c, n_eq = _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK, True)
+    else:
+        c, n_eq = _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK, False)
+    return tau, c, n_eq
+
+
+@triton.jit
+def _select_given_shortlist(src, src_off, m, kk, tau, c, n_eq, short_bits, short_idx, out_idx, out_bits, CAP,
+                            BLOCK: tl.constexpr, WRITE_BITS: tl.constexpr, EARLY: tl.constexpr):
+    """The top-kk of src[0:m) given short_*[0:c), its values > tau in order of position (c = -1: no
+    shortlist), and n_eq = count(== tau): c in [kk, CAP]: the selection among the shortlist (the
+    top-kk and all ties of its last value are on it); c < kk <= c + n_eq: tau is the kk-th largest
+    value, and one pass takes every value > tau and the first kk - c ties (rows of many equal
+    masses); otherwise the whole of src is selected."""
+    if (c >= kk) & (c <= CAP):
+        _select(short_bits, short_idx, c, kk, out_idx, out_bits, BLOCK, True, WRITE_BITS, ".cg", EARLY)
+    elif (c >= 0) & (c < kk) & (c + n_eq >= kk):
+        _compact(src, src_off, m, tau, kk - c, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "")
+    else:
+        _select(src, src_off, m, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "", EARLY)
+
+
+@triton.jit
 def _select_shortlisted(src, src_off, m, kk, out_idx, out_bits, short_bits, short_idx, CAP, BLOCK: tl.constexpr,
                         WRITE_BITS: tl.constexpr, EARLY: tl.constexpr, STRIDE: tl.constexpr):
     """``_select(src, src_off, m, kk, ...)`` (positions offset by src_off), by way of a shortlist
-    (module docstring): a threshold tau from every STRIDE-th value, one pass keeping the values
-    above it (into short_*[0:CAP), in order of position) and counting those equal to it, then:
-    c = count(> tau) in [kk, CAP]: the selection among the shortlist; c < kk <= c + ties: tau is
-    the kk-th largest value, and one pass takes every value > tau and the first kk - c ties (rows
-    of many equal masses); otherwise the whole row is selected."""
-    ns = m // STRIDE
-    rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)  # about 1.5 kk + 16 STRIDE values reach the threshold
+    (module docstring) where m exceeds its capacity: ``_threshold_and_shortlist`` over src, then
+    ``_select_given_shortlist``."""
     c = tl.full([], -1, tl.int32)
     n_eq = tl.zeros([], tl.int32)
     tau = tl.zeros([], tl.int32)
     if (m > CAP) & (kk > 0):
-        tau, _, single = _kth_pattern(src, STRIDE, ns, rank, BLOCK, "", EARLY)
-        if single != 0:  # a sample of one value: most tiles are likely to keep nothing
-            c, n_eq = _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK, True)
-        else:
-            c, n_eq = _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK, False)
+        tau, c, n_eq = _threshold_and_shortlist(src, m, kk, src, src_off, m, short_bits, short_idx, CAP, BLOCK,
+                                                EARLY, STRIDE)
         tl.debug_barrier()  # every thread's shortlist entries stored before any is read back
-    if (c >= kk) & (c <= CAP):  # count(> tau) >= kk: the top-kk and all ties of its last value are shortlisted
-        _select(short_bits, short_idx, c, kk, out_idx, out_bits, BLOCK, True, WRITE_BITS, ".cg", EARLY)
-    elif (c >= 0) & (c < kk) & (c + n_eq >= kk):  # count(> tau) < kk <= count(>= tau): tau is the kk-th largest
-        _compact(src, src_off, m, tau, kk - c, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "")
-    else:
-        _select(src, src_off, m, kk, out_idx, out_bits, BLOCK, False, WRITE_BITS, "", EARLY)
+    _select_given_shortlist(src, src_off, m, kk, tau, c, n_eq, short_bits, short_idx, out_idx, out_bits, CAP, BLOCK,
+                            WRITE_BITS, EARLY)
 
 
 @triton.jit
@@ -237,25 +257,18 @@ def _select_split_shortlist(row, n, kk, s, out, slot_bits, slot_idx, merged_bits
     values > tau into its own slot of CAP (tally: its count(> tau), count(== tau)); the last to
     arrive concatenates the slots in segment order, which is the row's shortlist in order of
     position, as one program would have written it, and decides as ``_select_shortlisted`` does."""
-    tally = row_tallies + 2 * s
     offs = tl.arange(0, BLOCK)
-    ns = n // STRIDE
-    rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)
     use = (n > CAP) & (kk > 0)  # else the row is selected whole, as _select_shortlisted does
     seg = tl.cdiv(n, S)
     lo = tl.minimum(s * seg, n)
-    m = tl.minimum(n - lo, seg)
     c = tl.zeros([], tl.int32)
     n_eq = tl.zeros([], tl.int32)
     tau = tl.zeros([], tl.int32)
     if use:
-        tau, _, single = _kth_pattern(row, STRIDE, ns, rank, BLOCK, "", EARLY)
-        if single != 0:
-            c, n_eq = _shortlist_pass(row + lo, lo, m, tau, slot_bits, slot_idx, CAP, BLOCK, True)
-        else:
-            c, n_eq = _shortlist_pass(row + lo, lo, m, tau, slot_bits, slot_idx, CAP, BLOCK, False)
-    tl.store(tally, c)
-    tl.store(tally + 1, n_eq)
+        tau, c, n_eq = _threshold_and_shortlist(row, n, kk, row + lo, lo, tl.minimum(n - lo, seg), slot_bits,
+                                                slot_idx, CAP, BLOCK, EARLY, STRIDE)
+    tl.store(row_tallies + 2 * s, c)
+    tl.store(row_tallies + 2 * s + 1, n_eq)
     # As the segments' merge below: stores, barrier, release; acquire, barrier, reads past L1.
     tl.debug_barrier()
     last = tl.atomic_add(arrival, 1, sem="acq_rel", scope="gpu") == S - 1
@@ -267,7 +280,8 @@ def _select_split_shortlist(row, n, kk, s, out, slot_bits, slot_idx, merged_bits
         for j in range(S):
             c_all += tl.load(row_tallies + 2 * j, cache_modifier=".cg")
             eq_all += tl.load(row_tallies + 2 * j + 1, cache_modifier=".cg")
-        if use & (c_all >= kk) & (c_all <= CAP):  # every slot held its values (each c_j <= c_all <= CAP)
+        c_all = tl.where(use, c_all, -1)
+        if (c_all >= kk) & (c_all <= CAP):  # every slot held its values (each c_j <= c_all <= CAP)
             pos = tl.zeros([], tl.int32)
             for j in range(S):
                 cj = tl.load(row_tallies + 2 * j, cache_modifier=".cg")
@@ -280,11 +294,8 @@ def _select_split_shortlist(row, n, kk, s, out, slot_bits, slot_idx, merged_bits
                     tl.store(merged_idx + pos + i, x, mask=i < cj)
                 pos += cj
             tl.debug_barrier()  # every thread's merged entries stored before any is read back
-            _select(merged_bits, merged_idx, c_all, kk, out, out, BLOCK, True, False, ".cg", EARLY)
-        elif use & (c_all < kk) & (c_all + eq_all >= kk):  # tau is the kk-th largest value
-            _compact(row, 0, n, tau, kk - c_all, kk, out, out, BLOCK, False, False, "")
-        else:
-            _select(row, 0, n, kk, out, out, BLOCK, False, False, "", EARLY)
+        _select_given_shortlist(row, 0, n, kk, tau, c_all, eq_all, merged_bits, merged_idx, out, out, CAP, BLOCK,
+                                False, EARLY)
 
 
 @triton.jit(do_not_specialize=['K', 's_mb', 's_mh', 's_ib', 's_ih', 'CAP'])  # per-step sizes: no recompiles

@@ -29,16 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu_offload_bench import OUT, run_child, trained_prompts  # noqa: E402
+from gpu_offload_bench import VARIANTS as BENCH_VARIANTS  # noqa: E402
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "vllm_kvoffload" / "models" / "kvoffload-tiny")
 VARIANTS = {  # name -> kv_offload settings ("" = stock)
     "stock": "",
-    "full_budget": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4},
-    "qlandmark-scalar_3pct": {"scorer": "qlandmark-scalar", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4},
+    "full_budget": BENCH_VARIANTS["full_budget"],  # exact-topk, budget 1.0, window 64, 4 sinks
+    "qlandmark-scalar_3pct": {**BENCH_VARIANTS["budget_3pct"], "scorer": "qlandmark-scalar"},
 }
 N_FIRST, N_LATE, N_TOKENS, PREEMPT_AFTER, LATE_AFTER = 8, 4, 128, 5, 10
 BLOCK = 32  # tokens per KV block, on both backends
-CHUNK = 1024  # prefill chunk: requests are admitted a chunk at a time, then outgrow the pool
+CHUNK = 1024  # tokens per step: prefills go in chunks beside the decodes
 
 
 def external(request_id: str) -> str:
@@ -49,6 +50,8 @@ def external(request_id: str) -> str:
 def child_lifecycle(model: str, offload: str, prompts_file: str, pool_prompts: float) -> None:
     import torch
     from vllm import LLM, SamplingParams
+
+    from vllm_kvoffload.runtime import current_runtime
 
     cuda = torch.cuda.is_available()
     prompts = json.loads(Path(prompts_file).read_text())
@@ -71,8 +74,6 @@ def child_lifecycle(model: str, offload: str, prompts_file: str, pool_prompts: f
     for i in range(N_FIRST):
         add(i)
     tokens, finished, aborted, preempted = {}, {}, [], {}
-    from vllm_kvoffload.runtime import current_runtime
-
     steps, abort_step, preempted_all_at, graph_steps = 0, None, None, 0
     while engine.has_unfinished_requests():
         outputs = engine.step()

@@ -84,7 +84,7 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
     for line in sass.splitlines():
         if m := re.match(r"^\s*\.(L_x_\d+):", line):
             labels[m.group(1)] = len(ins)
-        elif m := re.match(r"\s+/\*[0-9a-f]{4}\*/\s*(.*?);?\s*(/\*.*)?$", line):
+        elif m := re.match(r"\s+/\*[0-9a-f]{4,}\*/\s*(.*?);?\s*(/\*.*)?$", line):
             ins.append(m.group(1))
     found = []
     for i, text in enumerate(ins):
@@ -121,7 +121,7 @@ def main():
         for ext, text in (("sass", sass), ("ttgir", compiled.asm["ttgir"]), ("ptx", compiled.asm["ptx"])):
             (Path(a.keep) / f"{a.kernel}.{ext}").write_text(text)
     regs = re.search(r"REG:(\d+)", usage)
-    total = sum(1 for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line))
+    total = sum(1 for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", line))
     print(f"{a.kernel} ({module.__file__}), sm_{a.arch}, Triton {triton.__version__}: {total} instructions, "
           f"{regs.group(1) if regs else '?'} registers per thread")
     for n, ops in loops(sass):
