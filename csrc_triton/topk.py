@@ -27,13 +27,14 @@ Early exit: once a pass finds a candidate c with count(bits >= c) == kk exactly,
 pass are skipped and the compaction keeps bits >= c. It happens once the kk-th value is
 alone in its candidate bucket; with many equal masses it may never, and all passes run.
 Rows of one value (the dummy-weight benchmark model's masses are all equal: docs/performance.md,
-session 21): a first pass finds the smallest and largest pattern; where they are equal, that
-pattern is T and no radix pass runs. The compaction stops once it has written its kk values,
+session 21): where ``_select`` reads a row itself (not a shortlist), a first pass finds the
+smallest and largest pattern; where they are equal, that pattern is T and no radix pass runs. The compaction stops once it has written its kk values,
 so on such rows it reads about kk values, not m.
 
 Shortlist (``_select_shortlisted``, where a program's m values exceed its shortlist's
-capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE) finds tau,
-about the (1.5 kk / STRIDE + 16)-th largest sampled pattern; one pass copies every value > tau
+capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE, or sparser
+where that exceeds 2 BLOCK values: the sample is held in registers, ``_sample_threshold``) finds
+tau, about the (1.5 kk + 16 STRIDE)-th largest value of the row; one pass copies every value > tau
 with its index, in order of position, to the program's shortlist and counts the values == tau,
 and ``_select`` runs on the shortlist (where the sample is one value, the pass skips the scan
 and stores of tiles that keep nothing: ``_shortlist_pass``). Exact whenever it holds c
@@ -43,7 +44,7 @@ of its last value are on the shortlist, in the row's order. Where c < kk <= c + 
 value: one more pass over the row takes the values > tau and the first kk - c ties. Otherwise (a
 misleading sample) the program selects from the whole row as without a shortlist, so the
 output never depends on the sample. Where the shortlist holds, the passes over the row drop
-from up to 10 to 2 (the sample's passes read m / STRIDE values, the shortlist's about 1.5 kk).
+from up to 10 to 2 (the sample is read once, the shortlist's passes read about 1.5 kk values).
 
 Why segments: 4 requests x 8 KV heads at 128K is 32 rows, one program each on 132 SMs; with
 segments the idle SMs share the rows, and the last program's second selection reads S * k
@@ -70,23 +71,23 @@ SAMPLE_STRIDE = 16  # the shortlist's threshold: from every 16th value (topk_sel
 
 
 @triton.jit
-def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr):
-    """Radix bisection over src[0], src[STRIDE], ... (m values): (T, exact, single). exact == 0: T
-    is the kk-th largest pattern. exact != 0 (the early exit): exactly kk values are >= T. Either
-    way count(values >= T) >= kk. With EARLY, a first pass finds the values' smallest and largest
+def _kth_pattern(src, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr, ONE: tl.constexpr):
+    """Radix bisection over src[0:m): (T, exact). exact == 0: T is the kk-th largest pattern.
+    exact != 0 (the early exit, with EARLY): exactly kk values are >= T. Either way
+    count(values >= T) >= kk. With ONE, a first pass finds the values' smallest and largest
     pattern: where they are equal (a row of one value, as a dummy-weight model's masses), that
-    pattern is T, no radix pass runs, and single != 0."""
+    pattern is T and no radix pass runs."""
     offs = tl.arange(0, BLOCK)
     digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
     exact = tl.zeros([], tl.int32)  # 1 once count(bits >= prefix) == kk: the passes left are skipped
     skip = tl.zeros([], tl.int32)   # 1 where the radix passes are not needed at all
-    if EARLY:
+    if ONE:
         lo_v = tl.full([BLOCK], 2147483647, tl.int32)  # per lane, over the values: smallest and largest pattern
         hi_v = tl.full([BLOCK], -1, tl.int32)
         for start in range(0, m, BLOCK):
             i = start + offs
-            bits = tl.load(src + i * STRIDE, mask=i < m, other=-1, cache_modifier=CACHE)
+            bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)
             lo_v = tl.minimum(lo_v, tl.where(i < m, bits, 2147483647))
             hi_v = tl.maximum(hi_v, bits)
         lo = tl.min(lo_v, 0)
@@ -100,7 +101,7 @@ def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: t
         cnt = tl.zeros([16], tl.int32)
         for start in range(0, tl.where((exact != 0) | (skip != 0), 0, m), BLOCK):
             i = start + offs
-            bits = tl.load(src + i * STRIDE, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
+            bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
             cnt += tl.sum((bits[None, :] >= cand[:, None]).to(tl.int32), 1)
         ok = (cnt >= kk) & (digit < (1 << width))
         d = tl.sum(ok.to(tl.int32), 0) - 1  # count(>= cand) falls with the digit; digit 0 always ok
@@ -109,7 +110,7 @@ def _kth_pattern(src, STRIDE: tl.constexpr, m, kk, BLOCK: tl.constexpr, CACHE: t
         prefix = tl.where(live, prefix | (tl.maximum(d, 0) << shift), prefix)
         if EARLY:
             exact = tl.where(live & (at_d == kk), 1, exact)
-    return prefix, exact, skip
+    return prefix, exact
 
 
 @triton.jit
@@ -121,7 +122,9 @@ def _select(src, src_idx, m, kk, out_idx, out_bits, BLOCK: tl.constexpr, INDEXED
     loads' cache modifier (".cg" for data written in this launch: not from L1).
     EARLY: the early exit (module docstring); off only to measure what it saves."""
     offs = tl.arange(0, BLOCK)
-    prefix, exact, _ = _kth_pattern(src, 1, m, kk, BLOCK, CACHE, EARLY)
+    # The min/max pass only where the row itself is read (a shortlist or the segments' selections
+    # are not a row of one value on the benchmark: the pass cost them 3-4%, session 23)
+    prefix, exact = _kth_pattern(src, m, kk, BLOCK, CACHE, EARLY, EARLY and not INDEXED)
 
     # Either exact: the kk values >= prefix are the top-kk, no tie crosses the boundary (keep
     # bits > prefix - 1); or prefix is the kk-th largest pattern T, and need_eq ties are taken.
@@ -201,14 +204,53 @@ def _append(bits, index, keep, c, short_bits, short_idx, CAP):
 
 
 @triton.jit
+def _kth_in_registers(bits, kk, EARLY: tl.constexpr):
+    """``_kth_pattern``'s radix bisection over a tensor of patterns held in registers (entries
+    that are not values read -1): (T, exact), with the early exit where EARLY. Each pass counts
+    the registers: nothing is re-read."""
+    digit = tl.arange(0, 16)
+    prefix = tl.zeros([], tl.int32)
+    exact = kk < 0  # False
+    for p in range(8):
+        if not exact:
+            shift = tl.maximum(27 - 4 * p, 0)
+            width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
+            cnt = tl.sum((bits[None, :] >= (prefix | (digit << shift))[:, None]).to(tl.int32), 1)
+            d = tl.sum(((cnt >= kk) & (digit < (1 << width))).to(tl.int32), 0) - 1  # digit 0 always counts
+            prefix = prefix | (tl.maximum(d, 0) << shift)
+            if EARLY:
+                exact = tl.sum(tl.where(digit == d, cnt, 0), 0) == kk
+    return prefix, exact
+
+
+@triton.jit
+def _sample_threshold(src, n, kk, STRIDE: tl.constexpr, SAMPLE: tl.constexpr, EARLY: tl.constexpr):
+    """(tau, single): tau is about the ((1.5 kk + 16 STRIDE) / stride)-th largest of every stride-th
+    value of src[0:n), stride = STRIDE, or more where that would exceed SAMPLE values (about
+    1.5 kk + 16 STRIDE values of the row reach it either way); single != 0 where the sample is one
+    value (tau is that value; checked with EARLY). The sample is loaded once and held in registers
+    (re-read strided from L2 per radix pass, it cost 20 us of 146 at 128K, session 23)."""
+    stride = tl.maximum(tl.cdiv(n, SAMPLE), STRIDE)
+    ns = n // stride
+    rank = tl.minimum(ns, tl.maximum((kk * 3 // 2 + 16 * STRIDE) // stride, 1))
+    offs = tl.arange(0, SAMPLE)
+    bits = tl.load(src + offs * stride, mask=offs < ns, other=-1)  # -1 < every candidate
+    lo = tl.min(tl.where(offs < ns, bits, 2147483647), 0)
+    single = (lo == tl.max(bits, 0)) & EARLY
+    if single:
+        tau = lo
+    else:
+        tau, _ = _kth_in_registers(bits, rank, EARLY)
+    return tau, single
+
+
+@triton.jit
 def _threshold_and_shortlist(sample_src, n, kk, src, src_off, m, short_bits, short_idx, CAP, BLOCK: tl.constexpr,
                              EARLY: tl.constexpr, STRIDE: tl.constexpr):
-    """tau, about the (1.5 kk / STRIDE + 16)-th largest of every STRIDE-th value of sample_src[0:n),
-    then ``_shortlist_pass`` over src[0:m) (positions + src_off): (tau, count(> tau), count(== tau))
+    """tau from a sample of sample_src[0:n) (``_sample_threshold``, 2 BLOCK values at most), then
+    ``_shortlist_pass`` over src[0:m) (positions + src_off): (tau, count(> tau), count(== tau))
     there. Where the sample is one value, the pass skips the tiles that keep nothing."""
-    ns = n // STRIDE
-    rank = tl.minimum(ns, (kk * 3 // 2) // STRIDE + 16)  # about 1.5 kk + 16 STRIDE values reach the threshold
-    tau, _, single = _kth_pattern(sample_src, STRIDE, ns, rank, BLOCK, "", EARLY)
+    tau, single = _sample_threshold(sample_src, n, kk, STRIDE, 2 * BLOCK, EARLY)
     if single != 0:  # a sample of one value: most tiles are likely to keep nothing
         c, n_eq = _shortlist_pass(src, src_off, m, tau, short_bits, short_idx, CAP, BLOCK, True)
     else:
