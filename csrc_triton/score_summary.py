@@ -370,6 +370,13 @@ def qlandmark_mass(query_rotated, summaries, codebook, cold_slots, cold_lens, sc
 QSCALAR_DEFAULTS = (128, 4, 3, 3)
 QSCALAR_TOKEN_MAJOR = True
 QSCALAR_LOGITS = torch.float16
+# Rows of QSCALAR_LONG_ROW cold tokens or more: chunks of QSCALAR_LONG_CHUNK tokens (score.plan's about
+# 4 programs per SM left 8 requests of 128K at 576 programs, 4.4 per SM). Session 23, H100, both passes,
+# paired against the plan (.gpu-side chunk sweep, docs/kernels.md): 8 requests x 128K 246 -> 227 us per
+# layer (1.08x, twice); 4 x 128K, 16 x 64K, 8 x 64K 1.00-1.02x; at 32K smaller chunks lost 2-6%, so the
+# plan stays there.
+QSCALAR_LONG_ROW = 65536
+QSCALAR_LONG_CHUNK = 2048
 
 
 def qscalar_default_decode(head_dim: int) -> int:
@@ -405,6 +412,9 @@ def qscalar_mass(query_rotated, summaries, step, cold_slots, cold_lens, scale, o
         raise ValueError(f"decode={decode}: accepted 0, 1, 2, 3")
     if decode >= 2 and D // VEC < 32:
         raise ValueError(f"decode={decode} (int8 dots) needs head_dim >= 128, got head_dim={D}; 0 and 1 take any")
+    n_max = cold_slots.shape[1] * bs
+    if chunk is None and n_max >= QSCALAR_LONG_ROW:
+        chunk = max(QSCALAR_LONG_CHUNK, cdiv(cdiv(n_max, 256), block_n) * block_n)  # at most 256 chunks per row
     return _launch(QSCALAR, query_rotated.float().contiguous(), summaries, None, 0, cold_slots, cold_lens,
                    scale * step, out, chunk, block_n, num_warps or d_warps, False,
                    num_stages or d_stages, decode, QSCALAR_TOKEN_MAJOR if token_major is None else token_major,

@@ -19,7 +19,8 @@ CASES = [  # B, Hq, Hkv, D, block_size, cold blocks per row
     (2, 16, 2, 128, 16, [3, 1]),
 ]
 if not INTERPRET:
-    CASES += [(8, 32, 8, 128, 16, [301, 7, 0, 150, 299, 1, 64, 33]), (4, 28, 4, 64, 32, [1001, 3, 500, 77])]
+    CASES += [(8, 32, 8, 128, 16, [301, 7, 0, 150, 299, 1, 64, 33]), (4, 28, 4, 64, 32, [1001, 3, 500, 77]),
+              (2, 32, 8, 128, 16, [4200, 9])]  # rows of 64K tokens or more: qlandmark-scalar's long-row chunks
 
 
 def make_case(name, B, Hq, Hkv, D, bs, cold, device):
