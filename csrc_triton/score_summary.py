@@ -372,9 +372,9 @@ QSCALAR_TOKEN_MAJOR = True
 QSCALAR_LOGITS = torch.float16
 # Rows of QSCALAR_LONG_ROW cold tokens or more: chunks of QSCALAR_LONG_CHUNK tokens (score.plan's about
 # 4 programs per SM left 8 requests of 128K at 576 programs, 4.4 per SM). Session 23, H100, both passes,
-# paired against the plan (.gpu-side chunk sweep, docs/kernels.md): 8 requests x 128K 246 -> 227 us per
-# layer (1.08x, twice); 4 x 128K, 16 x 64K, 8 x 64K 1.00-1.02x; at 32K smaller chunks lost 2-6%, so the
-# plan stays there.
+# paired against the plan (docs/results/gpu/session23/chunk_sweep.py, docs/kernels.md): 8 requests x 128K
+# 246 -> 227 us per layer (1.08x, twice); 4 x 128K, 16 x 64K, 8 x 64K 1.00-1.02x; at 32K every other chunk
+# was slower (0.54-0.98x), so the plan stays there.
 QSCALAR_LONG_ROW = 65536
 QSCALAR_LONG_CHUNK = 2048
 

@@ -28,8 +28,9 @@ pass are skipped and the compaction keeps bits >= c. It happens once the kk-th v
 alone in its candidate bucket; with many equal masses it may never, and all passes run.
 Rows of one value (the dummy-weight benchmark model's masses are all equal: docs/performance.md,
 session 21): where ``_select`` reads a row itself (not a shortlist), a first pass finds the
-smallest and largest pattern; where they are equal, that pattern is T and no radix pass runs. The compaction stops once it has written its kk values,
-so on such rows it reads about kk values, not m.
+smallest and largest pattern; where they are equal, that pattern is T and no radix pass runs.
+The compaction stops once it has written its kk values, so on such rows it reads about kk
+values, not m.
 
 Shortlist (``_select_shortlisted``, where a program's m values exceed its shortlist's
 capacity CAP): radix bisection over every STRIDE-th value (a sample of m / STRIDE, or sparser
@@ -210,7 +211,7 @@ def _kth_in_registers(bits, kk, EARLY: tl.constexpr):
     the registers: nothing is re-read."""
     digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
-    exact = kk < 0  # False
+    exact = kk < 0  # False, as a scalar tensor: it is carried through the loop
     for p in range(8):
         if not exact:
             shift = tl.maximum(27 - 4 * p, 0)
