@@ -72,6 +72,25 @@ SAMPLE_STRIDE = 16  # the shortlist's threshold: from every 16th value (topk_sel
 
 
 @triton.jit
+def _candidates(prefix, p):
+    """Radix pass p's 16 candidate thresholds: prefix with each digit at the pass's bits
+    (4 bits a pass from bit 27 down, the last pass bits 2..0)."""
+    return prefix | (tl.arange(0, 16) << tl.maximum(27 - 4 * p, 0))
+
+
+@triton.jit
+def _next_digit(cnt, kk, p):
+    """Pass p's choice, given cnt[d] = count(bits >= candidate d): (the bits to add to the prefix,
+    count(bits >= the new prefix)). The chosen digit is the largest with count >= kk (digit 0
+    always counts: the counts fall with the digit)."""
+    digit = tl.arange(0, 16)
+    shift = tl.maximum(27 - 4 * p, 0)
+    width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
+    d = tl.sum(((cnt >= kk) & (digit < (1 << width))).to(tl.int32), 0) - 1
+    return tl.maximum(d, 0) << shift, tl.sum(tl.where(digit == d, cnt, 0), 0)
+
+
+@triton.jit
 def _kth_pattern(src, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl.constexpr, ONE: tl.constexpr):
     """Radix bisection over src[0:m): (T, exact). exact == 0: T is the kk-th largest pattern.
     exact != 0 (the early exit, with EARLY): exactly kk values are >= T. Either way
@@ -79,7 +98,6 @@ def _kth_pattern(src, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl
     pattern: where they are equal (a row of one value, as a dummy-weight model's masses), that
     pattern is T and no radix pass runs."""
     offs = tl.arange(0, BLOCK)
-    digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
     exact = tl.zeros([], tl.int32)  # 1 once count(bits >= prefix) == kk: the passes left are skipped
     skip = tl.zeros([], tl.int32)   # 1 where the radix passes are not needed at all
@@ -96,19 +114,15 @@ def _kth_pattern(src, m, kk, BLOCK: tl.constexpr, CACHE: tl.constexpr, EARLY: tl
         prefix = tl.where(one, lo, prefix)
         skip = one.to(tl.int32)
     for p in range(8):
-        shift = tl.maximum(27 - 4 * p, 0)
-        width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
-        cand = prefix | (digit << shift)
+        cand = _candidates(prefix, p)
         cnt = tl.zeros([16], tl.int32)
         for start in range(0, tl.where((exact != 0) | (skip != 0), 0, m), BLOCK):
             i = start + offs
             bits = tl.load(src + i, mask=i < m, other=-1, cache_modifier=CACHE)  # -1 < every candidate
             cnt += tl.sum((bits[None, :] >= cand[:, None]).to(tl.int32), 1)
-        ok = (cnt >= kk) & (digit < (1 << width))
-        d = tl.sum(ok.to(tl.int32), 0) - 1  # count(>= cand) falls with the digit; digit 0 always ok
-        at_d = tl.sum(tl.where(digit == d, cnt, 0), 0)  # count(bits >= cand[d])
+        add, at_d = _next_digit(cnt, kk, p)
         live = (exact == 0) & (skip == 0)
-        prefix = tl.where(live, prefix | (tl.maximum(d, 0) << shift), prefix)
+        prefix = tl.where(live, prefix | add, prefix)
         if EARLY:
             exact = tl.where(live & (at_d == kk), 1, exact)
     return prefix, exact
@@ -209,18 +223,15 @@ def _kth_in_registers(bits, kk, EARLY: tl.constexpr):
     """``_kth_pattern``'s radix bisection over a tensor of patterns held in registers (entries
     that are not values read -1): (T, exact), with the early exit where EARLY. Each pass counts
     the registers: nothing is re-read."""
-    digit = tl.arange(0, 16)
     prefix = tl.zeros([], tl.int32)
     exact = kk < 0  # False, as a scalar tensor: it is carried through the loop
     for p in range(8):
         if not exact:
-            shift = tl.maximum(27 - 4 * p, 0)
-            width = 31 - 4 * p - shift  # 4, ..., 4, then 3 for bits 2..0
-            cnt = tl.sum((bits[None, :] >= (prefix | (digit << shift))[:, None]).to(tl.int32), 1)
-            d = tl.sum(((cnt >= kk) & (digit < (1 << width))).to(tl.int32), 0) - 1  # digit 0 always counts
-            prefix = prefix | (tl.maximum(d, 0) << shift)
+            cnt = tl.sum((bits[None, :] >= _candidates(prefix, p)[:, None]).to(tl.int32), 1)
+            add, at_d = _next_digit(cnt, kk, p)
+            prefix = prefix | add
             if EARLY:
-                exact = tl.sum(tl.where(digit == d, cnt, 0), 0) == kk
+                exact = at_d == kk
     return prefix, exact
 
 
