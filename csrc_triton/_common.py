@@ -54,3 +54,18 @@ def mma(a, b, F32: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32))
     else:
         return tl.dot(a, b)
+
+
+# Per device: arrival counters for kernels whose last program of a group finishes the group's
+# work (top-k's segments, sparse decode's split-K merge). Invariant: all zero between launches
+# (each group's last program resets its own), and launches on one device never overlap in time
+# (the runtime runs them on one stream), or two launches would share them.
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}
+
+
+def arrival_counters(n: int, device: torch.device) -> torch.Tensor:
+    """At least n int32 zeros, grown once to the largest launch (off the allocator on the decode path)."""
+    arrivals = _ARRIVALS.get(device)
+    if arrivals is None or arrivals.numel() < n:
+        arrivals = _ARRIVALS[device] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return arrivals

@@ -7,12 +7,16 @@ gathered into sel_k/sel_v). The token axis of every (request, KV head) is cut in
 chunks of CHUNK tokens: chunks [0, NRC) cover the resident range, chunks
 [NRC, NC) the selected range, so each program reads one kind of memory.
 
-Kernel 1, grid (NC, Hkv, B): one program = one (request, KV head, chunk) for the
+One launch, grid (NC, Hkv, B): one program = one (request, KV head, chunk) for the
   whole GQA group: the G query heads of KV head h (h*G .. h*G+G-1) are the M dim
   of tl.dot, padded to G_PAD >= 16. It writes per query head the partial
   max m (log2 domain), sum l and unnormalised acc [D] of its chunk (fp32).
   An empty chunk (past the lengths) writes m=-1e30, l=0, acc=0.
-Kernel 2, grid (Hq, B): merges the NC partials of one query head.
+The merge, in the same launch: the NC programs of one (request, KV head) each bump its arrival
+  counter after storing their partials (stores, barrier, an acq_rel atomic); the program that
+  arrives last merges the NC partials of the G query heads into the output and resets the
+  counter to 0, so the counters are all zero between launches. (Session 24: 1.02-1.07x faster
+  than a second merge kernel at the engine's shapes, docs/kernels.md.)
 
 Tile constraints: D in {64, 128} (any power of two >= 16); BLOCK_N a multiple of
 16; CHUNK a multiple of BLOCK_N; block_size any power of two. Lengths are
@@ -28,8 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, cdiv, interpreting, mma, next_pow2, num_sms, row_align
+from ._common import LOG2E, arrival_counters, cdiv, interpreting, mma, next_pow2, num_sms, row_align
 
+MERGE_BLOCK_C = 8  # partials merged per pass of the merge ([G, 8, D] at once)
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": exp2(NEG - m) == 0 and NEG - NEG == 0 (no NaN)
 
 
@@ -46,10 +51,10 @@ def _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
     return m_new, l_i, acc
 
 
-@triton.jit(do_not_specialize=['s_btb', 's_sb', 's_sh', 's_vb', 's_vh', 'K_SEL', 'NRC', 'NC', 'CHUNK'])  # per-step sizes: no recompiles
+@triton.jit(do_not_specialize=['s_btb', 's_sb', 's_sh', 's_vb', 's_vh', 'K_SEL', 'NRC', 'NC', 'CHUNK', 's_ob', 's_oh'])  # per-step sizes: no recompiles
 def _sparse_decode_partial(
     q_ptr, kv_ptr, bt_ptr, res_len_ptr, sk_ptr, sv_ptr, sel_len_ptr, valid_ptr,
-    m_ptr, l_ptr, acc_ptr,
+    m_ptr, l_ptr, acc_ptr, arrivals, out_ptr, s_ob, s_oh,
     qk_scale,
     s_qb, s_qh,                      # query [B, Hq, D], D contiguous
     s_kv, s_kblk, s_ktok, s_kh,      # kv_cache [2, nblocks, BS, Hkv, D], D contiguous
@@ -60,6 +65,7 @@ def _sparse_decode_partial(
     G, G_PAD: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     CHUNK, BLOCK_N: tl.constexpr, HAS_VALID: tl.constexpr, F32: tl.constexpr,
     ROW_ALIGN: tl.constexpr,         # every sel_k/sel_v row starts at a multiple of this many elements
+    G_MERGE: tl.constexpr, BLOCK_C: tl.constexpr,  # the merge: next_pow2(G), partials per pass
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -112,35 +118,47 @@ def _sparse_decode_partial(
     tl.store(m_ptr + ws, m_i, mask=gmask)
     tl.store(l_ptr + ws, l_i, mask=gmask)
     tl.store(acc_ptr + ws[:, None].to(tl.int64) * D + offs_d[None, :], acc, mask=gmask[:, None])
+    # The last program of (b, h) to arrive sees every other one's partials: each program's threads
+    # finish their stores (barrier) before its release, the acquire precedes the reads, and the
+    # reads bypass L1 (.cg).
+    arrival = arrivals + b * (Hq // G) + h
+    tl.debug_barrier()
+    last = tl.atomic_add(arrival, 1, sem="acq_rel", scope="gpu") == NC - 1
+    tl.debug_barrier()
+    if last:
+        tl.atomic_xchg(arrival, 0)  # ready for the next launch
+        _merge(m_ptr, l_ptr, acc_ptr, out_ptr + b * s_ob, s_oh, (b * Hq + h * G) * NC, h * G, G, NC,
+               G_MERGE, D, BLOCK_C)
 
 
-@triton.jit(do_not_specialize=['NC'])  # per-step sizes: no recompiles
-def _sparse_decode_merge(
-    m_ptr, l_ptr, acc_ptr, out_ptr, s_ob, s_oh, Hq, NC,
-    D: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    h = tl.program_id(0)
-    b = tl.program_id(1)
-    base = (b * Hq + h) * NC
+@triton.jit
+def _merge(m_ptr, l_ptr, acc_ptr, out_ptr, s_oh, base, head0, G, NC,
+           GM: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[head0 + g] for g < G: the merge of query head (head0 + g)'s NC partials, at
+    base + g * NC + c of the workspace (m log2-domain max, l sum, acc [D] unnormalised)."""
+    offs_g = tl.arange(0, GM)
     offs_c = tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, D)
-    m_max = tl.full([BLOCK_C], NEG, tl.float32)
+    gm = offs_g < G
+    rows = base + offs_g[:, None] * NC + offs_c[None, :]  # [GM, BLOCK_C]
+    m_max = tl.full([GM, BLOCK_C], NEG, tl.float32)
     for c0 in range(0, NC, BLOCK_C):
-        cm = c0 + offs_c < NC
-        m_max = tl.maximum(m_max, tl.load(m_ptr + base + c0 + offs_c, mask=cm, other=NEG))
-    mx = tl.max(m_max, 0)
-    l_sum = tl.zeros([BLOCK_C], tl.float32)
-    acc = tl.zeros([D], tl.float32)
+        cm = gm[:, None] & (c0 + offs_c < NC)[None, :]
+        m_max = tl.maximum(m_max, tl.load(m_ptr + rows + c0, mask=cm, other=NEG, cache_modifier=".cg"))
+    mx = tl.max(m_max, 1)
+    l_sum = tl.zeros([GM], tl.float32)
+    acc = tl.zeros([GM, D], tl.float32)
     for c0 in range(0, NC, BLOCK_C):
-        cm = c0 + offs_c < NC
-        w = tl.exp2(tl.load(m_ptr + base + c0 + offs_c, mask=cm, other=NEG) - mx)
+        cm = gm[:, None] & (c0 + offs_c < NC)[None, :]
+        w = tl.exp2(tl.load(m_ptr + rows + c0, mask=cm, other=NEG, cache_modifier=".cg") - mx[:, None])
         w = tl.where(cm, w, 0.0)
-        l_sum += w * tl.load(l_ptr + base + c0 + offs_c, mask=cm, other=0.0)
-        a = tl.load(acc_ptr + (base + c0 + offs_c)[:, None].to(tl.int64) * D + offs_d[None, :], mask=cm[:, None], other=0.0)
-        acc += tl.sum(a * w[:, None], 0)
-    den = tl.sum(l_sum, 0)
-    out = tl.where(den > 0, acc / den, 0.0)
-    tl.store(out_ptr + b * s_ob + h * s_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+        l_sum += tl.sum(w * tl.load(l_ptr + rows + c0, mask=cm, other=0.0, cache_modifier=".cg"), 1)
+        a = tl.load(acc_ptr + (rows + c0)[:, :, None].to(tl.int64) * D + offs_d[None, None, :], mask=cm[:, :, None],
+                    other=0.0, cache_modifier=".cg")
+        acc += tl.sum(a * w[:, :, None], 1)
+    out = tl.where(l_sum[:, None] > 0, acc / l_sum[:, None], 0.0)
+    tl.store(out_ptr + (head0 + offs_g)[:, None] * s_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=gm[:, None])
 
 
 def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: int) -> int:
@@ -152,7 +170,7 @@ def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: 
 
 
 def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale,
-                  sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=2):
+                  sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=3):
     """Same contract as ``sparse_decode_ref``; returns out [B, Hq, D] in query's dtype.
     No host synchronisation: the grid is sized from block_table.shape and K."""
     B, Hq, D = query.shape
@@ -176,9 +194,11 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
     valid = sel_valid if sel_valid is not None else sel_lens
     s_v = (sel_valid.stride(0), sel_valid.stride(1)) if sel_valid is not None else (0, 0)
     sel_lens = sel_lens.contiguous()
+    out = torch.empty_like(query) if out is None else out
+    arrivals = arrival_counters(B * Hkv, query.device)
     _sparse_decode_partial[(NC, Hkv, B)](
         query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, valid,
-        m, l, acc, scale * LOG2E,
+        m, l, acc, arrivals, out, out.stride(0), out.stride(1), scale * LOG2E,
         query.stride(0), query.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_table.stride(0),
@@ -186,12 +206,9 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
         Hq, K, NRC, NC,
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n,
         HAS_VALID=sel_valid is not None, F32=interpreting(),
-        ROW_ALIGN=row_align(sel_k),
+        ROW_ALIGN=row_align(sel_k), G_MERGE=next_pow2(G), BLOCK_C=MERGE_BLOCK_C,
         num_warps=num_warps, num_stages=num_stages,
     )
-    out = torch.empty_like(query) if out is None else out
-    _sparse_decode_merge[(Hq, B)](m, l, acc, out, out.stride(0), out.stride(1), Hq, NC,
-                                  D=D, BLOCK_C=16, num_warps=4)
     return out
 
 

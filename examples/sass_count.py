@@ -50,11 +50,13 @@ def kernel_spec(name: str, module):
         const = dict(G_PAD=16, D=128, BS=16, BLOCK_N=64, HAS_VALID=False, F32=False)
         if "ROW_ALIGN" in fn.arg_names:
             const["ROW_ALIGN"] = 16
+        if "G_MERGE" in fn.arg_names:  # the split-K merge in the last program (session 24)
+            const.update(G_MERGE=4, BLOCK_C=module.MERGE_BLOCK_C)
         ptrs = {"q_ptr": "*bf16", "kv_ptr": "*bf16", "bt_ptr": "*i32", "res_len_ptr": "*i32", "sk_ptr": "*fp8e4nv",
                 "sv_ptr": "*fp8e4nv", "sel_len_ptr": "*i32", "valid_ptr": "*i32", "m_ptr": "*fp32",
-                "l_ptr": "*fp32", "acc_ptr": "*fp32"}
+                "l_ptr": "*fp32", "acc_ptr": "*fp32", "arrivals": "*i32", "out_ptr": "*bf16"}
         aligned = list(ptrs) + ["s_qb", "s_qh", "s_kv", "s_kblk", "s_ktok", "s_kh", "s_st", "Hq"]
-        return fn, const, ptrs, aligned, 4, 2
+        return fn, const, ptrs, aligned, 4, 3 if "G_MERGE" in fn.arg_names else 2  # the default stages
     if name == "topk":
         fn = module._topk_rows
         const = dict(S=1, BLOCK=2048, HAS_BUDGET=True, EARLY=True, STRIDE=16)

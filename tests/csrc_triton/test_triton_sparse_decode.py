@@ -6,7 +6,7 @@ from conftest import INTERPRET, rel_err
 triton = pytest.importorskip("triton")
 
 from vllm_kvoffload.ops.sparse_decode_ref import sparse_decode_ref  # noqa: E402
-from vllm_kvoffload.ops.triton_kernels import sparse_decode  # noqa: E402
+from vllm_kvoffload.ops.triton_kernels import load, sparse_decode  # noqa: E402
 
 
 def make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed, with_valid=False, sel_dtype=torch.bfloat16):
@@ -48,6 +48,8 @@ def test_sparse_decode(device, B, Hq, Hkv, D, bs, max_res, K, chunk, with_valid)
         ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, scale, sel_valid=valid)
         assert not out.isnan().any(), f"seed {seed}"
         assert rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
+        arrivals = load("_common")._ARRIVALS.get(q.device)
+        assert arrivals is None or not arrivals.any()  # every (request, KV head)'s last program reset its counter
 
 
 @pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_res,K,chunk", CASES[1:3])
