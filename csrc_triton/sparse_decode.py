@@ -161,12 +161,19 @@ def _merge(m_ptr, l_ptr, acc_ptr, out_ptr, s_oh, base, head0, G, NC,
              mask=gm[:, None])
 
 
+PLAN_MAX_CHUNK = 512  # tokens per program at most
+
+
 def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: int) -> int:
-    """CHUNK (tokens per program): about 4 programs per SM over the batch, at most 2048."""
-    pairs = B * Hkv
-    splits = max(1, cdiv(4 * num_sms(device), pairs))
+    """CHUNK (tokens per program): at least about one program per SM over the batch, and at most
+    PLAN_MAX_CHUNK tokens each. Measured on an H100 at 13 shapes (session 24,
+    docs/results/gpu/session24/attn_chunks.log): within 6% of each shape's best measured chunk
+    (at 4 and 8 x 32K its chunks, 320 and 448, fall between measured ones), where the earlier
+    rule (about 4 programs per SM, up to 2048 tokens) was up to 18% slower; the engine's two
+    benchmark shapes (32 x 32K and 8 x 128K, 3%) get about the same time either way."""
+    splits = max(1, cdiv(num_sms(device), B * Hkv))
     chunk = cdiv(max(max_res + K, 1), splits)
-    return min(2048, max(block_n, cdiv(chunk, block_n) * block_n))
+    return min(PLAN_MAX_CHUNK, max(block_n, cdiv(chunk, block_n) * block_n))
 
 
 def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale,
