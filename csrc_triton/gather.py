@@ -13,20 +13,22 @@ into device staging buffers sel_k/sel_v [B, Hkv, K, D]. Reference:
                 (``addr.to(tl.pointer_type(dtype))``), bypassing any checks.
     Grid (cdiv(K, BLOCK_T), Hkv, B): each program copies BLOCK_T rows of D
     elements per KV tensor (K and V), writes zeros past counts[b, h].
-(c) ``gather_cached``: (a) with a device cache, the previous step's selection of the same
-    (request, layer, KV head); tokens selected again are copied on the device.
+(c) ``gather_inplace``: the device cache kept in place: each request's cache row holds its
+    last selection; tokens selected again stay in their slots, the others are read as (a) does
+    into the slots of the tokens no longer selected. The attention reads the row.
 (b) ``gather_copy_engine``: idx to the host (one small D2H, synchronising), the rows
     gathered on the CPU with index_select into a pinned staging buffer, then one
     non_blocking H2D copy per tensor on a side stream (DMA engine, no SMs used).
     Rows past counts are unspecified.
-An fp8 pool (``host_kv_dtype=fp8``) is widened on the way: every gather takes ``out_dtype``
-(default: the pool's dtype) for its outputs, and (a) and (c) convert in registers, so PCIe
-carries the fp8 bytes.
+An fp8 pool (``host_kv_dtype=fp8``) may be widened on the way: (a) and (b) take ``out_dtype``
+(default: the pool's dtype) for their outputs, and (a) converts in registers, so PCIe carries the
+fp8 bytes.
 Where nothing is converted (``out_dtype`` is the pool's), (a) and (c) move rows as 32-bit words
 (``_words``): a tile then holds a quarter (fp8) or half (bf16) as many elements, each with its
-64-bit address in registers. On the H100 the cached gather had used 160 registers per thread
-(19% occupancy, stalled on memory latency); words took it from 166 to 102 us per layer at 100%
-hits, against 53 us for a device copy of the same bytes (examples/gpu_gather.py, docs/kernels.md).
+64-bit address in registers. On the H100 the copying device cache's gather (before session 24) had
+used 160 registers per thread (19% occupancy, stalled on memory latency); words took it from 166 to
+102 us per layer at 100% hits, against 53 us for a device copy of the same bytes (docs/kernels.md).
+(c) always keeps the pool's dtype (the cache holds pool rows; the attention widens fp8).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, interpreting, row_align
+from ._common import cdiv, interpreting, next_pow2, row_align
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
        torch.float8_e4m3fn: tl.float8e4nv}
@@ -156,84 +158,156 @@ def gather_copy_engine(host_kv, layer, cold_slots_cpu, idx, counts, out_k=None, 
     return out_k, out_v, stream
 
 
-# ---- (c) the device cache: last step's selection of each (request, KV head) -------------
-@triton.jit(do_not_specialize=['layer', 'K', 'KP', 'N_ITER', 's_slb', 's_ib', 's_ih', 's_ob', 's_oh',
-                               's_pib', 's_pih', 's_pob', 's_poh'])
-def _gather_cached_rows(
-    kv_arg, slots_ptr, idx_ptr, cnt_ptr, ok_ptr, ov_ptr,
-    prow_ptr, pidx_ptr, pcnt_ptr, pk_ptr, pv_ptr, stat_ptr,
-    layer, K, KP, N_ITER, Hkv,
-    s_slot, s_layer, s_kv, s_h, s_tok,    # host_kv [S, L, 2, Hkv, BS, D], D contiguous
-    s_slb,                                # cold_slots [B, max_cold_blocks]
-    s_ib, s_ih,                           # idx [B, Hkv, K]
-    s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D], same strides
-    s_pib, s_pih,                         # prev_idx [Bp, Hkv, KP]
-    s_pob, s_poh, s_pot,                  # prev_k and prev_v [Bp, Hkv, KP, D], same strides
-    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,  # D: elements of a row (int32 words: _words)
-):
-    pid = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    d = tl.arange(0, D)
-    cnt = tl.load(cnt_ptr + b * Hkv + h)
-    jm = j < cnt
-    i = tl.load(idx_ptr + b * s_ib + h * s_ih + j, mask=jm, other=0)
-    # Where was token i in this request's previous selection? prev_idx rows are ascending
-    # (topk_select's contract), so a branch-free binary search over [0, pcnt) finds it.
-    prow = tl.load(prow_ptr + b)
-    pcnt = tl.load(pcnt_ptr + tl.maximum(prow, 0) * Hkv + h, mask=prow >= 0, other=0)
-    prev = pidx_ptr + prow.to(tl.int64) * s_pib + h * s_pih
-    lo = tl.zeros([BLOCK_T], tl.int32)
-    hi = tl.zeros([BLOCK_T], tl.int32) + pcnt
+# ---- (c) the device cache, kept in place (gather_inplace_ref's docstring) ------------------
+@triton.jit
+def _search(sorted_ptr, n, x, mask, N_ITER):
+    """(position, found) of each x in sorted_ptr[0:n) (ascending, distinct): a branch-free binary
+    search of N_ITER >= bit_length(n) steps; position is where x would go where not found."""
+    lo = tl.zeros(x.shape, tl.int32)
+    hi = tl.zeros(x.shape, tl.int32) + n
     for _ in range(N_ITER):
         live = lo < hi
         mid = (lo + hi) // 2
-        v = tl.load(prev + mid, mask=live & jm, other=0)
-        go_right = live & (v < i)
+        v = tl.load(sorted_ptr + mid, mask=live & mask, other=0)
+        go_right = live & (v < x)
         lo = tl.where(go_right, mid + 1, lo)
         hi = tl.where(live & ~go_right, mid, hi)
-    hit = jm & (lo < pcnt)
-    hit = hit & (tl.load(prev + lo, mask=hit, other=-1) == i)
-    miss = jm & ~hit
-    # hits: a device read of the cached row; misses: a zero-copy read over PCIe
-    csrc = prow.to(tl.int64) * s_pob + h * s_poh + lo.to(tl.int64)[:, None] * s_pot + d[None, :]
-    slot = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
-    hsrc = slot * s_slot + layer * s_layer + h * s_h + (i % BS) * s_tok
-    out_ty = ok_ptr.dtype.element_ty  # the cache holds earlier outputs: the same dtype (an fp8 pool's widened)
-    k = tl.where(hit[:, None], tl.load(pk_ptr + csrc, mask=hit[:, None], other=0.0),
-                 tl.load(kv_arg + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0).to(out_ty))
-    v = tl.where(hit[:, None], tl.load(pv_ptr + csrc, mask=hit[:, None], other=0.0),
-                 tl.load(kv_arg + s_kv + hsrc[:, None] + d[None, :], mask=miss[:, None], other=0.0).to(out_ty))
-    dst = b.to(tl.int64) * s_ob + h * s_oh + j.to(tl.int64)[:, None] * s_ot + d[None, :]
-    om = (j < K)[:, None]
-    tl.store(ok_ptr + dst, k, mask=om)
-    tl.store(ov_ptr + dst, v, mask=om)
-    tl.atomic_add(stat_ptr, tl.sum(hit.to(tl.int64), 0))
+    found = mask & (lo < n)
+    found = found & (tl.load(sorted_ptr + lo, mask=found, other=-1) == x)
+    return lo, found
+
+
+# Two launches over tiles of this step's selection. The first finds each token's slot where it
+# is a hit and, per tile, ranks its misses and the last selection's dropped tokens (whose slots
+# it lists, per tile); the second gives the g-th miss of a (row, KV head) the g-th freed slot,
+# from the tiles' tallies, and reads the misses from the pool into their slots.
+INPLACE_MATCH_BLOCK = 512  # tokens per program of the first launch (a multiple of the second's)
+
+
+@triton.jit(do_not_specialize=['K', 'KC', 'NT', 'N_ITER', 's_ib', 's_ih'])
+def _inplace_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pidx_ptr, ppos_ptr, pcnt_ptr, nidx_ptr, ncnt_ptr,
+                   match_ptr, free_ptr, tally_ptr, K, KC, NT, N_ITER, Hkv, s_ib, s_ih, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    r = tl.load(rows_ptr + b)
+    n = tl.load(cnt_ptr + b * Hkv + h)
+    pn = tl.load(pcnt_ptr + r * Hkv + h)
+    reuse = (tl.load(fresh_ptr + b) == 0) & (pn == n)
+    j = t * BLOCK + tl.arange(0, BLOCK)
+    jm = j < n
+    sel = idx_ptr + b.to(tl.int64) * s_ib + h * s_ih
+    i = tl.load(sel + j, mask=jm, other=0)
+    row = (r * Hkv + h).to(tl.int64) * KC  # the (cache row, KV head)'s arrays
+    tl.store(nidx_ptr + row + j, i, mask=jm)
+    if t == 0:
+        tl.store(ncnt_ptr + r * Hkv + h, n)
+    bh_tile = (b * Hkv + h) * NT + t
+    if reuse:
+        prev = pidx_ptr + row
+        at, hit = _search(prev, pn, i, jm, N_ITER)
+        slot = tl.load(ppos_ptr + row + at, mask=hit, other=0)
+        miss = (jm & ~hit).to(tl.int32)
+        # a hit's slot, or -(1 + the miss's rank in this tile)
+        tl.store(match_ptr + bh_tile.to(tl.int64) * BLOCK + j - t * BLOCK, tl.where(hit, slot, -tl.cumsum(miss, 0)),
+                 mask=jm)
+        tl.store(tally_ptr + 2 * bh_tile, tl.sum(miss, 0))
+        # the last selection's tokens at the same positions: those not selected now free their slots,
+        # listed in order at this tile's part of free_ptr
+        pm = j < pn
+        old = tl.load(prev + j, mask=pm, other=0)
+        _, kept = _search(sel, n, old, pm, N_ITER)
+        freed = (pm & ~kept).to(tl.int32)
+        old_slot = tl.load(ppos_ptr + row + j, mask=freed != 0, other=0)
+        tl.store(free_ptr + bh_tile.to(tl.int64) * BLOCK + tl.cumsum(freed, 0) - freed, old_slot, mask=freed != 0)
+        tl.store(tally_ptr + 2 * bh_tile + 1, tl.sum(freed, 0))
+    else:
+        tl.store(match_ptr + bh_tile.to(tl.int64) * BLOCK + j - t * BLOCK, tl.zeros([BLOCK], tl.int32) - 1, mask=jm)
+
+
+@triton.jit(do_not_specialize=['layer', 'K', 'KC', 'NT', 's_slb', 's_ib', 's_ih'])
+def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt_ptr, npos_ptr, ok_ptr, ov_ptr,
+                  match_ptr, free_ptr, tally_ptr, stat_ptr, layer, K, KC, NT, Hkv,
+                  s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
+                  D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr,
+                  NT_PAD: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    r = tl.load(rows_ptr + b)
+    n = tl.load(cnt_ptr + b * Hkv + h)
+    pn = tl.load(pcnt_ptr + r * Hkv + h)
+    reuse = (tl.load(fresh_ptr + b) == 0) & (pn == n)
+    j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    jm = j < n
+    row = (r * Hkv + h).to(tl.int64) * KC
+    # (read from the first launch's scratch, never from npos, which this launch writes: a load that the
+    # compiler repeats in another layout must not see this launch's own stores)
+    pos = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)
+    miss = jm & (pos < 0)
+    # Reused rows: the g-th miss of the (row, KV head) takes its g-th freed slot; fresh rows: slot j.
+    tiles = tl.arange(0, NT_PAD)
+    tally = tally_ptr + 2 * ((b * Hkv + h) * NT + tiles)
+    misses = tl.load(tally, mask=tiles < NT, other=0)  # (stale where not reused: then unused)
+    freed = tl.load(tally + 1, mask=tiles < NT, other=0)
+    tile = pid * BLOCK_T // BLOCK  # the first launch's tile of these tokens
+    g = tl.sum(tl.where(tiles < tile, misses, 0), 0) - pos - 1
+    ends = tl.cumsum(freed, 0)  # freed slots in the tiles up to each, inclusive
+    src_tile = tl.sum((ends[None, :] <= g[:, None]).to(tl.int32), 1)
+    start = tl.sum(tl.where(tiles[None, :] == src_tile[:, None], ends - freed, 0), 1)
+    slot_at = ((b * Hkv + h) * NT + src_tile).to(tl.int64) * BLOCK + g - start
+    reused_miss = miss & ((tl.zeros_like(pos) + reuse.to(tl.int32)) != 0)
+    slot = tl.where(reused_miss, tl.load(free_ptr + slot_at, mask=reused_miss, other=0), tl.where(miss, j, pos))
+    tl.store(npos_ptr + row + j, slot, mask=jm)
+    i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
+    blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
+    src = blk * s_slot + layer * s_layer + h * s_h + (i % BS) * s_tok
+    d = tl.arange(0, D)
+    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
+    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
+    dst = (row + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, KC, D] contiguous
+    tl.store(ok_ptr + dst, k, mask=miss[:, None])
+    tl.store(ov_ptr + dst, v, mask=miss[:, None])
+    tl.atomic_add(stat_ptr, tl.sum((jm & ~miss).to(tl.int64), 0))
     tl.atomic_add(stat_ptr + 1, tl.sum(jm.to(tl.int64), 0))
 
 
-def gather_cached(host_kv, layer, cold_slots, idx, counts, prev_row, prev_idx, prev_counts, prev_k, prev_v,
-                  stats, out_k=None, out_v=None, block_t=32, num_warps=4, out_dtype=None):
-    """``gather_uva`` with a device cache: tokens that were in the same request's previous
-    selection of this layer (prev_* [Bp, Hkv, KP(, D)], row prev_row[b] or -1) are copied
-    on the device; only the others are read from the pinned pool. Same output as
-    ``gather_ref``. stats [2] int64 (device) accumulates (cache hits, tokens gathered)."""
+# Per device: the first launch's results for the second (each token's hit slot or miss rank, the
+# freed slots, the tiles' tallies), grown to the largest launch.
+# Invariant: launches on one device never overlap in time (one stream).
+_INPLACE_SCRATCH: dict[torch.device, torch.Tensor] = {}
+
+
+def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts,
+                   new_idx, new_pos, new_counts, cache_k, cache_v, stats, block_t=32, num_warps=4):
+    """Same contract as ``gather_inplace_ref`` (the device cache in place). cache_k/cache_v
+    [R, Hkv, KC, D] contiguous, in the pool's dtype; the index arrays [R, Hkv, KC] and
+    counts [R, Hkv] contiguous int32; rows, fresh [B] int32; stats [2] int64. No host sync."""
     B, Hkv, K = idx.shape
+    R, Hkv2, KC, D = cache_k.shape
     BS = host_kv.shape[-2]
-    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype)
-    assert prev_counts.is_contiguous() and prev_idx.stride(-1) == 1 and prev_k.stride() == prev_v.stride()
-    assert prev_k.stride(-1) == 1 and prev_row.numel() == B and stats.dtype == torch.int64
-    assert prev_k.dtype == prev_v.dtype == out_k.dtype, "the cache holds earlier outputs of this gather"
-    KP = prev_idx.shape[-1]
-    kv, ok, ov, pk, pv = _words(host_kv, out_k, out_v, prev_k, prev_v) or (host_kv, out_k, out_v, prev_k, prev_v)
+    assert Hkv2 == Hkv and K <= KC and cache_k.dtype == cache_v.dtype == host_kv.dtype, "the cache holds pool rows"
+    assert cache_k.is_contiguous() and cache_v.is_contiguous() and idx.stride(-1) == 1 and counts.is_contiguous()
+    for t in (prev_idx, prev_pos, new_idx, new_pos):
+        assert t.shape == (R, Hkv, KC) and t.is_contiguous() and t.dtype == torch.int32
+    assert prev_counts.shape == new_counts.shape == (R, Hkv) and stats.dtype == torch.int64
+    if host_kv.device.type == "cpu" and not interpreting():
+        assert host_kv.is_pinned(), "zero-copy reads need pinned (page-locked) host memory"
+    block = INPLACE_MATCH_BLOCK
+    assert block % block_t == 0
+    NT = max(1, cdiv(K, block))
+    part = B * Hkv * NT * block
+    need = 2 * part + B * Hkv * NT * 2
+    scratch = _INPLACE_SCRATCH.get(idx.device)
+    if scratch is None or scratch.numel() < need:
+        scratch = _INPLACE_SCRATCH[idx.device] = torch.empty(need, dtype=torch.int32, device=idx.device)
+    match, free, tally = scratch[:part], scratch[part:2 * part], scratch[2 * part:need]
+    _inplace_match[(NT, Hkv, B)](
+        idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts, new_idx, new_counts, match, free, tally,
+        K, KC, NT, max(1, KC.bit_length()), Hkv, idx.stride(0), idx.stride(1), BLOCK=block, num_warps=num_warps)
+    kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
     st = kv.stride()
-    _gather_cached_rows[(cdiv(K, block_t), Hkv, B)](
-        kv, cold_slots, idx, counts, ok, ov, prev_row, prev_idx, prev_counts, pk, pv, stats,
-        layer, K, KP, max(1, KP.bit_length()), Hkv,
-        st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
-        ok.stride(0), ok.stride(1), ok.stride(2), prev_idx.stride(0), prev_idx.stride(1),
-        pk.stride(0), pk.stride(1), pk.stride(2),
-        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, num_warps=num_warps,
-    )
-    return out_k, out_v
+    _inplace_fill[(cdiv(K, block_t), Hkv, B)](
+        kv, cold_slots, idx, counts, rows, fresh, prev_counts, new_pos, ok, ov, match, free, tally, stats,
+        layer, K, KC, NT, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
+        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)), num_warps=num_warps)

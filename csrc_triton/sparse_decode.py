@@ -53,7 +53,7 @@ def _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
 
 @triton.jit(do_not_specialize=['s_btb', 's_sb', 's_sh', 's_vb', 's_vh', 'K_SEL', 'NRC', 'NC', 'CHUNK', 's_ob', 's_oh'])  # per-step sizes: no recompiles
 def _sparse_decode_partial(
-    q_ptr, kv_ptr, bt_ptr, res_len_ptr, sk_ptr, sv_ptr, sel_len_ptr, valid_ptr,
+    q_ptr, kv_ptr, bt_ptr, res_len_ptr, sk_ptr, sv_ptr, sel_len_ptr, valid_ptr, rows_ptr,
     m_ptr, l_ptr, acc_ptr, arrivals, out_ptr, s_ob, s_oh,
     qk_scale,
     s_qb, s_qh,                      # query [B, Hq, D], D contiguous
@@ -66,6 +66,7 @@ def _sparse_decode_partial(
     CHUNK, BLOCK_N: tl.constexpr, HAS_VALID: tl.constexpr, F32: tl.constexpr,
     ROW_ALIGN: tl.constexpr,         # every sel_k/sel_v row starts at a multiple of this many elements
     G_MERGE: tl.constexpr, BLOCK_C: tl.constexpr,  # the merge: next_pow2(G), partials per pass
+    HAS_ROWS: tl.constexpr,          # sel_k/sel_v rows by rows_ptr[b] (the in-place device cache), else b
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -98,7 +99,8 @@ def _sparse_decode_partial(
         n = tl.load(sel_len_ptr + b * (Hq // G) + h)
         lo = (c - NRC) * CHUNK
         hi = tl.minimum(lo + CHUNK, tl.minimum(n, K_SEL))
-        base = b.to(tl.int64) * s_sb + h * s_sh
+        sel_row = tl.load(rows_ptr + b) if HAS_ROWS else b
+        base = sel_row.to(tl.int64) * s_sb + h * s_sh
         # selections from an fp8 pool stay fp8 on the device: widened here to fp16 (exact, one
         # conversion per pair of values; bf16 would need several), the query rounded to fp16
         # (|q| < 65504), and the probabilities enter the PV dot in fp16
@@ -177,7 +179,7 @@ def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: 
 
 
 def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale,
-                  sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=3):
+                  sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=3, sel_rows=None):
     """Same contract as ``sparse_decode_ref``; returns out [B, Hq, D] in query's dtype.
     No host synchronisation: the grid is sized from block_table.shape and K."""
     B, Hq, D = query.shape
@@ -205,7 +207,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
     arrivals = arrival_counters(B * Hkv, query.device)
     _sparse_decode_partial[(NC, Hkv, B)](
         query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, valid,
-        m, l, acc, arrivals, out, out.stride(0), out.stride(1), scale * LOG2E,
+        sel_rows if sel_rows is not None else sel_lens, m, l, acc, arrivals, out, out.stride(0), out.stride(1), scale * LOG2E,
         query.stride(0), query.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_table.stride(0),
@@ -213,7 +215,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
         Hq, K, NRC, NC,
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n,
         HAS_VALID=sel_valid is not None, F32=interpreting(),
-        ROW_ALIGN=row_align(sel_k), G_MERGE=next_pow2(G), BLOCK_C=MERGE_BLOCK_C,
+        ROW_ALIGN=row_align(sel_k), G_MERGE=next_pow2(G), BLOCK_C=MERGE_BLOCK_C, HAS_ROWS=sel_rows is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -52,8 +52,10 @@ def kernel_spec(name: str, module):
             const["ROW_ALIGN"] = 16
         if "G_MERGE" in fn.arg_names:  # the split-K merge in the last program (session 24)
             const.update(G_MERGE=4, BLOCK_C=module.MERGE_BLOCK_C)
+        if "HAS_ROWS" in fn.arg_names:  # the in-place device cache's rows (session 24)
+            const["HAS_ROWS"] = True
         ptrs = {"q_ptr": "*bf16", "kv_ptr": "*bf16", "bt_ptr": "*i32", "res_len_ptr": "*i32", "sk_ptr": "*fp8e4nv",
-                "sv_ptr": "*fp8e4nv", "sel_len_ptr": "*i32", "valid_ptr": "*i32", "m_ptr": "*fp32",
+                "sv_ptr": "*fp8e4nv", "sel_len_ptr": "*i32", "valid_ptr": "*i32", "rows_ptr": "*i32", "m_ptr": "*fp32",
                 "l_ptr": "*fp32", "acc_ptr": "*fp32", "arrivals": "*i32", "out_ptr": "*bf16"}
         aligned = list(ptrs) + ["s_qb", "s_qh", "s_kv", "s_kblk", "s_ktok", "s_kh", "s_st", "Hq"]
         return fn, const, ptrs, aligned, 4, 3 if "G_MERGE" in fn.arg_names else 2  # the default stages

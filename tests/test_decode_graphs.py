@@ -3,8 +3,8 @@
 The policy runs anywhere. The graphs themselves need a GPU: the same runtime, plan and
 queries, step after step, with the decode graphs on and off must give the same outputs bit
 for bit (same kernels, same inputs), the same fetch counters, and the graphs must really
-replay (device cache on: double-buffered; off: one graph per layer), across a change of
-step shape too."""
+replay (one graph per layer and parity of the device cache), across a change of step shape
+too."""
 
 import dataclasses
 
@@ -17,10 +17,7 @@ from vllm_kvoffload.decode_graphs import GraphPolicy
 
 class Made:
     def __init__(self, key):
-        self.key, self.steps, self.failed = key, 0, None
-
-    def next_step(self):
-        self.steps += 1
+        self.key, self.failed = key, None
 
 
 def test_policy_captures_a_shape_on_its_second_step_and_keeps_one_shape():
@@ -32,15 +29,15 @@ def test_policy_captures_a_shape_on_its_second_step_and_keeps_one_shape():
 
     assert policy.for_step("a", make) is None  # first step of a shape: eager
     first = policy.for_step("a", make)  # second: made (this step captures)
-    assert first is made[0] and first.key == "a" and first.steps == 0
-    assert policy.for_step("a", make) is first and first.steps == 1  # then replayed, parity advances
+    assert first is made[0] and first.key == "a"
+    assert policy.for_step("a", make) is first  # then replayed
     assert policy.for_step("b", make) is None and policy.current is None  # a new shape drops the old
     assert policy.for_step("a", make) is None  # "a" again is a new shape again
     assert policy.for_step(None, make) is None and policy.for_step(None, make) is None  # no graphs asked
     assert len(made) == 1
 
 
-def test_policy_does_not_retry_a_shape_that_did_not_fit():
+def test_policy_does_not_retry_a_shape_whose_graphs_were_refused():
     policy, calls = GraphPolicy(), []
 
     def refuse(key):
@@ -120,9 +117,9 @@ def test_graph_replays_equal_eager_steps(scorer, device_cache, host_kv_dtype):
         runs[graphs] = outs, used, runtime.fetch_stats()
     (eager, eager_used, eager_stats), (graphed, used, stats) = runs[False], runs[True]
     assert not any(eager_used)
-    # cache on: step 1 reads no cache, 2 is the first with it, 3 captures; off: 2 captures
-    first_replay = 3 if device_cache else 2
-    assert used == [False] * first_replay + [True] * (6 - first_replay) + [False, False, True, True]
+    # step 1 runs eagerly, 2 captures, 3 replays (the cache's buffers are allocated at step 1 and
+    # keep the shape); the wider budget grows the cache: a new shape, again eager, capture, replay
+    assert used == [False, False] + [True] * 4 + [False, False, True, True]
     for step, (a, b) in enumerate(zip(eager, graphed)):
         for layer, (x, y) in enumerate(zip(a, b)):
             assert not x.isnan().any()
@@ -133,61 +130,33 @@ def test_graph_replays_equal_eager_steps(scorer, device_cache, host_kv_dtype):
 
 
 def test_a_failed_capture_keeps_the_step_correct_and_eager(monkeypatch):
-    """When a capture raises (say a host sync in some scorer's path), the step's output and cache
-    entry are still the eager run's, the step's other layers run eagerly, and the policy then
-    drops the shape for good. The capture itself needs a GPU; here it is made to fail."""
+    """When a capture raises (say a host sync in some scorer's path), the step's output is still
+    the eager run's, the step's other layers run eagerly, and the policy then drops the shape for
+    good. The capture itself needs a GPU; here it is made to fail."""
     from vllm_kvoffload.decode_graphs import DecodeGraphs
 
     graphs = DecodeGraphs.__new__(DecodeGraphs)  # its constructor allocates on CUDA
-    graphs.key, graphs.parities, graphs.parity, graphs.failed = "a", 2, 0, None
+    graphs.key, graphs.failed = "a", None
     graphs.query = graphs.output = None
     graphs.graphs = {}
-    graphs.entries = [[(torch.zeros(1),) for _ in range(2)] for _ in range(2)]
 
-    def capture(layer, parity, fn):
+    def capture(fn, parity):
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
 
     monkeypatch.setattr(graphs, "_capture", capture)
     calls = []
 
-    def layer_fn(query, output, prev, entry):
-        calls.append(entry)
+    def layer_fn(query, output, parity):
+        calls.append(parity)
         output.copy_(query * 2)
-        if entry is not None:
-            entry[0].fill_(1)
-            return entry
-        return (torch.ones(1),)
 
-    query, output, prev = torch.arange(3.0), torch.zeros(3), (torch.zeros(1),)
-    entry = graphs.run(0, layer_fn, query, output, prev)
-    assert torch.equal(output, query * 2) and entry is graphs.entries[0][0] and entry[0].item() == 1
+    query, output = torch.arange(3.0), torch.zeros(3)
+    graphs.run(0, layer_fn, query, output, 1)
+    assert torch.equal(output, query * 2) and calls == [1]
     assert graphs.failed == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
     output.zero_()
-    graphs.run(1, layer_fn, query, output, prev)  # the next layer of the same step: eager, own entry
-    assert torch.equal(output, query * 2) and calls[-1] is None and not graphs.graphs
+    graphs.run(1, layer_fn, query, output, 1)  # the next layer of the same step: eager
+    assert torch.equal(output, query * 2) and calls == [1, 1] and not graphs.graphs
     policy = GraphPolicy()
     policy.current, policy.last_key = graphs, "a"
     assert policy.for_step("a", lambda key: pytest.fail("a failed shape is not captured again")) is None
-
-
-def test_a_layer_without_its_cache_entry_runs_eagerly():
-    """Double-buffered graphs read the last step's cache entry; a layer that has none (which the
-    runtime never produces) runs eagerly instead of replaying or capturing on a stale buffer."""
-    from vllm_kvoffload.decode_graphs import DecodeGraphs
-
-    graphs = DecodeGraphs.__new__(DecodeGraphs)  # its constructor allocates on CUDA
-    graphs.key, graphs.parities, graphs.parity, graphs.failed = "a", 2, 0, None
-    graphs.query = graphs.output = None
-    graphs.graphs = {(0, 0): "a graph that must not be replayed"}
-    graphs.entries = [[(torch.zeros(1),) for _ in range(2)]]
-    calls = []
-
-    def layer_fn(query, output, prev, entry):
-        calls.append((prev, entry))
-        output.copy_(query + 1)
-        return (torch.ones(1),)
-
-    query, output = torch.arange(3.0), torch.zeros(3)
-    entry = graphs.run(0, layer_fn, query, output, None)
-    assert torch.equal(output, query + 1) and calls == [(None, None)] and entry[0].item() == 1
-    assert graphs.query is None  # nothing captured or staged

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
-from vllm_kvoffload.decode_graphs import FREE_MARGIN_BYTES, DecodeGraphs, GraphPolicy
+from vllm_kvoffload.device_cache import DeviceCache
+from vllm_kvoffload.decode_graphs import DecodeGraphs, GraphPolicy
 from vllm_kvoffload.host_pool import HostPool
 from vllm_kvoffload.logs import get_logger
 from vllm_kvoffload.ops import batched_ops
@@ -120,11 +121,10 @@ class OffloadRuntime:
         self.cold_tensors: dict[str, torch.Tensor] = {}
         self.runner = None  # the model runner, for the batch's request ids
         self.batched: dict | None = None  # this step's device plan for the Triton path
-        # The device cache (batched path): per layer, the last step's (idx, counts, keys,
-        # values) of every decode row; rows follow ``cached_req_ids``. Invariant: an entry
-        # holds copies of its request's host-pool rows, so reading it equals reading the pool.
-        self.cached: dict[int, tuple[torch.Tensor, ...]] = {}
-        self.cached_req_ids: list[str | None] = []
+        # The device cache (batched path), kept in place: each request's last selection per layer.
+        # Invariant: its rows hold copies of their requests' host-pool rows, so reading them
+        # equals reading the pool.
+        self.device_cache = DeviceCache()
         self.released: set[str] = set()  # since the last plan: their cache rows are stale
         self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
         self.plan_upload = HostToDevice()  # the per-step decode plan
@@ -290,16 +290,20 @@ class OffloadRuntime:
         cold = _pad_rows([r.cold_slots for r in rows], _round_up(max(1, int(cold_blocks.max())), cold_step))
         cold_lens = cold_blocks * bs
         any_cold = bool(cold_lens.max() > 0)
-        arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
-        cache_rows = self._cache_rows(rows, any_cold)
-        if cache_rows is not None:
-            arrays["cache_rows"] = cache_rows
-        dev = self.plan_upload.upload(arrays, block_table.device)
         k = _round_up(max(1, min(int(budgets.max()), int(cold_lens.max()))), k_step)
-        self.batched = dict(dev, k=k, any_cold=any_cold, cache_rows=dev.get("cache_rows"))
+        arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
+        if any_cold:
+            first = next(iter(self.layers.values()))
+            arrays["cache_rows"], arrays["cache_fresh"] = self.device_cache.plan(
+                [r.req_id for r in rows], self.released, first.impl.num_kv_heads, k, first.impl.head_size,
+                self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache)
+        self.released.clear()
+        dev = self.plan_upload.upload(arrays, block_table.device)
+        self.batched = dict(dev, k=k, any_cold=any_cold)
         key = None
         if any_cold and self._graphs_enabled(block_table.device):
-            key = (len(rows), k, dev["res_table"].data_ptr(), *((n, a.shape) for n, a in arrays.items()))
+            key = (len(rows), k, dev["res_table"].data_ptr(), self.device_cache.key(),
+                   *((n, a.shape) for n, a in arrays.items()))
         self.graphs = self.graph_policy.for_step(key, self._make_graphs)
 
     def _graphs_enabled(self, device: torch.device) -> bool:
@@ -310,36 +314,11 @@ class OffloadRuntime:
             return False
         return True
 
-    def _make_graphs(self, key: tuple) -> DecodeGraphs | None:
-        """The graphs of this step's shape, or None (logged) when their static buffers do not fit."""
+    def _make_graphs(self, key: tuple) -> DecodeGraphs:
         first = next(iter(self.layers.values()))
-        impl, b = first.impl, self.batched
-        B = len(b["res_lens"])
-        shapes = (B, impl.num_kv_heads, b["k"], impl.head_size)
-        parities = 2 if b["cache_rows"] is not None else 1
-        need = DecodeGraphs.static_bytes(shapes, self.pool.kv.dtype, len(self.layer_index), parities)
-        free = torch.cuda.mem_get_info(first.kv_cache.device)[0]
-        if free < need + FREE_MARGIN_BYTES:
-            logger.warning("kv_offload: offloaded decode stays eager for batch %d, k %d: its CUDA graphs' "
-                           "static buffers need %.2f GiB and %.2f GiB is free", B, b["k"], need / 2**30, free / 2**30)
-            return None
-        logger.info("kv_offload: capturing decode graphs for batch %d, k %d (%.2f GiB of static buffers)",
-                    B, b["k"], need / 2**30)
-        return DecodeGraphs(key, first.kv_cache.device, shapes, self.pool.kv.dtype, len(self.layer_index), parities)
-
-    def _cache_rows(self, rows: list[DecodeRow], any_cold: bool) -> np.ndarray | None:
-        """Row of each decode row's request in the device cache (-1: none), or None when
-        the cache is off or empty. Every layer rewrites the cache this step, so it then
-        follows this step's rows."""
-        where = {rid: i for i, rid in enumerate(self.cached_req_ids) if rid is not None and rid not in self.released}
-        self.released.clear()
-        if not (self.config.device_cache and any_cold):
-            self.cached, self.cached_req_ids = {}, []
-            return None
-        self.cached_req_ids = [r.req_id for r in rows]
-        if not self.cached:
-            return None
-        return np.array([where.get(r.req_id, -1) for r in rows], dtype=np.int32)
+        logger.info("kv_offload: capturing decode graphs for batch %d, k %d", len(self.batched["res_lens"]),
+                    self.batched["k"])
+        return DecodeGraphs(key, first.kv_cache.device)
 
     def fetch_stats(self) -> dict:
         """Tokens gathered for decode attention so far, and the share the device cache served."""
@@ -358,51 +337,34 @@ class OffloadRuntime:
                 batched_ops(query.is_cuda).sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"],
                                                          sel, sel, counts, impl.scale, out=output)
         else:
-            prev = self.cached.get(layer) if b["cache_rows"] is not None else None
-
-            def run(q, out, prev_entry, entry=None):
-                return self._offloaded_layer(layer, impl, q, kv_cache, out, prev_entry, entry)
+            def run(q, out, parity):
+                self._offloaded_layer(layer, impl, q, kv_cache, out, parity)
 
             if self.graphs is not None:
-                entry = self.graphs.run(layer, run, query, output, prev)
+                self.graphs.run(layer, run, query, output, self.device_cache.parity)
             else:
-                entry = run(query, output, prev)
-            if self.config.device_cache:
-                self.cached[layer] = entry
+                run(query, output, self.device_cache.parity)
         if TIMER is not None and layer == len(self.layer_index) - 1:
             TIMER.step_done(self.fetch_stats)
 
-    def _offloaded_layer(self, layer: int, impl, query, kv_cache, output, prev: tuple | None,
-                         entry: tuple | None) -> tuple:
-        """Score, select, fetch and attend one layer for the whole decode batch into ``output``.
-        ``prev``: the layer's device-cache entry (idx, counts, keys, values) from the last step,
-        or None (read the pool); ``entry``: buffers to write this step's entry to (None: new
-        ones). Returns the entry. Device work only, shapes from the plan: no host sync, so a
-        CUDA graph can capture it."""
+    def _offloaded_layer(self, layer: int, impl, query, kv_cache, output, parity: int) -> None:
+        """Score, select, fetch and attend one layer for the whole decode batch into ``output``;
+        the selection goes into the device cache in place (the step writes ``parity``). Device
+        work only, shapes from the plan: no host sync, so a CUDA graph can capture it."""
         tk = batched_ops(query.is_cuda)
         b = self.batched
-        # Selections keep the pool's storage dtype (an fp8 pool's stay fp8: half the device-cache
-        # bytes and copies); the attention widens them.
-        selected = {} if entry is None else {"idx": entry[0], "counts": entry[1]}
-        fetched = {} if entry is None else {"out_k": entry[2], "out_v": entry[3]}
         with phase("score"):
             mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
                                                   b["cold_lens"], impl.scale)
         with phase("select"):
-            idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"], **selected)
-        with phase("fetch"):  # zero-copy reads of the pinned host pool over PCIe
-            if prev is None:
-                sel_k, sel_v = tk.gather_uva(self.pool.kv, layer, b["cold_slots"], idx, counts,
-                                             out_dtype=self.pool.kv.dtype, **fetched)
-                self.fetch_counts[1] += counts.sum()
-            else:
-                sel_k, sel_v = tk.gather_cached(self.pool.kv, layer, b["cold_slots"], idx, counts,
-                                                b["cache_rows"], *prev, self.fetch_counts,
-                                                out_dtype=self.pool.kv.dtype, **fetched)
-        with phase("attend"):
-            tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], sel_k, sel_v, counts,
-                             impl.scale, out=output)
-        return idx, counts, sel_k, sel_v
+            idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
+        cache = self.device_cache.layer(layer, parity)
+        with phase("fetch"):  # misses: zero-copy reads of the pinned host pool over PCIe, into the cache
+            tk.gather_inplace(self.pool.kv, layer, b["cold_slots"], idx, counts, b["cache_rows"], b["cache_fresh"],
+                              *cache, self.fetch_counts)
+        with phase("attend"):  # selections from an fp8 pool stay fp8 in the cache; the attention widens them
+            tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], cache[-2], cache[-1], counts,
+                             impl.scale, out=output, sel_rows=b["cache_rows"])
 
     # ---- reference path: one request at a time, pure torch --------------------------------
     def _decode_rows(self, layer_name: str, impl, query: torch.Tensor, kv_cache: torch.Tensor,

@@ -70,47 +70,79 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool):
         assert torch.equal(bits(out), bits(ref)), seed
 
 
+def next_selection(idx, cnt, max_cold, g, keep_share=0.6):
+    """Another step's selection: about keep_share of each (request, KV head)'s tokens again, the rest
+    new, the same count (as a fixed budget gives), ascending."""
+    nidx = torch.zeros_like(idx)
+    for b in range(idx.shape[0]):
+        for h in range(idx.shape[1]):
+            n = int(cnt[b, h])
+            now = idx[b, h, :n]
+            keep = now[torch.rand(n, generator=g) < keep_share]
+            rest = torch.tensor([t for t in torch.randperm(max_cold, generator=g).tolist() if t not in set(keep.tolist())])
+            both = torch.cat([keep, rest[: n - keep.numel()].int()]).sort().values
+            nidx[b, h, :n] = both
+    return nidx
+
+
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
-@pytest.mark.parametrize("pool", list(POOLS))
-def test_gather_cached(device, B, Hkv, L, bs, D, max_cold, K, pool):
-    """Rows selected again come from the cache, the rest from the pool. The cache here holds
-    values unlike the pool's, so a row read from the wrong side is caught."""
-    from vllm_kvoffload.ops.gather_cached_ref import gather_cached_ref
-    from vllm_kvoffload.ops.triton_kernels import gather_cached
+@pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
+@pytest.mark.parametrize("block_t", [16, 32])  # 16 rows of 4 warps: values replicated across warps
+def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
+    """Three steps of the in-place device cache against its reference, bit for bit: a first step
+    (fresh rows: every token read into slot j), then two with about 60% of each selection kept,
+    the batch reordered, one request new (fresh) and one (request, KV head) whose count changed.
+    After each step the slots [0, count) of every row hold exactly its selected tokens' pool rows."""
+    from vllm_kvoffload.ops.gather_inplace_ref import gather_inplace_ref
+    from vllm_kvoffload.ops.gather_ref import gather_ref
+    from vllm_kvoffload.ops.triton_kernels import gather_inplace
 
     seed = torch.seed() % 2**31
-    pool_dtype, out_dtype = POOLS[pool]
+    pool_dtype, _ = POOLS[pool]
     host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype)
+    lens_ok = max_cold  # every cold index below max_cold is a valid token of the pool
     g = torch.Generator().manual_seed(seed + 1)
-    # The previous step: one fewer row than now, in another order; row -1 is a new request.
-    Bp, KP = max(1, B - 1), K + 3
-    prev_row = torch.randperm(B, generator=g).int()
-    prev_row = torch.where(prev_row >= Bp, -1, prev_row)
-    pidx = torch.zeros(Bp, Hkv, KP, dtype=torch.int32)
-    pcnt = torch.zeros(Bp, Hkv, dtype=torch.int32)
-    planted = 0  # tokens kept from this step's selection: each must be a hit (random extras may hit too)
-    for b in range(B):
-        p = int(prev_row[b])
-        for h in range(Hkv if p >= 0 else 0):
-            now = idx[b, h, : int(cnt[b, h])].cpu()
-            keep = now[torch.rand(now.numel(), generator=g) < 0.6]  # about 60% selected again
-            other = torch.randint(0, max_cold + 50, (int(torch.randint(0, KP - keep.numel() + 1, (1,), generator=g)),),
-                                  generator=g).int()
-            both = torch.cat([keep, other]).unique()  # sorted, distinct, at most KP
-            pidx[p, h, : both.numel()] = both
-            planted += keep.numel()
-            pcnt[p, h] = both.numel()
-    pk = torch.randn(Bp, Hkv, KP, D, generator=g).to(out_dtype).to(device)
-    pv = torch.randn(Bp, Hkv, KP, D, generator=g).to(out_dtype).to(device)
-    prev = [t.to(device) for t in (prev_row, pidx, pcnt)]
+    R, KC = B + 2, K + 5
+    rows = torch.randperm(R, generator=g)[:B].int()
+    fresh = torch.ones(B, dtype=torch.int32)
+
+    def state():
+        cache = [torch.full((R, Hkv, KC, D), float("nan")).to(pool_dtype).to(device) for _ in range(2)]
+        index = [[torch.zeros(R, Hkv, KC, dtype=torch.int32, device=device) for _ in range(2)] for _ in range(2)]
+        counts = [torch.zeros(R, Hkv, dtype=torch.int32, device=device) for _ in range(2)]
+        return cache, index, counts
+    mine, ref = state(), state()
     stats = torch.zeros(2, dtype=torch.int64, device=device)
-    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=out_dtype, device=device)
-    ov = torch.full_like(ok, float("nan"))
-    gather_cached(host, L - 1, slots.to(device), idx, cnt, *prev, pk, pv, stats, out_k=ok, out_v=ov,
-                  block_t=16 if INTERPRET else 32)
     ref_stats = torch.zeros(2, dtype=torch.int64, device=device)
-    rk, rv = gather_cached_ref(host, L - 1, slots, idx, cnt, *prev, pk, pv, ref_stats, out_dtype=out_dtype)
-    assert not ok.float().isnan().any() and not ov.float().isnan().any(), seed
-    assert torch.equal(bits(ok), bits(rk)) and torch.equal(bits(ov), bits(rv)), seed
-    assert stats.tolist() == ref_stats.tolist(), seed
-    assert ref_stats[0] >= planted and ref_stats[1] == int(cnt.sum()), seed
+    for step in range(3):
+        p = step % 2  # this step's parity: reads 1 - p, writes p
+        args = lambda s: (s[1][0][1 - p], s[1][1][1 - p], s[2][1 - p], s[1][0][p], s[1][1][p], s[2][p],  # noqa: E731
+                          s[0][0], s[0][1])
+        common = (host, L - 1, slots.to(device), idx, cnt, rows.to(device), fresh.to(device))
+        gather_inplace(*common, *args(mine), stats, block_t=block_t)
+        gather_inplace_ref(*common, *args(ref), ref_stats)
+        for a, b_ in zip(args(mine)[3:], args(ref)[3:]):
+            assert torch.equal(bits(a), bits(b_)), (seed, step)
+        assert stats.tolist() == ref_stats.tolist(), (seed, step)
+        want_k, want_v = (x.cpu() for x in gather_ref(host, L - 1, slots, idx, cnt))
+        for b in range(B):  # slots [0, n) hold the selection's rows, in its slot order
+            r = int(rows[b])
+            for h in range(Hkv):
+                n = int(cnt[b, h])
+                pos = mine[1][1][p][r, h, :n].long().cpu()
+                assert sorted(pos.tolist()) == list(range(n)), (seed, step)
+                assert torch.equal(bits(mine[0][0][r, h][pos].cpu()), bits(want_k[b, h, :n])), (seed, step)
+                assert torch.equal(bits(mine[0][1][r, h][pos].cpu()), bits(want_v[b, h, :n])), (seed, step)
+        # the next step: the same requests in another order, one new; about 60% kept
+        idx = next_selection(idx.cpu(), cnt.cpu(), lens_ok, g).to(device)
+        order = torch.randperm(B, generator=g)
+        idx, cnt, rows = idx[order], cnt[order].clone(), rows[order]
+        fresh = torch.zeros(B, dtype=torch.int32)
+        if B > 1:  # the last one a new request, in a row no one had
+            rows = rows.clone()
+            rows[-1] = next(r for r in range(R) if r not in rows.tolist())
+            fresh[-1] = 1
+        if int(cnt[0, 0]) > 1:  # one (request, KV head) selects one token fewer
+            cnt[0, 0] -= 1
+        slots = slots[order]
+    assert ref_stats[0] > 0 or cnt.sum() < 8, seed  # some hits across steps 2-3

@@ -88,3 +88,22 @@ def test_sparse_decode_reads_selections_whose_rows_are_not_16_aligned(device, pa
                             block_n=32 if INTERPRET else None)
         ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
         assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed} {sel_dtype}"
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_res,K,chunk", CASES[1:3])
+def test_sparse_decode_reads_each_request_s_row_of_the_selections(device, B, Hq, Hkv, D, bs, max_res, K, chunk):
+    """sel_rows: request b attends to row sel_rows[b] of sel_k/sel_v (the in-place device cache,
+    one row per request in any order, more rows than requests)."""
+    seed = torch.seed() % 2**31
+    (q, kv, bt, rl, sk, sv, sl), _ = make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed)
+    g = torch.Generator().manual_seed(seed)
+    R = B + 2
+    rows = torch.randperm(R, generator=g)[:B].int().to(device)
+    big_k = torch.randn(R, Hkv, K, D, generator=g).to(sk.dtype).to(device)
+    big_v = torch.randn(R, Hkv, K, D, generator=g).to(sk.dtype).to(device)
+    big_k[rows.long()], big_v[rows.long()] = sk, sv
+    out = sparse_decode(q, kv, bt, rl, big_k, big_v, sl, D**-0.5, out=torch.full_like(q, float("nan")), chunk=chunk,
+                        block_n=32 if INTERPRET else None, sel_rows=rows)
+    ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
+    assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
+    assert torch.equal(sparse_decode_ref(q, kv, bt, rl, big_k, big_v, sl, D**-0.5, sel_rows=rows), ref)

@@ -12,6 +12,9 @@ Layouts (vLLM FlashAttention):
                                                      query's dtype, or fp8 e4m3: widened)
   sel_lens     [B, Hkv] int                          entries j < sel_lens are real
   sel_valid    [B, Hkv, K] bool or None              optional extra mask (top-p)
+  sel_rows     [B] int or None                       request b's row of sel_k/sel_v (then
+                                                     [R, Hkv, K, D]: the in-place device cache);
+                                                     None: row b
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def resident_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, res_len: int)
     return k.transpose(0, 1), v.transpose(0, 1)
 
 
-def sparse_decode_ref(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale, sel_valid=None):
+def sparse_decode_ref(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale, sel_valid=None,
+                      sel_rows=None):
     B, Hq, D = query.shape
     K = sel_k.shape[2]
     out = torch.empty_like(query)
@@ -40,6 +44,7 @@ def sparse_decode_ref(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_
         valid = torch.arange(K, device=query.device)[None, :] < sel_lens[b].to(query.device)[:, None]
         if sel_valid is not None:
             valid = valid & sel_valid[b]
-        out[b] = sparse_decode_attention(query[b], rk, rv, sel_k[b].to(query.dtype), sel_v[b].to(query.dtype),
+        r = b if sel_rows is None else int(sel_rows[b])
+        out[b] = sparse_decode_attention(query[b], rk, rv, sel_k[r].to(query.dtype), sel_v[r].to(query.dtype),
                                          valid, scale)
     return out

@@ -64,7 +64,7 @@ def __getattr__(attr: str):
         "topk_select": "topk",
         "gather_uva": "gather",
         "gather_copy_engine": "gather",
-        "gather_cached": "gather",
+        "gather_inplace": "gather",
         "qlandmark_mass": "score_summary",
         "infinigen_mass": "score_summary",
         "lrqk_mass": "score_summary",

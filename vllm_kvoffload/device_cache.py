@@ -1,0 +1,104 @@
+"""The device cache of the batched decode, kept in place (``ops/gather_inplace_ref.py``).
+
+Each running request owns a row of the cache (stable across vLLM's batch reorders) holding, per
+offloaded layer and KV head, its last selection's keys and values in slots [0, count): tokens
+selected again stay where they are, only the others are read from the host pool, into the slots
+of the tokens no longer selected. The attention reads the row in place. Before session 24 the
+cache was a buffer per step that every re-selected token was copied into (2.0 ms of a 19 ms
+step at 128K on the H100, docs/performance.md).
+
+Per layer: keys and values [R, Hkv, KC, D] in the pool's dtype, and two parities of the
+selection arrays (idx, pos [R, Hkv, KC], counts [R, Hkv]): a step reads the other parity's
+and writes its own, so that one CUDA graph per (layer, parity) replays any step.
+Invariants: a row's arrays describe its cached tokens only if the row is not fresh this step;
+a request's row never changes while it runs, except that a new allocation (more rows or a
+wider selection) makes every row fresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vllm_kvoffload.logs import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    rows: int
+    kv_heads: int
+    width: int  # KC: the widest selection it holds
+    head_size: int
+    dtype: torch.dtype
+    num_layers: int
+
+
+class DeviceCache:
+    def __init__(self):
+        self.shape: CacheShape | None = None
+        self.values: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values
+        self.arrays: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # [layer][parity]: idx, pos, counts
+        self.row_of: dict[str, int] = {}  # request -> its row
+        self.parity = 0  # the parity this step writes
+
+    @staticmethod
+    def bytes_for(shape: CacheShape) -> int:
+        values = 2 * shape.rows * shape.kv_heads * shape.width * shape.head_size * shape.dtype.itemsize
+        arrays = 2 * (2 * shape.rows * shape.kv_heads * shape.width + shape.rows * shape.kv_heads) * 4
+        return shape.num_layers * (values + arrays)
+
+    def key(self) -> tuple:
+        """What decode graphs capture of the cache: its buffers' identity."""
+        return (self.shape, self.values[0][0].data_ptr()) if self.values else (None,)
+
+    def plan(self, req_ids: list[str], released: set[str], kv_heads: int, width: int, head_size: int,
+             dtype: torch.dtype, num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray]:
+        """This step's (row of each request, fresh flag of each) as int32 arrays, after flipping the
+        parity. Rows of ``released`` requests are freed. ``reuse`` False (the cache is off): every
+        row is fresh, so every selected token is read from the pool."""
+        self.parity ^= 1
+        for rid in released:
+            self.row_of.pop(rid, None)
+        if not reuse:
+            self.row_of.clear()
+        fresh = np.array([rid not in self.row_of for rid in req_ids], dtype=np.int32)
+        taken = set(self.row_of.values())
+        free = (r for r in range(len(taken) + len(req_ids)) if r not in taken)
+        for rid, new in zip(req_ids, fresh):
+            if new:
+                self.row_of[rid] = next(free)
+        rows = np.array([self.row_of[rid] for rid in req_ids], dtype=np.int32)
+        need = CacheShape(int(rows.max()) + 1, kv_heads, width, head_size, dtype, num_layers)
+        have = self.shape
+        if (have is None or need.rows > have.rows or need.width > have.width
+                or (have.kv_heads, have.head_size, have.dtype, have.num_layers) != (kv_heads, head_size, dtype, num_layers)):
+            # room to grow: twice the rows asked for now, at least the old count
+            grown = CacheShape(max(2 * need.rows, have.rows if have else 0), kv_heads,
+                               max(width, have.width if have and have.width >= width else width), head_size, dtype,
+                               num_layers)
+            self._allocate(grown, device)
+            fresh[:] = 1
+        return rows, fresh
+
+    def _allocate(self, shape: CacheShape, device: torch.device) -> None:
+        self.values, self.arrays = [], []  # the old buffers go first
+        logger.info("kv_offload: device cache of %d rows x %d tokens (%.2f GiB)", shape.rows, shape.width,
+                    self.bytes_for(shape) / 2**30)
+        R, H, W, D = shape.rows, shape.kv_heads, shape.width, shape.head_size
+        for _ in range(shape.num_layers):
+            # zeros: slots past a count are never read by the kernels, but the torch reference multiplies them by 0
+            self.values.append(tuple(torch.zeros(R, H, W, D, dtype=shape.dtype, device=device) for _ in range(2)))
+            self.arrays.append([(torch.zeros(R, H, W, dtype=torch.int32, device=device),
+                                 torch.zeros(R, H, W, dtype=torch.int32, device=device),
+                                 torch.zeros(R, H, dtype=torch.int32, device=device)) for _ in range(2)])
+        self.shape = shape
+
+    def layer(self, layer: int, parity: int) -> tuple[torch.Tensor, ...]:
+        """(prev idx, prev pos, prev counts, new idx, new pos, new counts, keys, values) of a layer,
+        for the step that writes ``parity``: gather_inplace's arguments after rows and fresh."""
+        prev, new = self.arrays[layer][1 - parity], self.arrays[layer][parity]
+        return (*prev, *new, *self.values[layer])
