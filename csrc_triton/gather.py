@@ -193,7 +193,7 @@ def _inplace_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pidx_ptr, ppos_ptr, pc
     r = tl.load(rows_ptr + b)
     n = tl.load(cnt_ptr + b * Hkv + h)
     pn = tl.load(pcnt_ptr + r * Hkv + h)
-    reuse = (tl.load(fresh_ptr + b) == 0) & (pn == n)
+    reuse = (tl.load(fresh_ptr + b) == 0) & (pn <= n)  # else (fresh, or a shrunk count) token j to slot j
     j = t * BLOCK + tl.arange(0, BLOCK)
     jm = j < n
     sel = idx_ptr + b.to(tl.int64) * s_ib + h * s_ih
@@ -237,7 +237,7 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     r = tl.load(rows_ptr + b)
     n = tl.load(cnt_ptr + b * Hkv + h)
     pn = tl.load(pcnt_ptr + r * Hkv + h)
-    reuse = (tl.load(fresh_ptr + b) == 0) & (pn == n)
+    reuse = (tl.load(fresh_ptr + b) == 0) & (pn <= n)  # else (fresh, or a shrunk count) token j to slot j
     j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     jm = j < n
     row = (r * Hkv + h).to(tl.int64) * KC
@@ -245,7 +245,8 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     # compiler repeats in another layout must not see this launch's own stores)
     pos = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)
     miss = jm & (pos < 0)
-    # Reused rows: the g-th miss of the (row, KV head) takes its g-th freed slot; fresh rows: slot j.
+    # Reused rows: the g-th miss of the (row, KV head) takes its g-th freed slot, or where the count
+    # grew and the freed ones are taken, slot pn + (g - freed); fresh rows: slot j.
     tiles = tl.arange(0, NT_PAD)
     tally = tally_ptr + 2 * ((b * Hkv + h) * NT + tiles)
     misses = tl.load(tally, mask=tiles < NT, other=0)  # (stale where not reused: then unused)
@@ -257,7 +258,10 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     start = tl.sum(tl.where(tiles[None, :] == src_tile[:, None], ends - freed, 0), 1)
     slot_at = ((b * Hkv + h) * NT + src_tile).to(tl.int64) * BLOCK + g - start
     reused_miss = miss & ((tl.zeros_like(pos) + reuse.to(tl.int32)) != 0)
-    slot = tl.where(reused_miss, tl.load(free_ptr + slot_at, mask=reused_miss, other=0), tl.where(miss, j, pos))
+    n_freed = tl.sum(freed, 0)
+    freed_slot = tl.load(free_ptr + slot_at, mask=reused_miss & (g < n_freed), other=0)
+    reused_slot = tl.where(g < n_freed, freed_slot, pn + g - n_freed)
+    slot = tl.where(reused_miss, reused_slot, tl.where(miss, j, pos))
     tl.store(npos_ptr + row + j, slot, mask=jm)
     i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
     blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)

@@ -142,7 +142,14 @@ def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
             rows = rows.clone()
             rows[-1] = next(r for r in range(R) if r not in rows.tolist())
             fresh[-1] = 1
-        if int(cnt[0, 0]) > 1:  # one (request, KV head) selects one token fewer
+        if int(cnt[0, 0]) > 1:  # one (request, KV head) selects one token fewer (then all are read)
             cnt[0, 0] -= 1
+        for h in range(1, Hkv):  # and its other heads select up to two more (a grown budget: new slots)
+            n = int(cnt[0, h])
+            extra = [t for t in range(max_cold) if t not in set(idx[0, h, :n].tolist())][: min(2, K - n)]
+            if extra:
+                grown = torch.cat([idx[0, h, :n].cpu(), torch.tensor(extra, dtype=torch.int32)]).sort().values
+                idx[0, h, : n + len(extra)] = grown.to(device)
+                cnt[0, h] = n + len(extra)
         slots = slots[order]
     assert ref_stats[0] > 0 or cnt.sum() < 8, seed  # some hits across steps 2-3

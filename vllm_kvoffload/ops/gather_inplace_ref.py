@@ -13,8 +13,9 @@ reorders), and each (row, KV head) holds its last selection's keys and values in
 This step's selection idx [B, Hkv, K] (ascending below counts [B, Hkv], K <= KC) goes into the
 same slots: a token of the last selection keeps its slot (a hit: nothing moves); the others
 (misses, in ascending order) take the slots of the tokens no longer selected (in the order of
-their last positions), read from the pool. Where the row is fresh (``fresh[b]``: a new request,
-or a new cache) or the count changed, token j is read into slot j. The new selection and its
+their last positions), then, where the count grew (a budget grows with its sequence), slots
+[last count, count), and are read from the pool. Where the row is fresh (``fresh[b]``: a new
+request, or a new cache) or the count shrank, token j is read into slot j. The new selection and its
 slots are written to new_idx / new_pos / new_counts (the other parity's arrays, by row), so
 after the call slots [0, counts[b, h]) of row rows[b] hold exactly the selected tokens' rows,
 which is what the attention reads. stats [2] int64 accumulates (cache hits, tokens gathered).
@@ -34,6 +35,7 @@ def inplace_slots(idx: list[int], prev_idx: list[int], prev_pos: list[int], reus
     where = {t: p for p, t in enumerate(prev_idx)}
     kept = set(idx)
     freed = [prev_pos[p] for p, t in enumerate(prev_idx) if t not in kept]  # in order of last position
+    freed += range(len(prev_idx), len(idx))  # a grown count's new slots
     slots, hits, m = [], [], 0
     for t in idx:
         if t in where:
@@ -56,7 +58,7 @@ def gather_inplace_ref(host_kv, layer, cold_slots, idx, counts, rows, fresh, pre
         for h in range(Hkv):
             n, pn = int(counts[b, h]), int(prev_counts[r, h])
             sel = idx[b, h, :n].tolist()
-            reuse = not bool(fresh[b]) and pn == n
+            reuse = not bool(fresh[b]) and pn <= n
             slots, hit = inplace_slots(sel, prev_idx[r, h, :pn].tolist(), prev_pos[r, h, :pn].tolist(), reuse)
             for j, (slot, is_hit) in enumerate(zip(slots, hit)):
                 if not is_hit:
