@@ -26,6 +26,8 @@ from vllm_kvoffload.logs import get_logger
 
 logger = get_logger(__name__)
 
+ROW_STEP = 8  # the cache's rows grow in steps of this many requests
+
 
 @dataclass(frozen=True)
 class CacheShape:
@@ -76,10 +78,9 @@ class DeviceCache:
         have = self.shape
         if (have is None or need.rows > have.rows or need.width > have.width
                 or (have.kv_heads, have.head_size, have.dtype, have.num_layers) != (kv_heads, head_size, dtype, num_layers)):
-            # room to grow: twice the rows asked for now, at least the old count
-            grown = CacheShape(max(2 * need.rows, have.rows if have else 0), kv_heads,
-                               max(width, have.width if have and have.width >= width else width), head_size, dtype,
-                               num_layers)
+            # rows in multiples of ROW_STEP (a batch ramping up re-allocates every ROW_STEP requests)
+            rows_ = max(-(-need.rows // ROW_STEP) * ROW_STEP, have.rows if have else 0)
+            grown = CacheShape(rows_, kv_heads, max(width, have.width if have else 0), head_size, dtype, num_layers)
             self._allocate(grown, device)
             fresh[:] = 1
         return rows, fresh

@@ -1,0 +1,47 @@
+"""The in-place device cache's row bookkeeping (vllm_kvoffload/device_cache.py): a request keeps
+its row across batch reorders, a released request's row goes to the next new one, and a new
+allocation (more rows, a wider selection) makes every row fresh. The gather and attention that
+use the rows are tested in tests/csrc_triton/test_triton_gather.py and tests/test_runtime.py."""
+
+import torch
+
+from vllm_kvoffload.device_cache import ROW_STEP, DeviceCache
+
+
+def plan(cache, req_ids, released=(), width=64, reuse=True):
+    rows, fresh = cache.plan(list(req_ids), set(released), kv_heads=2, width=width, head_size=8,
+                             dtype=torch.bfloat16, num_layers=3, device=torch.device("cpu"), reuse=reuse)
+    return rows.tolist(), fresh.tolist()
+
+
+def test_rows_follow_requests_and_are_reused_after_release():
+    cache = DeviceCache()
+    rows, fresh = plan(cache, ["a", "b", "c"])
+    assert sorted(rows) == [0, 1, 2] and fresh == [1, 1, 1] and cache.shape.rows == ROW_STEP
+    parity = cache.parity
+    again, fresh = plan(cache, ["c", "a", "b"])  # reordered: the same rows, nothing fresh
+    assert again == [rows[2], rows[0], rows[1]] and fresh == [0, 0, 0] and cache.parity == 1 - parity
+    after, fresh = plan(cache, ["c", "d"], released={"a", "b"})  # d takes a freed row, fresh
+    assert after[0] == rows[2] and after[1] in (rows[0], rows[1]) and fresh == [0, 1]
+
+
+def test_a_new_allocation_makes_every_row_fresh():
+    cache = DeviceCache()
+    plan(cache, ["a", "b"])
+    key = cache.key()
+    _, fresh = plan(cache, ["a", "b"], width=128)  # a wider selection: new buffers
+    assert fresh == [1, 1] and cache.shape.width == 128 and cache.key() != key
+    _, fresh = plan(cache, ["a", "b"], width=64)  # narrower: the buffers stay
+    assert fresh == [0, 0] and cache.shape.width == 128
+    many = [f"r{i}" for i in range(ROW_STEP + 1)]
+    rows, fresh = plan(cache, ["a", "b"] + many)  # more requests than rows
+    assert all(fresh) and cache.shape.rows == 2 * ROW_STEP and len(set(rows)) == len(rows)
+    k, v = cache.values[0]
+    assert k.shape == v.shape == (2 * ROW_STEP, 2, 128, 8) and len(cache.arrays[0]) == 2
+
+
+def test_with_the_cache_off_every_row_is_fresh():
+    cache = DeviceCache()
+    plan(cache, ["a", "b"], reuse=False)
+    _, fresh = plan(cache, ["a", "b"], reuse=False)
+    assert fresh == [1, 1]
