@@ -184,21 +184,29 @@ def _search(sorted_ptr, n, x, mask, N_ITER):
 INPLACE_MATCH_BLOCK = 512  # tokens per program of the first launch (a multiple of the second's)
 
 
+@triton.jit
+def _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC):
+    """(cache row r, count n, last count pn, reuse, offset of the (row, KV head)'s arrays) of request
+    b's KV head h. reuse: the last selection is kept where it is; else (a fresh row, or a shrunk
+    count) token j goes to slot j."""
+    r = tl.load(rows_ptr + b)
+    n = tl.load(cnt_ptr + b * Hkv + h)
+    pn = tl.load(pcnt_ptr + r * Hkv + h)
+    reuse = (tl.load(fresh_ptr + b) == 0) & (pn <= n)
+    return r, n, pn, reuse, (r * Hkv + h).to(tl.int64) * KC
+
+
 @triton.jit(do_not_specialize=['K', 'KC', 'NT', 'N_ITER', 's_ib', 's_ih'])
 def _inplace_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pidx_ptr, ppos_ptr, pcnt_ptr, nidx_ptr, ncnt_ptr,
                    match_ptr, free_ptr, tally_ptr, K, KC, NT, N_ITER, Hkv, s_ib, s_ih, BLOCK: tl.constexpr):
     t = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
-    r = tl.load(rows_ptr + b)
-    n = tl.load(cnt_ptr + b * Hkv + h)
-    pn = tl.load(pcnt_ptr + r * Hkv + h)
-    reuse = (tl.load(fresh_ptr + b) == 0) & (pn <= n)  # else (fresh, or a shrunk count) token j to slot j
+    r, n, pn, reuse, row = _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC)
     j = t * BLOCK + tl.arange(0, BLOCK)
     jm = j < n
     sel = idx_ptr + b.to(tl.int64) * s_ib + h * s_ih
     i = tl.load(sel + j, mask=jm, other=0)
-    row = (r * Hkv + h).to(tl.int64) * KC  # the (cache row, KV head)'s arrays
     tl.store(nidx_ptr + row + j, i, mask=jm)
     if t == 0:
         tl.store(ncnt_ptr + r * Hkv + h, n)
@@ -234,13 +242,9 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
-    r = tl.load(rows_ptr + b)
-    n = tl.load(cnt_ptr + b * Hkv + h)
-    pn = tl.load(pcnt_ptr + r * Hkv + h)
-    reuse = (tl.load(fresh_ptr + b) == 0) & (pn <= n)  # else (fresh, or a shrunk count) token j to slot j
+    r, n, pn, reuse, row = _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC)
     j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     jm = j < n
-    row = (r * Hkv + h).to(tl.int64) * KC
     # (read from the first launch's scratch, never from npos, which this launch writes: a load that the
     # compiler repeats in another layout must not see this launch's own stores)
     pos = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)
