@@ -9,8 +9,9 @@ from vllm_kvoffload.device_cache import ROW_STEP, DeviceCache
 
 
 def plan(cache, req_ids, released=(), width=64, reuse=True):
-    rows, fresh = cache.plan(list(req_ids), set(released), kv_heads=2, width=width, head_size=8,
-                             dtype=torch.bfloat16, num_layers=3, device=torch.device("cpu"), reuse=reuse)
+    cache.release(released)
+    rows, fresh = cache.plan(list(req_ids), kv_heads=2, width=width, head_size=8, dtype=torch.bfloat16,
+                             num_layers=3, device=torch.device("cpu"), reuse=reuse)
     return rows.tolist(), fresh.tolist()
 
 
@@ -45,3 +46,17 @@ def test_with_the_cache_off_every_row_is_fresh():
     plan(cache, ["a", "b"], reuse=False)
     _, fresh = plan(cache, ["a", "b"], reuse=False)
     assert fresh == [1, 1]
+
+
+def test_rows_of_requests_released_on_a_step_without_cold_tokens_are_freed():
+    """The runtime frees released rows every step, also on steps that plan no cache (no cold
+    tokens): else a row would stay taken by a request that ended."""
+    from test_runtime import setup  # same folder (pytest prepends it)
+
+    runtime, rows, table, _ = setup(0.2)
+    runtime.plan_batched(rows, table)
+    taken = dict(runtime.device_cache.row_of)
+    assert taken and set(taken) <= {r.req_id for r in rows}
+    runtime.released.update(taken)
+    runtime.plan_batched([r for r in rows if r.cold_slots.numel() == 0], table)  # nothing cold
+    assert runtime.device_cache.row_of == {}

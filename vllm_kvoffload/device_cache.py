@@ -57,14 +57,17 @@ class DeviceCache:
         """What decode graphs capture of the cache: its buffers' identity."""
         return (self.shape, self.values[0][0].data_ptr()) if self.values else (None,)
 
-    def plan(self, req_ids: list[str], released: set[str], kv_heads: int, width: int, head_size: int,
-             dtype: torch.dtype, num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray]:
-        """This step's (row of each request, fresh flag of each) as int32 arrays, after flipping the
-        parity. Rows of ``released`` requests are freed. ``reuse`` False (the cache is off): every
-        row is fresh, so every selected token is read from the pool."""
-        self.parity ^= 1
-        for rid in released:
+    def release(self, req_ids) -> None:
+        """Free the rows of requests that ended (finished, aborted, preempted)."""
+        for rid in req_ids:
             self.row_of.pop(rid, None)
+
+    def plan(self, req_ids: list[str], kv_heads: int, width: int, head_size: int, dtype: torch.dtype,
+             num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray]:
+        """This step's (row of each request, fresh flag of each) as int32 arrays, after flipping the
+        parity. ``reuse`` False (the cache is off): every row is fresh, so every selected token is
+        read from the pool."""
+        self.parity ^= 1
         if not reuse:
             self.row_of.clear()
         fresh = np.array([rid not in self.row_of for rid in req_ids], dtype=np.int32)

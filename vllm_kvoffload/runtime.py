@@ -292,12 +292,13 @@ class OffloadRuntime:
         any_cold = bool(cold_lens.max() > 0)
         k = _round_up(max(1, min(int(budgets.max()), int(cold_lens.max()))), k_step)
         arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
+        self.device_cache.release(self.released)
+        self.released.clear()
         if any_cold:
             first = next(iter(self.layers.values()))
             arrays["cache_rows"], arrays["cache_fresh"] = self.device_cache.plan(
-                [r.req_id for r in rows], self.released, first.impl.num_kv_heads, k, first.impl.head_size,
+                [r.req_id for r in rows], first.impl.num_kv_heads, k, first.impl.head_size,
                 self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache)
-        self.released.clear()
         dev = self.plan_upload.upload(arrays, block_table.device)
         self.batched = dict(dev, k=k, any_cold=any_cold)
         key = None
