@@ -13,9 +13,9 @@ step has the same shape it runs eagerly and captures; later steps of
 that shape replay. Any other shape drops the graphs (one shape is kept at a time). A shape
 whose capture fails (logged) stays eager.
 
-The device cache (``device_cache.py``) alternates two parities of its selection arrays: the
-step that writes parity p reads 1 - p. So each layer has two graphs, one per parity, and the
-runtime says which one a step replays.
+The device cache (``device_cache.py``) alternates two parities of its selection arrays: a
+layer's run that writes parity p reads 1 - p. So each layer has two graphs, one per parity, and
+the runtime says which one a run replays.
 """
 
 from __future__ import annotations

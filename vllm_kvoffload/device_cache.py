@@ -8,8 +8,9 @@ cache was a buffer per step that every re-selected token was copied into (2.0 ms
 step at 128K on the H100, docs/performance.md).
 
 Per layer: keys and values [R, Hkv, KC, D] in the pool's dtype, and two parities of the
-selection arrays (idx, pos [R, Hkv, KC], counts [R, Hkv]): a step reads the other parity's
-and writes its own, so that one CUDA graph per (layer, parity) replays any step.
+selection arrays (idx, pos [R, Hkv, KC], counts [R, Hkv]): each run of a layer reads the parity
+its last run wrote and writes the other (the layer's own parity flips per run, so it holds however
+often the plan runs), and one CUDA graph per (layer, parity) replays any step.
 Invariants: a row's arrays describe its cached tokens only if the row is not fresh this step;
 a request's row never changes while it runs, except that a new allocation (more rows or a
 wider selection) makes every row fresh.
@@ -45,7 +46,7 @@ class DeviceCache:
         self.values: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values
         self.arrays: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # [layer][parity]: idx, pos, counts
         self.row_of: dict[str, int] = {}  # request -> its row
-        self.parity = 0  # the parity this step writes
+        self.parities: list[int] = []  # per layer: the parity its last run wrote
 
     @staticmethod
     def bytes_for(shape: CacheShape) -> int:
@@ -64,10 +65,8 @@ class DeviceCache:
 
     def plan(self, req_ids: list[str], kv_heads: int, width: int, head_size: int, dtype: torch.dtype,
              num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray]:
-        """This step's (row of each request, fresh flag of each) as int32 arrays, after flipping the
-        parity. ``reuse`` False (the cache is off): every row is fresh, so every selected token is
-        read from the pool."""
-        self.parity ^= 1
+        """This step's (row of each request, fresh flag of each) as int32 arrays. ``reuse`` False (the
+        cache is off): every row is fresh, so every selected token is read from the pool."""
         if not reuse:
             self.row_of.clear()
         fresh = np.array([rid not in self.row_of for rid in req_ids], dtype=np.int32)
@@ -99,10 +98,16 @@ class DeviceCache:
             self.arrays.append([(torch.zeros(R, H, W, dtype=torch.int32, device=device),
                                  torch.zeros(R, H, W, dtype=torch.int32, device=device),
                                  torch.zeros(R, H, dtype=torch.int32, device=device)) for _ in range(2)])
+        self.parities = [0] * shape.num_layers
         self.shape = shape
+
+    def next_parity(self, layer: int) -> int:
+        """The parity this run of ``layer`` writes (the other one than its last run's)."""
+        self.parities[layer] ^= 1
+        return self.parities[layer]
 
     def layer(self, layer: int, parity: int) -> tuple[torch.Tensor, ...]:
         """(prev idx, prev pos, prev counts, new idx, new pos, new counts, keys, values) of a layer,
-        for the step that writes ``parity``: gather_inplace's arguments after rows and fresh."""
+        for the run that writes ``parity``: gather_inplace's arguments after rows and fresh."""
         prev, new = self.arrays[layer][1 - parity], self.arrays[layer][parity]
         return (*prev, *new, *self.values[layer])

@@ -341,16 +341,17 @@ class OffloadRuntime:
             def run(q, out, parity):
                 self._offloaded_layer(layer, impl, q, kv_cache, out, parity)
 
+            parity = self.device_cache.next_parity(layer)
             if self.graphs is not None:
-                self.graphs.run(layer, run, query, output, self.device_cache.parity)
+                self.graphs.run(layer, run, query, output, parity)
             else:
-                run(query, output, self.device_cache.parity)
+                run(query, output, parity)
         if TIMER is not None and layer == len(self.layer_index) - 1:
             TIMER.step_done(self.fetch_stats)
 
     def _offloaded_layer(self, layer: int, impl, query, kv_cache, output, parity: int) -> None:
         """Score, select, fetch and attend one layer for the whole decode batch into ``output``;
-        the selection goes into the device cache in place (the step writes ``parity``). Device
+        the selection goes into the device cache in place (this run writes ``parity``). Device
         work only, shapes from the plan: no host sync, so a CUDA graph can capture it."""
         tk = batched_ops(query.is_cuda)
         b = self.batched
