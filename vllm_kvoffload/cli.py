@@ -79,12 +79,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                             f"(an integer >= 1, capped by the budget). Default: {d.topp_min_tokens}.")
     group.add_argument("--kv-offload-device-cache", dest="kv_offload_device_cache",
                        action=argparse.BooleanOptionalAction, default=None,
-                       help="Reuse the previous step's fetched tokens on the device; only newly "
+                       help="Keep each request's last selection on the device, in place; only newly "
                             "selected tokens cross PCIe. Default: on.")
     group.add_argument("--kv-offload-decode-graphs", dest="kv_offload_decode_graphs",
                        action=argparse.BooleanOptionalAction, default=None,
                        help="Replay each offloaded layer's decode as a CUDA graph once the step's shape "
-                            "repeats (GPU; needs a second copy of the device cache). Default: on.")
+                            "repeats (GPU). Default: on.")
 
 
 def flags_to_config(args: argparse.Namespace, additional_config: dict | None) -> dict | None:

@@ -57,15 +57,14 @@ class KVOffloadConfig(BaseModel):
     Scoring is unaffected: the scorers summarize the exact keys before they are stored."""
 
     device_cache: bool = True
-    """Keep each (request, layer, KV head)'s last selection on the device and copy the
-    tokens selected again from there, so only new ones cross PCIe (GPU token path)."""
+    """Keep each request's last selection per layer and KV head on the device, in place: tokens
+    selected again stay where they are, so only new ones cross PCIe (GPU token path)."""
 
     decode_graphs: bool = True
     """Run each offloaded layer's decode (score, select, fetch, attend) as one CUDA graph
     replay instead of about seven kernel launches, once a step shape repeats (GPU token path;
-    off under VLLM_KVOFFLOAD_PROFILE, whose phase timers need eager launches). Costs a second
-    copy of the device cache (static buffers); skipped with a logged reason when the device
-    lacks the memory."""
+    off under VLLM_KVOFFLOAD_PROFILE, whose phase timers need eager launches); a shape whose
+    capture fails stays eager, with a logged reason."""
 
     topp: float | None = Field(default=None, gt=0, le=1)
     """Adaptive budget: keep tokens until their estimated attention mass reaches
