@@ -56,16 +56,23 @@ def mma(a, b, F32: tl.constexpr):
         return tl.dot(a, b)
 
 
-# Per device: arrival counters for kernels whose last program of a group finishes the group's
-# work (top-k's segments, sparse decode's split-K merge). Invariant: all zero between launches
-# (each group's last program resets its own), and launches on one device never overlap in time
-# (the runtime runs them on one stream), or two launches would share them.
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}
+# Per (name, device): int32 buffers the kernels' dispatchers reuse across launches, grown to the
+# largest launch (off the allocator on the decode path): the arrival counters of kernels whose
+# last program of a group finishes the group's work (top-k's segments, sparse decode's split-K
+# merge), and scratch. Invariants: launches on one device never overlap in time (the runtime runs
+# them on one stream), or two launches would share a buffer; the arrival counters are all zero
+# between launches (each group's last program resets its own).
+_BUFFERS: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def device_buffer(name: str, n: int, device: torch.device, zeros: bool = False) -> torch.Tensor:
+    """At least n int32 elements for ``name`` on ``device`` (zeros: zero-filled when allocated)."""
+    buf = _BUFFERS.get((name, device))
+    if buf is None or buf.numel() < n:
+        buf = _BUFFERS[(name, device)] = (torch.zeros if zeros else torch.empty)(n, dtype=torch.int32, device=device)
+    return buf
 
 
 def arrival_counters(n: int, device: torch.device) -> torch.Tensor:
-    """At least n int32 zeros, grown once to the largest launch (off the allocator on the decode path)."""
-    arrivals = _ARRIVALS.get(device)
-    if arrivals is None or arrivals.numel() < n:
-        arrivals = _ARRIVALS[device] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-    return arrivals
+    """At least n int32 zeros (module comment above)."""
+    return device_buffer("arrivals", max(n, 1024), device, zeros=True)

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, interpreting, next_pow2, row_align
+from ._common import cdiv, device_buffer, interpreting, next_pow2, row_align
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
        torch.float8_e4m3fn: tl.float8e4nv}
@@ -280,12 +280,6 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     tl.atomic_add(stat_ptr + 1, tl.sum(jm.to(tl.int64), 0))
 
 
-# Per device: the first launch's results for the second (each token's hit slot or miss rank, the
-# freed slots, the tiles' tallies), grown to the largest launch.
-# Invariant: launches on one device never overlap in time (one stream).
-_INPLACE_SCRATCH: dict[torch.device, torch.Tensor] = {}
-
-
 def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts,
                    new_idx, new_pos, new_counts, cache_k, cache_v, stats, block_t=32, num_warps=4):
     """Same contract as ``gather_inplace_ref`` (the device cache in place). cache_k/cache_v
@@ -306,9 +300,9 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
     NT = max(1, cdiv(K, block))
     part = B * Hkv * NT * block
     need = 2 * part + B * Hkv * NT * 2
-    scratch = _INPLACE_SCRATCH.get(idx.device)
-    if scratch is None or scratch.numel() < need:
-        scratch = _INPLACE_SCRATCH[idx.device] = torch.empty(need, dtype=torch.int32, device=idx.device)
+    # the first launch's results for the second: each token's hit slot or miss rank, the freed
+    # slots, the tiles' tallies
+    scratch = device_buffer("gather_inplace", need, idx.device)
     match, free, tally = scratch[:part], scratch[part:2 * part], scratch[2 * part:need]
     _inplace_match[(NT, Hkv, B)](
         idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts, new_idx, new_counts, match, free, tally,

@@ -66,7 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import arrival_counters, next_pow2, num_sms
+from ._common import arrival_counters, device_buffer, next_pow2, num_sms
 
 SAMPLE_STRIDE = 16  # the shortlist's threshold: from every 16th value (topk_select)
 
@@ -409,19 +409,11 @@ def _topk_rows(mass_ptr, len_ptr, bud_ptr, idx_ptr, cnt_ptr, scratch_bits, scrat
         tl.store(cnt_ptr + b * Hkv + h, kk)
 
 
-# Per device: the scratch (segments' selections, shortlists), grown to the largest launch (off
-# the allocator on the decode path); the arrival counters are _common's. Invariant: launches on
-# one device never overlap in time (the runtime selects on one stream), or two would share it.
-_SCRATCH: dict[torch.device, torch.Tensor] = {}
-
-
 def _workspace(rows: int, pairs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(arrival counters >= rows, bits [pairs], indices [pairs]) as int32."""
-    arrivals = arrival_counters(rows, device)
-    buf = _SCRATCH.get(device)
-    if buf is None or buf.numel() < 2 * pairs:
-        buf = _SCRATCH[device] = torch.empty(2 * pairs, dtype=torch.int32, device=device)
-    return arrivals, buf[:pairs], buf[pairs:2 * pairs]
+    """(arrival counters >= rows, bits [pairs], indices [pairs]) as int32: the scratch holds the
+    segments' selections and the shortlists (``_common.device_buffer``)."""
+    buf = device_buffer("topk", 2 * pairs, device)
+    return arrival_counters(rows, device), buf[:pairs], buf[pairs:2 * pairs]
 
 
 def shortlist_cap(k: int, stride: int) -> int:

@@ -80,6 +80,13 @@ def main():
         rows.append(dict(hit_rate=rate, kind="device copy of the selection", time_us=t_copy * 1e6, bytes=2 * out_bytes))
         print(f"hit rate {rate:.0%}: planted hits {planted}; device copy of the selection's rows: {t_copy * 1e6:.1f} us")
         step = (host, 0, slots[order], idx[order], counts[order], rows_[order], zeros)
+        if old is not None:  # the old cache followed the batch: request order[i]'s last row was order[i]
+            prev_row = order.int()
+            pk, pv = gather.gather_uva(host, 0, slots, prev_idx, counts)
+            ok_, ov_ = torch.empty_like(ref_k), torch.empty_like(ref_v)
+            stats_old = torch.zeros(2, dtype=torch.int64, device=dev)
+            run_old = lambda: old.gather_cached(host, 0, slots[order], idx[order], counts[order], prev_row,  # noqa: E731
+                                                prev_idx, counts, pk, pv, stats_old, out_k=ok_, out_v=ov_)
         for tile, warps in itertools.product(a.tiles, a.warps):
             stats.zero_()
             run = lambda: gather.gather_inplace(*step, arrays[0][0], arrays[1][0], cnts[0], arrays[0][1],  # noqa: E731
@@ -97,12 +104,6 @@ def main():
             failed += not ok
             row = dict(hit_rate=rate, kind="gather_inplace", tile=tile, warps=warps, exact=ok, hits=hits)
             if old is not None:
-                prev_row = order.int()  # the old cache followed the batch: request order[i]'s last row
-                pk, pv = gather.gather_uva(host, 0, slots, prev_idx, counts)
-                ok_, ov_ = torch.empty_like(ref_k), torch.empty_like(ref_v)
-                stats_old = torch.zeros(2, dtype=torch.int64, device=dev)
-                run_old = lambda: old.gather_cached(host, 0, slots[order], idx[order], counts[order], prev_row,  # noqa: E731
-                                                    prev_idx, counts, pk, pv, stats_old, out_k=ok_, out_v=ov_)
                 t, t_old = timeit_pair(run, run_old, a.reps, flush)
                 row["baseline_gather_cached_us"] = t_old * 1e6
             else:

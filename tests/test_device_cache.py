@@ -48,15 +48,17 @@ def test_with_the_cache_off_every_row_is_fresh():
 
 
 def test_rows_of_requests_released_on_a_step_without_cold_tokens_are_freed():
-    """The runtime frees released rows every step, also on steps that plan no cache (no cold
-    tokens): else a row would stay taken by a request that ended."""
+    """The runtime frees released rows as the scheduler's plan releases them, also before steps
+    that plan no cache (no cold tokens): else a row would stay taken by a request that ended."""
+    from types import SimpleNamespace
+
     from test_runtime import setup  # same folder (pytest prepends it)
 
     runtime, rows, table, _ = setup(0.2)
     runtime.plan_batched(rows, table)
     taken = dict(runtime.device_cache.row_of)
     assert taken and set(taken) <= {r.req_id for r in rows}
-    runtime.released.update(taken)
+    runtime.apply_plan(SimpleNamespace(released=list(taken), copies=[]), num_slots=0)
     runtime.plan_batched([r for r in rows if r.cold_slots.numel() == 0], table)  # nothing cold
     assert runtime.device_cache.row_of == {}
 

@@ -125,7 +125,6 @@ class OffloadRuntime:
         # Invariant: its rows hold copies of their requests' host-pool rows, so reading them
         # equals reading the pool.
         self.device_cache = DeviceCache()
-        self.released: set[str] = set()  # since the last plan: their cache rows are stale
         self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
         self.plan_upload = HostToDevice()  # the per-step decode plan
         self.copy_upload = HostToDevice()  # the blocks going cold and their slots
@@ -180,7 +179,7 @@ class OffloadRuntime:
         for req_id in plan.released:
             self.cold.pop(req_id, None)
             self.cold_tensors.pop(req_id, None)
-            self.released.add(req_id)
+        self.device_cache.release(plan.released)  # their rows are stale: free them for new requests
         if not plan.copies:
             return
         first = next(iter(self.layers.values()))
@@ -292,8 +291,6 @@ class OffloadRuntime:
         any_cold = bool(cold_lens.max() > 0)
         k = _round_up(max(1, min(int(budgets.max()), int(cold_lens.max()))), k_step)
         arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
-        self.device_cache.release(self.released)
-        self.released.clear()
         if any_cold:
             first = next(iter(self.layers.values()))
             arrays["cache_rows"], arrays["cache_fresh"] = self.device_cache.plan(

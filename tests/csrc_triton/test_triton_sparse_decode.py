@@ -48,7 +48,7 @@ def test_sparse_decode(device, B, Hq, Hkv, D, bs, max_res, K, chunk, with_valid)
         ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, scale, sel_valid=valid)
         assert not out.isnan().any(), f"seed {seed}"
         assert rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
-        arrivals = load("_common")._ARRIVALS.get(q.device)
+        arrivals = load("_common")._BUFFERS.get(("arrivals", q.device))
         assert arrivals is None or not arrivals.any()  # every (request, KV head)'s last program reset its counter
 
 

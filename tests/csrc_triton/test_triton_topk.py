@@ -77,7 +77,7 @@ def test_topk(device, fn, B, Hkv, n_max, k, ties):
         check(mass, lens, k, idx, cnt)
     except AssertionError as e:
         raise AssertionError(f"seed {seed}") from e
-    arrivals = load("_common")._ARRIVALS.get(mass.device)
+    arrivals = load("_common")._BUFFERS.get(("arrivals", mass.device))
     assert arrivals is None or not arrivals.any()  # every row's last program reset its counter
 
 
@@ -185,8 +185,9 @@ def test_topk_shortlist_changes_nothing(device, fn, rows):
         for b in range(B):
             mass[b, :, int(lens[b]):] = float("-inf")
     select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=stride)  # sizes the scratch, then poison it:
-    for scratch in load("topk")._SCRATCH.values():  # a shortlist entry never written would show
-        scratch.fill_(2**31 - 1)
+    for (name, _), scratch in load("_common")._BUFFERS.items():  # a shortlist entry never written would show
+        if name == "topk":
+            scratch.fill_(2**31 - 1)
     short = select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=stride)
     whole = select_fn(fn)(mass, lens, k, block=BLOCK, sample_stride=0)
     assert torch.equal(short[0], whole[0]) and torch.equal(short[1], whole[1]), f"seed {seed}"
