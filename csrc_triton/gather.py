@@ -47,7 +47,7 @@ _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl
 def _gather_rows(
     kv_arg, slots_ptr, idx_ptr, cnt_ptr, ok_ptr, ov_ptr,
     layer, K, Hkv,
-    s_slot, s_layer, s_kv, s_h, s_tok,    # host_kv [S, L, 2, Hkv, BS, D], D contiguous
+    s_slot, s_layer, s_kv, s_h, s_tok,    # host_kv [S, L, 2, Hkv, BS, D], D contiguous (any order)
     s_slb,                                # cold_slots [B, max_cold_blocks]
     s_ib, s_ih,                           # idx [B, Hkv, K]
     s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D], same strides
@@ -55,8 +55,8 @@ def _gather_rows(
     FROM_INT: tl.constexpr, DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2)
+    b = tl.program_id(1)
+    h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
     if FROM_INT:
         kv_ptr = kv_arg.to(tl.pointer_type(DTYPE))
     else:
@@ -67,7 +67,7 @@ def _gather_rows(
     jm = j < cnt
     i = tl.load(idx_ptr + b * s_ib + h * s_ih + j, mask=jm, other=0)
     slot = tl.load(slots_ptr + b * s_slb + i // BS, mask=jm, other=0).to(tl.int64)
-    src = slot * s_slot + layer * s_layer + h * s_h + (i % BS) * s_tok
+    src = slot * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
     k = tl.load(kv_ptr + src[:, None] + d[None, :], mask=jm[:, None], other=0.0)
     v = tl.load(kv_ptr + s_kv + src[:, None] + d[None, :], mask=jm[:, None], other=0.0)
     dst = b.to(tl.int64) * s_ob + h * s_oh + j.to(tl.int64)[:, None] * s_ot + d[None, :]
@@ -113,7 +113,7 @@ def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
     kv, ok, ov = _words(host_kv, out_k, out_v) or (host_kv, out_k, out_v)
     arg = kv if mode == "tensor" else kv.data_ptr()
     st = kv.stride()
-    _gather_rows[(cdiv(K, block_t), Hkv, B)](
+    _gather_rows[(cdiv(K, block_t), B, Hkv)](
         arg, cold_slots, idx, counts, ok, ov, layer, K, Hkv,
         st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
         ok.stride(0), ok.stride(1), ok.stride(2),
@@ -129,21 +129,25 @@ def gather_copy_engine(host_kv, layer, cold_slots_cpu, idx, counts, out_k=None, 
     ``stream`` (default: a new side stream). The caller orders its consumer after
     ``stream`` (``torch.cuda.current_stream().wait_stream(stream)``). Returns out_k, out_v, stream."""
     B, Hkv, K = idx.shape
-    S, L, _, _, BS, D = host_kv.shape
+    BS, D = host_kv.shape[-2:]
     dev = idx.device
     i = idx.to("cpu", torch.long)  # synchronises with the producer of idx
     valid = torch.arange(K)[None, None, :] < counts.to("cpu")[:, :, None]
     i = torch.where(valid, i, 0)
     slot = cold_slots_cpu.long().gather(1, (i // BS).view(B, -1)).view(B, Hkv, K)
     h = torch.arange(Hkv)[None, :, None]
-    # row of key (slot, layer, 0, h, tok) in host_kv viewed as [S*L*2*Hkv*BS, D]
-    row = ((slot * L + layer) * 2 * Hkv + h) * BS + i % BS
-    flat = host_kv.view(-1, D)
+    # row of key (slot, layer, 0, h, tok) in the pool's storage viewed as rows of D (any layout
+    # whose rows are contiguous: the host pool is head-major)
+    st = [x // D for x in host_kv.stride()[:5]]
+    assert host_kv.stride(-1) == 1 and all(x % D == 0 for x in host_kv.stride()[:5])
+    row = slot * st[0] + layer * st[1] + h * st[3] + (i % BS) * st[4]
+    n_rows = (host_kv.untyped_storage().nbytes() // host_kv.element_size() - host_kv.storage_offset()) // D
+    flat = host_kv.as_strided((n_rows, D), (D, 1))
     pin = dev.type == "cuda"
     if staging is None:
         staging = torch.empty(2, B, Hkv, K, D, dtype=host_kv.dtype, pin_memory=pin)
     torch.index_select(flat, 0, row.view(-1), out=staging[0].view(-1, D))
-    torch.index_select(flat, 0, (row + Hkv * BS).view(-1), out=staging[1].view(-1, D))
+    torch.index_select(flat, 0, (row + st[2]).view(-1), out=staging[1].view(-1, D))
     mk = lambda: torch.empty(B, Hkv, K, D, dtype=out_dtype or host_kv.dtype, device=dev)  # noqa: E731
     out_k = mk() if out_k is None else out_k
     out_v = mk() if out_v is None else out_v
@@ -200,8 +204,8 @@ def _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC):
 def _inplace_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pidx_ptr, ppos_ptr, pcnt_ptr, nidx_ptr, ncnt_ptr,
                    match_ptr, free_ptr, tally_ptr, K, KC, NT, N_ITER, Hkv, s_ib, s_ih, BLOCK: tl.constexpr):
     t = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
     r, n, pn, reuse, row = _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC)
     j = t * BLOCK + tl.arange(0, BLOCK)
     jm = j < n
@@ -240,8 +244,8 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
                   D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr,
                   NT_PAD: tl.constexpr):
     pid = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2)
+    b = tl.program_id(1)
+    h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
     r, n, pn, reuse, row = _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC)
     j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
     jm = j < n
@@ -269,7 +273,7 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     tl.store(npos_ptr + row + j, slot, mask=jm)
     i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
     blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
-    src = blk * s_slot + layer * s_layer + h * s_h + (i % BS) * s_tok
+    src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
     d = tl.arange(0, D)
     k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
     v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
@@ -304,12 +308,12 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
     # slots, the tiles' tallies
     scratch = device_buffer("gather_inplace", need, idx.device)
     match, free, tally = scratch[:part], scratch[part:2 * part], scratch[2 * part:need]
-    _inplace_match[(NT, Hkv, B)](
+    _inplace_match[(NT, B, Hkv)](
         idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts, new_idx, new_counts, match, free, tally,
         K, KC, NT, max(1, KC.bit_length()), Hkv, idx.stride(0), idx.stride(1), BLOCK=block, num_warps=num_warps)
     kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
     st = kv.stride()
-    _inplace_fill[(cdiv(K, block_t), Hkv, B)](
+    _inplace_fill[(cdiv(K, block_t), B, Hkv)](
         kv, cold_slots, idx, counts, rows, fresh, prev_counts, new_pos, ok, ov, match, free, tally, stats,
         layer, K, KC, NT, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
         D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)), num_warps=num_warps)

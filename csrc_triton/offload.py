@@ -46,8 +46,8 @@ def _store_blocks_all_layers(table_ptr, blk_ptr, dst_ptr, slot_ptr,
                              HKV: tl.constexpr, BS: tl.constexpr, D: tl.constexpr, DTYPE: tl.constexpr,
                              FP8: tl.constexpr):
     i = tl.program_id(0)
-    kv = tl.program_id(1) // HKV
-    h = tl.program_id(1) % HKV
+    kv = (tl.program_id(1) // HKV).to(tl.int64)
+    h = (tl.program_id(1) % HKV).to(tl.int64)
     layer = tl.program_id(2).to(tl.int64)
     src = tl.load(table_ptr + layer).to(tl.pointer_type(DTYPE))  # this layer's kv5 base address
     blk = tl.load(blk_ptr + i).to(tl.int64)

@@ -9,9 +9,13 @@ program and warps are swept at hit rates of 100% (what the dummy-weight benchmar
 holds its pool row bit for bit (against gather_uva, itself tested against the torch reference),
 and the hit counter equals the planted hits; then timed with CUDA events (median of --reps, L2
 flushed). ``--baseline ROOT``: also time that checkout's gather_cached (the device cache before
-session 24: every token copied into a new buffer), paired.
+session 24: every token copied into a new buffer), paired. ``--layers 8 --layouts head-major
+layer-major slot-major``: a pool of 8 layers (16 GiB) in the host pool's layout (head-major) and
+two others; the rows of one layer and KV head then spread over 128 MiB, 2 GiB and 16 GiB of
+pinned memory.
 
-    python examples/gpu_gather.py [--baseline ROOT]     # OUT=dir also writes $OUT/gather.json
+    python examples/gpu_gather.py [--layers 8 --layouts head-major layer-major slot-major] [--baseline ROOT]
+    # OUT=dir also writes $OUT/gather.json
 """
 
 from __future__ import annotations
@@ -26,18 +30,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_kernels import save_rows, sweep_setup, timeit, timeit_pair  # noqa: E402
 
+from vllm_kvoffload.host_pool import HostPool  # noqa: E402
+
 B, HKV, K, COUNT, D, BS = 32, 8, 1024, 983, 128, 16
 COLD = 32768 - 288  # cold tokens per request
 
 
-def inputs(gen, hit_rate):
-    """A pinned fp8 pool of one layer, the last step's selection, and this step's (both ascending)
-    keeping ``hit_rate`` of it."""
+LAYOUTS = {  # the order the pool [slot, layer, 2, KV head, token, D] is stored in
+    "head-major": (1, 2, 3, 0, 4, 5),   # HostPool's since session 25: [layer, 2, head, slot, ...]
+    "layer-major": (1, 0, 2, 3, 4, 5),  # [layer, slot, 2, head, ...]
+    "slot-major": (0, 1, 2, 3, 4, 5),   # before session 25: a slot holds its block of every layer
+}
+
+
+def inputs(gen, hit_rate, layers=1, layout="head-major"):
+    """A pinned fp8 pool of ``layers`` layers stored in ``layout``, filled at its middle layer,
+    the last step's selection, and this step's (both ascending) keeping ``hit_rate`` of it."""
     dev = "cuda"
     blocks = -(-COLD // BS)
-    host = torch.empty(B * blocks, 1, 2, HKV, BS, D, dtype=torch.float8_e4m3fn, pin_memory=True)
-    host.view(torch.uint8).copy_(torch.randint(0, 120, host.shape, dtype=torch.uint8))  # finite e4m3 patterns
-    slots = torch.randperm(B * blocks).view(B, blocks).int().to(dev)
+    S = B * blocks
+    shape = (S, layers, 2, HKV, BS, D)
+    order = LAYOUTS[layout]
+    host = torch.empty([shape[o] for o in order], dtype=torch.float8_e4m3fn, pin_memory=True)
+    host = host.permute([order.index(i) for i in range(6)])
+    if layout == "head-major":  # the host pool's own layout
+        assert host.stride() == HostPool.kv_tensor(S, layers, HKV, BS, D, torch.float8_e4m3fn, False).stride()
+    layer = layers // 2
+    # finite e4m3 patterns, made on the device
+    host[:, layer].view(torch.uint8).copy_(torch.randint(0, 120, host[:, layer].shape, dtype=torch.uint8, device=dev))
+    slots = torch.randperm(S).view(B, blocks).int().to(dev)
     scores = torch.rand(B, HKV, COLD, device=dev, generator=gen)
     prev = scores.topk(2 * COUNT, -1).indices
     keep = torch.rand(B, HKV, COUNT, device=dev, generator=gen) < hit_rate
@@ -45,7 +66,11 @@ def inputs(gen, hit_rate):
     pad = torch.zeros(B, HKV, K - COUNT, dtype=torch.int32, device=dev)
     sel = [torch.cat([x.sort(-1).values.int(), pad], -1) for x in (prev[..., :COUNT], now)]
     counts = torch.full((B, HKV), COUNT, dtype=torch.int32, device=dev)
-    return host, slots, sel[0], sel[1], counts, int(keep.sum())
+    # the misses alone, packed at the front of each (request, KV head)'s row (ascending)
+    new = prev[..., COUNT:].masked_fill(keep, torch.iinfo(torch.int64).max).sort(-1).values
+    miss_counts = (~keep).sum(-1).int()
+    miss_idx = torch.where(torch.arange(COUNT, device=dev) < miss_counts[..., None], new, 0).int()
+    return host, layer, slots, sel[0], sel[1], counts, int(keep.sum()), (miss_idx, miss_counts)
 
 
 def main():
@@ -54,6 +79,11 @@ def main():
     p.add_argument("--tiles", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--hit-rates", type=float, nargs="+", default=[1.0, 0.9, 0.3])
+    p.add_argument("--layers", type=int, default=1,
+                   help="layers in the pool (the engine's: 32); one layer's rows spread over 1/layers of a "
+                        "slot-major pool, and lie together in a layer-major one")
+    p.add_argument("--layouts", nargs="+", default=["head-major"], choices=list(LAYOUTS),
+                   help="pool layouts to time: HostPool's (head-major), layer-major, and slot-major (before session 25)")
     p.add_argument("--baseline", help="another checkout's root: time its gather_cached too, paired")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_gather.py", "tests/csrc_triton/test_triton_gather.py")
@@ -62,9 +92,10 @@ def main():
     old = load_from(a.baseline, "gather") if a.baseline else None
     rows, failed = [], 0
     dev = "cuda"
-    for rate in a.hit_rates:
-        host, slots, prev_idx, idx, counts, planted = inputs(gen, rate)
-        ref_k, ref_v = gather.gather_uva(host, 0, slots, idx, counts)
+    for rate, layout in itertools.product(a.hit_rates, a.layouts):
+        host = step = None  # the last pool goes before the next is pinned
+        host, layer, slots, prev_idx, idx, counts, planted, misses = inputs(gen, rate, a.layers, layout)
+        ref_k, ref_v = gather.gather_uva(host, layer, slots, idx, counts)
         order = torch.randperm(B, device=dev, generator=gen)  # this step's batch order
         rows_ = torch.randperm(B, device=dev, generator=gen).int()  # each request's cache row
         cache = [torch.zeros(B, HKV, K, D, dtype=host.dtype, device=dev) for _ in range(2)]
@@ -72,20 +103,30 @@ def main():
         cnts = [torch.zeros(B, HKV, dtype=torch.int32, device=dev) for _ in range(2)]
         stats = torch.zeros(2, dtype=torch.int64, device=dev)
         ones, zeros = torch.ones(B, dtype=torch.int32, device=dev), torch.zeros(B, dtype=torch.int32, device=dev)
-        gather.gather_inplace(host, 0, slots, prev_idx, counts, rows_, ones, arrays[0][1], arrays[1][1], cnts[1],
+        gather.gather_inplace(host, layer, slots, prev_idx, counts, rows_, ones, arrays[0][1], arrays[1][1], cnts[1],
                               arrays[0][0], arrays[1][0], cnts[0], *cache, stats)  # the last step: all read
         out_bytes = 2 * ref_k.numel() * ref_k.element_size()
         cp_k, cp_v = torch.empty_like(ref_k), torch.empty_like(ref_v)
         t_copy = timeit(lambda: (cp_k.copy_(ref_k), cp_v.copy_(ref_v)), a.reps, flush)
-        rows.append(dict(hit_rate=rate, kind="device copy of the selection", time_us=t_copy * 1e6, bytes=2 * out_bytes))
-        print(f"hit rate {rate:.0%}: planted hits {planted}; device copy of the selection's rows: {t_copy * 1e6:.1f} us")
-        step = (host, 0, slots[order], idx[order], counts[order], rows_[order], zeros)
+        rows.append(dict(hit_rate=rate, layout=layout, kind="device copy of the selection", time_us=t_copy * 1e6,
+                         bytes=2 * out_bytes))
+        print(f"hit rate {rate:.0%}, {layout} pool of {a.layers} layers ({host.numel() / 2**30:.1f} GiB): planted hits {planted}; device copy of the selection's rows: {t_copy * 1e6:.1f} us")
+        if rate < 1:  # a bound: gather_uva reading only the misses, packed (no device-cache bookkeeping)
+            mk = torch.empty(B, HKV, COUNT, D, dtype=host.dtype, device=dev)
+            mv = torch.empty_like(mk)
+            t_uva = timeit(lambda: gather.gather_uva(host, layer, slots, *misses, out_k=mk, out_v=mv), a.reps, flush)
+            n_miss = int(misses[1].sum())
+            rows.append(dict(hit_rate=rate, layout=layout, kind="gather_uva of the misses alone", time_us=t_uva * 1e6,
+                             misses=n_miss))
+            print(f"  gather_uva of the {n_miss} misses alone, packed: {t_uva * 1e6:.1f} us "
+                  f"({n_miss * 2 * D / t_uva / 1e9:.1f} GB/s)")
+        step = (host, layer, slots[order], idx[order], counts[order], rows_[order], zeros)
         if old is not None:  # the old cache followed the batch: request order[i]'s last row was order[i]
             prev_row = order.int()
-            pk, pv = gather.gather_uva(host, 0, slots, prev_idx, counts)
+            pk, pv = gather.gather_uva(host, layer, slots, prev_idx, counts)
             ok_, ov_ = torch.empty_like(ref_k), torch.empty_like(ref_v)
             stats_old = torch.zeros(2, dtype=torch.int64, device=dev)
-            run_old = lambda: old.gather_cached(host, 0, slots[order], idx[order], counts[order], prev_row,  # noqa: E731
+            run_old = lambda: old.gather_cached(host, layer, slots[order], idx[order], counts[order], prev_row,  # noqa: E731
                                                 prev_idx, counts, pk, pv, stats_old, out_k=ok_, out_v=ov_)
         for tile, warps in itertools.product(a.tiles, a.warps):
             stats.zero_()
@@ -102,7 +143,7 @@ def main():
                 bad = (got[0].view(torch.uint8) != ref_k[order][:, :, :COUNT].view(torch.uint8)).any(-1)
                 print(f"    mismatched rows: {int(bad.sum())} of {bad.numel()}, first at {bad.nonzero()[0].tolist()}")
             failed += not ok
-            row = dict(hit_rate=rate, kind="gather_inplace", tile=tile, warps=warps, exact=ok, hits=hits)
+            row = dict(hit_rate=rate, layout=layout, layers=a.layers, kind="gather_inplace", tile=tile, warps=warps, exact=ok, hits=hits)
             if old is not None:
                 t, t_old = timeit_pair(run, run_old, a.reps, flush)
                 row["baseline_gather_cached_us"] = t_old * 1e6
@@ -114,16 +155,18 @@ def main():
                   + (f"  (baseline gather_cached, 32 x 4: {row['baseline_gather_cached_us']:.1f} us)" if old else "")
                   + f"  {'ok' if ok else 'MISMATCH'} hits {hits}/{planted}", flush=True)
     print(f"\n{torch.cuda.get_device_name()}: gather_inplace per layer (us), {B} requests x {HKV} KV heads x "
-          f"{COUNT} tokens, D={D}, fp8 pool; {failed} mismatches")
-    print(f"{'hit rate':<10}{'copy':>8}{'default (32, 4)':>16}{'best':>8}  best (tile, warps)" + ("  baseline" if old else ""))
-    for rate in a.hit_rates:
-        rs = [r for r in rows if r["hit_rate"] == rate and r["kind"] == "gather_inplace"]
-        copy = next(r for r in rows if r["hit_rate"] == rate and r["kind"] != "gather_inplace")
+          f"{COUNT} tokens, D={D}, fp8 pool of {a.layers} layers; {failed} mismatches")
+    print(f"{'hit rate':<10}{'pool':<13}{'copy':>8}{'default (32, 4)':>16}{'best':>8}{'misses GB/s':>12}  best (tile, warps)"
+          + ("  baseline" if old else ""))
+    for rate, layout in itertools.product(a.hit_rates, a.layouts):
+        rs = [r for r in rows if (r["hit_rate"], r["layout"]) == (rate, layout) and r["kind"] == "gather_inplace"]
+        copy = next(r for r in rows if (r["hit_rate"], r["layout"]) == (rate, layout) and r["kind"].startswith("device"))
         d = next((r for r in rs if (r["tile"], r["warps"]) == (32, 4)), None)
         best = min(rs, key=lambda r: r["time_us"])
+        miss_bytes = (B * HKV * COUNT - best["hits"]) * 2 * D  # K and V rows of one byte per element
         base = f"  {min(r['baseline_gather_cached_us'] for r in rs):.1f}" if old else ""
-        print(f"{rate:<10.0%}{copy['time_us']:>8.1f}{(d['time_us'] if d else float('nan')):>16.1f}"
-              f"{best['time_us']:>8.1f}  ({best['tile']}, {best['warps']}){base}")
+        print(f"{rate:<10.0%}{layout:<13}{copy['time_us']:>8.1f}{(d['time_us'] if d else float('nan')):>16.1f}"
+              f"{best['time_us']:>8.1f}{miss_bytes / best['time_us'] / 1e3:>12.1f}  ({best['tile']}, {best['warps']}){base}")
     save_rows("gather.json", rows)
     sys.exit(1 if failed else 0)
 

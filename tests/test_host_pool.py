@@ -60,3 +60,18 @@ def test_fp8_pool_stores_rounded_saturated_kv_and_reads_the_model_dtype():
     idx = torch.tensor([[0, 17, 40], [3, 33, 63]])
     gk, gv = pool.gather(1, slots, idx)
     assert gk.dtype == dt and torch.equal(gk[1, 1], k[33 // 16, 1, 33 % 16])
+
+
+def test_pool_is_head_major():
+    """The blocks of one (layer, keys or values, KV head) lie together, behind the logical
+    [slot, layer, 2, kv_head, token, dim] shape: a step's reads of one layer and head stay within a
+    small part of the pool (scattered zero-copy reads slow down as they spread)."""
+    g = KVGeometry(num_kv_heads=2, num_q_heads=4, head_dim=8, block_size=4, dtype=torch.float32)
+    pool = HostPool(5, 3, 2, 4, 8, torch.float32, create_scorer("exact-topk", g), torch.device("cpu"))
+    assert pool.kv.shape == (5, 3, 2, 2, 4, 8)
+    for layer in range(3):
+        for kv in range(2):
+            for h in range(2):
+                part = pool.kv[:, layer, kv, h]
+                assert part.is_contiguous()
+                assert part.data_ptr() == pool.kv.data_ptr() + (((layer * 2 + kv) * 2 + h) * 5 * 4 * 8) * 4

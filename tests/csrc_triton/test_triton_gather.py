@@ -5,6 +5,7 @@ from conftest import CUDA, INTERPRET
 
 triton = pytest.importorskip("triton")
 
+from vllm_kvoffload.host_pool import HostPool  # noqa: E402
 from vllm_kvoffload.ops.gather_ref import gather_ref  # noqa: E402
 from vllm_kvoffload.ops.triton_kernels import gather_copy_engine, gather_uva  # noqa: E402
 
@@ -13,13 +14,17 @@ if not INTERPRET:
     CASES += [(8, 8, 2, 16, 128, 5000, 300), (4, 4, 1, 32, 64, 999, 1000)]
 
 
-def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bfloat16):
+def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bfloat16, as_host_pool=True):
+    """as_host_pool: the pool laid out as HostPool does (head-major); else contiguous (slot-major)."""
     g = torch.Generator().manual_seed(seed)
     nblk = -(-max_cold // bs)
     S = B * nblk + 3
-    host = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
-    if CUDA:
-        host = host.pin_memory()
+    values = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
+    if as_host_pool:
+        host = HostPool.kv_tensor(S, L, Hkv, bs, D, pool_dtype, pin=CUDA)
+        host.copy_(values)
+    else:
+        host = values.pin_memory() if CUDA else values
     slots = torch.randperm(S, generator=g)[: B * nblk].view(B, nblk).int()
     lens = torch.randint(0, max_cold + 1, (B,), generator=g)
     idx = torch.zeros(B, Hkv, K, dtype=torch.int32)
@@ -46,10 +51,12 @@ def bits(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
 @pytest.mark.parametrize("path", ["uva-tensor", "uva-int", "copy-engine"])
 @pytest.mark.parametrize("pool", list(POOLS))
-def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool):
+@pytest.mark.parametrize("as_host_pool", [True, False], ids=["head-major", "slot-major"])
+def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool, as_host_pool):
     seed = torch.seed() % 2**31
     pool_dtype, out_dtype = POOLS[pool]
-    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype)
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype, as_host_pool)
+    assert host.is_contiguous() != as_host_pool
     layer = L - 1
     ok = torch.full((B, Hkv, K, D), float("nan"), dtype=out_dtype, device=device)
     ov = torch.full_like(ok, float("nan"))
