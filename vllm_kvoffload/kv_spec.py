@@ -61,7 +61,7 @@ class OffloadPlan:
 
 
 class HostSlotAllocator:
-    """Free list of host-pool slots (one slot holds one block of every layer)."""
+    """Free list of host-pool slots (one slot holds one block of every layer; HostPool stores them head-major)."""
 
     def __init__(self, num_slots: int):
         self.num_slots = num_slots
