@@ -37,18 +37,6 @@ def test_policy_captures_a_shape_on_its_second_step_and_keeps_one_shape():
     assert len(made) == 1
 
 
-def test_policy_does_not_retry_a_shape_whose_graphs_were_refused():
-    policy, calls = GraphPolicy(), []
-
-    def refuse(key):
-        calls.append(key)
-        return None
-
-    for _ in range(4):
-        assert policy.for_step("big", refuse) is None
-    assert calls == ["big"]  # asked once, on the shape's second step
-
-
 def test_policy_drops_a_shape_whose_capture_failed_and_does_not_retry_it():
     policy, made = GraphPolicy(), []
 

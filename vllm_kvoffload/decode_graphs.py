@@ -88,22 +88,19 @@ class GraphPolicy:
     def __init__(self):
         self.current: DecodeGraphs | None = None
         self.last_key: tuple | None = None
-        self.refused: tuple | None = None  # the last shape refused (memory, or a failed capture)
+        self.failed_key: tuple | None = None  # the last shape whose capture failed: not captured again
 
-    def for_step(self, key: tuple | None, make: Callable[[tuple], DecodeGraphs | None]) -> DecodeGraphs | None:
-        """The graphs of this step (``key`` None: none), made by ``make(key)`` on a shape's second step
-        (``make`` may refuse: None)."""
+    def for_step(self, key: tuple | None, make: Callable[[tuple], DecodeGraphs]) -> DecodeGraphs | None:
+        """The graphs of this step (``key`` None: none), made by ``make(key)`` on a shape's second step."""
         last, self.last_key = self.last_key, key
         if key is None:
             self.current = None
             return None
         if self.current is not None and self.current.failed:
-            self.refused, self.current = self.current.key, None  # a failed capture is not retried
+            self.failed_key, self.current = self.current.key, None  # a failed capture is not retried
         if self.current is not None and self.current.key == key:
             return self.current
         self.current = None  # a new shape: the old graphs go
-        if key == last and key != self.refused:
+        if key == last and key != self.failed_key:
             self.current = make(key)
-            if self.current is None:
-                self.refused = key
         return self.current
