@@ -80,10 +80,11 @@ def main():
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--hit-rates", type=float, nargs="+", default=[1.0, 0.9, 0.3])
     p.add_argument("--layers", type=int, default=1,
-                   help="layers in the pool (the engine's: 32); one layer's rows spread over 1/layers of a "
-                        "slot-major pool, and lie together in a layer-major one")
+                   help="layers in the pool (the engine's: 32); one layer's rows spread over the whole of a "
+                        "slot-major pool, and lie together in a head-major or layer-major one")
     p.add_argument("--layouts", nargs="+", default=["head-major"], choices=list(LAYOUTS),
-                   help="pool layouts to time: HostPool's (head-major), layer-major, and slot-major (before session 25)")
+                   help="pool layouts to time: HostPool's (head-major), layer-major, "
+                        "and slot-major (before session 25)")
     p.add_argument("--baseline", help="another checkout's root: time its gather_cached too, paired")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_gather.py", "tests/csrc_triton/test_triton_gather.py")
@@ -110,8 +111,9 @@ def main():
         t_copy = timeit(lambda: (cp_k.copy_(ref_k), cp_v.copy_(ref_v)), a.reps, flush)
         rows.append(dict(hit_rate=rate, layout=layout, kind="device copy of the selection", time_us=t_copy * 1e6,
                          bytes=2 * out_bytes))
-        print(f"hit rate {rate:.0%}, {layout} pool of {a.layers} layers ({host.numel() / 2**30:.1f} GiB): planted hits {planted}; device copy of the selection's rows: {t_copy * 1e6:.1f} us")
-        if rate < 1:  # a bound: gather_uva reading only the misses, packed (no device-cache bookkeeping)
+        print(f"hit rate {rate:.0%}, {layout} pool of {a.layers} layers ({host.numel() / 2**30:.1f} GiB): "
+              f"planted hits {planted}; device copy of the selection's rows: {t_copy * 1e6:.1f} us")
+        if rate < 1:  # a bound: gather_uva reading only the misses, packed (no device-cache bookkeeping; not checked)
             mk = torch.empty(B, HKV, COUNT, D, dtype=host.dtype, device=dev)
             mv = torch.empty_like(mk)
             t_uva = timeit(lambda: gather.gather_uva(host, layer, slots, *misses, out_k=mk, out_v=mv), a.reps, flush)
@@ -143,7 +145,8 @@ def main():
                 bad = (got[0].view(torch.uint8) != ref_k[order][:, :, :COUNT].view(torch.uint8)).any(-1)
                 print(f"    mismatched rows: {int(bad.sum())} of {bad.numel()}, first at {bad.nonzero()[0].tolist()}")
             failed += not ok
-            row = dict(hit_rate=rate, layout=layout, layers=a.layers, kind="gather_inplace", tile=tile, warps=warps, exact=ok, hits=hits)
+            row = dict(hit_rate=rate, layout=layout, layers=a.layers, kind="gather_inplace", tile=tile, warps=warps,
+                       exact=ok, hits=hits)
             if old is not None:
                 t, t_old = timeit_pair(run, run_old, a.reps, flush)
                 row["baseline_gather_cached_us"] = t_old * 1e6
