@@ -284,13 +284,27 @@ def topk_probe(step_ms: float, reps: int = 30) -> dict:
             "step_ms_with_softmax_rows_est": step_ms + layers * (t_soft - t_one) * 1e3}
 
 
+def synthetic_misses_from_env(offload: str | None) -> float | None:
+    """--synthetic-miss-rates: the parent puts one rate in the environment; an offload child
+    wraps its scorer before the engine starts (vllm_kvoffload/bench/synthetic_misses.py)."""
+    from vllm_kvoffload.bench import synthetic_misses
+
+    rate = os.environ.get(synthetic_misses.ENV)
+    if not offload or rate is None:
+        return None
+    synthetic_misses.install(float(rate))
+    return float(rate)
+
+
 def child_throughput(model: str, n: int, context: int, offload: str | None, gpu_util: float, steps: int,
                      graphs: bool, decode_graphs_ab: bool = False) -> None:
     """Decode tok/s of the full batch over ``steps`` steady steps; fetch counters over them.
     ``decode_graphs_ab``: then ``steps`` more with the offloaded decode eager and ``steps`` with
     its graphs again (same process and requests: the A/B of the decode graphs, no machine noise)."""
+    miss_rate = synthetic_misses_from_env(offload)
     eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
     out = eng.summary(eng.timed(steps))
+    out["synthetic_miss_rate"] = miss_rate
     if decode_graphs_ab:
         for tag, on in (("eager", False), ("graphs_again", True)):
             set_decode_graphs(eng, on)
@@ -311,6 +325,7 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
     import io
     import pstats
 
+    miss_rate = synthetic_misses_from_env(offload)
     eng = SteadyEngine(model, n, context, offload, gpu_util, out_tokens=512, graphs=graphs)
     plain = eng.timed(steps)
     profiled, ka, kernel_ms = timed_under_profiler(eng, steps)
@@ -324,7 +339,8 @@ def child_profile(model: str, n: int, context: int, offload: str | None, gpu_uti
     pstats.Stats(pr, stream=text).sort_stats("cumulative").print_stats(60)
     pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(40)
     (OUT / f"profile-{tag}-python.txt").write_text(text.getvalue())
-    print(json.dumps({"tag": tag, **eng.summary(plain), "steps": steps, "step_ms_under_torch_profiler": 1e3 * profiled,
+    print(json.dumps({"tag": tag, **eng.summary(plain), "synthetic_miss_rate": miss_rate,
+                      "steps": steps, "step_ms_under_torch_profiler": 1e3 * profiled,
                       "kernel_ms_per_step": kernel_ms, "step_ms_under_cprofile": 1e3 * cprof}))
 
 
@@ -351,9 +367,20 @@ def profile_steps(args) -> dict:
                      offload_settings(args, scorer, args.budgets[0]),
                      str(args.offload_gpu_util)))
     graphs = "1" if args.cuda_graphs else ""
+    set_synthetic_miss_rate((args.synthetic_miss_rates or [None])[0])  # stock ignores it
     results = [run_child(["_profile", str(model), str(n), str(args.context), c, util, str(args.steps), tag, graphs],
                          600) for tag, n, c, util in runs]
     return {"device": torch.cuda.get_device_name(), "results": results}
+
+
+def set_synthetic_miss_rate(rate: float | None) -> None:
+    """The rate the next offload child reads (vllm_kvoffload/bench/synthetic_misses.py), or none."""
+    from vllm_kvoffload.bench import synthetic_misses
+
+    if rate is None:
+        os.environ.pop(synthetic_misses.ENV, None)
+    else:
+        os.environ[synthetic_misses.ENV] = str(rate)
 
 
 def throughput(args) -> dict:
@@ -370,7 +397,9 @@ def throughput(args) -> dict:
     stock.update(config="stock", budget=None, device=device, context=args.context, cuda_graphs=args.cuda_graphs)
     results = [stock]
     variants = [(b, True) for b in args.budgets] + ([(args.budgets[0], False)] if args.no_cache_too else [])
-    for scorer, (budget, cache) in itertools.product(args.scorers or [args.scorer], variants):
+    for scorer, (budget, cache), rate in itertools.product(args.scorers or [args.scorer], variants,
+                                                           args.synthetic_miss_rates or [None]):
+        set_synthetic_miss_rate(rate)
         r = run_child(["_throughput", str(model), str(args.offload_requests), str(args.context),
                        offload_settings(args, scorer, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs,
                        "1" if args.decode_graphs_ab else ""], 600)
@@ -381,7 +410,8 @@ def throughput(args) -> dict:
         if "decode_tok_s" in r and stock.get("decode_tok_s"):
             r["speedup_vs_stock"] = r["decode_tok_s"] / stock["decode_tok_s"]
         results.append(r)
-        print(json.dumps({k: r.get(k) for k in ("budget", "device_cache", "decode_tok_s", "speedup_vs_stock", "error")}),
+        print(json.dumps({k: r.get(k) for k in ("budget", "device_cache", "synthetic_miss_rate", "decode_tok_s",
+                                                 "speedup_vs_stock", "error")}),
               flush=True)
     return {"device": device, "command": " ".join(sys.argv), "results": results}
 
@@ -418,6 +448,10 @@ def main() -> None:
         q.add_argument("--host-kv-dtype", choices=("auto", "fp8"), default="auto",
                        help="offloaded K/V in the model's dtype, or fp8 (twice the requests per GiB)")
         q.add_argument("--scorer", default="exact-topk")
+        q.add_argument("--synthetic-miss-rates", type=float, nargs="+", metavar="RATE",
+                       help="dummy weights never miss the device cache; redraw this share of a random token "
+                            "ranking per step so that selections change (about 1 - RATE of hits), one offload "
+                            "run per rate (profile: the first); vllm_kvoffload/bench/synthetic_misses.py")
         q.add_argument("--budgets", type=float, nargs="+", default=[0.03])
         q.add_argument("--steps", type=int, default=8 if q is p else 32, help="timed steady steps")
         q.add_argument("--cuda-graphs", action="store_true", help="let vLLM capture CUDA graphs (both engines)")
@@ -429,6 +463,9 @@ def main() -> None:
                    help="in each offload engine, also time --steps steps with the offloaded decode eager, "
                         "then with its CUDA graphs again (step_ms_decode_eager, step_ms_decode_graphs_again)")
     args = parser.parse_args()
+    bad = [r for r in getattr(args, "synthetic_miss_rates", None) or [] if not 0.0 <= r <= 1.0]
+    if bad:
+        parser.error(f"--synthetic-miss-rates {bad[0]}: accepted 0 to 1 (the share of the ranking redrawn per step)")
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"correctness": correctness, "throughput": throughput, "profile": profile_steps}[args.cmd](args)
     (OUT / f"{args.cmd}.json").write_text(json.dumps(report, indent=1))

@@ -1,0 +1,63 @@
+"""Synthetic device-cache misses for the GPU throughput benchmark (dummy weights only).
+
+The dummy-weight model gives every cold token of a row the same mass, so its selection never
+changes and the device cache hits 100%: the benchmark never reads the host pool at decode. A
+trained model hits 31-44% at a 3% budget (docs/performance.md), so its step pays for misses
+that the benchmark does not see.
+
+``SyntheticMisses`` wraps a scorer's ``score_batched``. It adds to the masses a random rank per
+(layer, request, KV head, token), kept between calls, and redraws a share ``rate`` of the ranks
+at every call. Equal masses are then ordered by rank. The top-k keeps about
+``1 - rate * (1 - budget)`` of the last selection, and the gather reads the rest over PCIe.
+On a trained model the ranks would swamp its masses, so this is for the dummy model only.
+
+Graph-safe: one rank buffer per (layer, shape), made on the shape's first (eager) step, and the
+redraw is device RNG with no host sync, so the runtime's decode graphs capture it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ENV = "KVOFFLOAD_BENCH_MISS_RATE"  # the benchmark's children read the rate from here
+
+
+class SyntheticMisses:
+    def __init__(self, score_batched, rate: float):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"synthetic miss rate {rate!r}: accepted 0 to 1 (the share of ranks redrawn per step)")
+        self.inner = score_batched
+        self.rate = rate
+        self.ranks: dict[tuple, torch.Tensor] = {}  # (layer's summaries, mass shape) -> rank in [0, 1)
+
+    def __call__(self, query, summaries, cold_slots, cold_lens, scale):
+        mass = self.inner(query, summaries, cold_slots, cold_lens, scale)
+        key = (summaries.data_ptr(), tuple(mass.shape))
+        rank = self.ranks.get(key)
+        if rank is None:
+            rank = self.ranks[key] = torch.rand(mass.shape, device=mass.device, dtype=mass.dtype)
+        else:
+            redraw = torch.rand_like(rank) < self.rate
+            rank.copy_(torch.where(redraw, torch.rand_like(rank), rank))
+        return mass + rank  # -inf (past a row's cold tokens) stays -inf
+
+
+def install(rate: float) -> None:
+    """Wrap every scorer the offload runtime of this process creates from now on."""
+    from vllm_kvoffload import runtime
+
+    create = runtime.create_scorer
+
+    def create_with_misses(*args, **kwargs):
+        scorer = create(*args, **kwargs)
+        scorer.score_batched = SyntheticMisses(scorer.score_batched, rate)
+        return scorer
+
+    create_with_misses.unwrapped = create
+    runtime.create_scorer = create_with_misses
+
+
+def uninstall() -> None:
+    from vllm_kvoffload import runtime
+
+    runtime.create_scorer = getattr(runtime.create_scorer, "unwrapped", runtime.create_scorer)
