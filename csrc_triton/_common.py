@@ -61,7 +61,9 @@ def mma(a, b, F32: tl.constexpr):
 # last program of a group finishes the group's work (top-k's segments, sparse decode's split-K
 # merge), and scratch. Invariants: launches on one device never overlap in time (the runtime runs
 # them on one stream), or two launches would share a buffer; the arrival counters are all zero
-# between launches (each group's last program resets its own).
+# between launches (each group's last program resets its own). A buffer that grows frees the old
+# one, so a CUDA graph must not outlive a grow: the runtime's decode graphs are per step shape,
+# dropped before a new shape's first (eager) step, which is where a grow happens.
 _BUFFERS: dict[tuple[str, torch.device], torch.Tensor] = {}
 
 

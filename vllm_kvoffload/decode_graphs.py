@@ -48,7 +48,8 @@ class DecodeGraphs:
     def run(self, layer: int, fn: LayerFn, query: torch.Tensor, output: torch.Tensor, parity: int) -> None:
         """The layer's decode for this step (which writes the cache's ``parity``) into ``output``."""
         if self.failed:  # the rest of a step whose capture failed
-            return fn(query, output, parity)
+            fn(query, output, parity)
+            return
         graph = self.graphs.get((layer, parity))
         if graph is None:  # the capture step: run eagerly, then capture both parities
             if self.query is None:
@@ -62,11 +63,10 @@ class DecodeGraphs:
                 self.failed = f"{type(err).__name__}: {first_line}"
                 logger.warning("kv_offload: offloaded decode stays eager for this step shape: capturing "
                                "its CUDA graph failed (%s)", self.failed)
-            return None  # this step's output and cache are complete either way
+            return  # this step's output and cache are complete either way
         self.query.copy_(query)
         graph.replay()
         output.copy_(self.output)
-        return None
 
     def _capture(self, fn: LayerFn, parity: int) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()

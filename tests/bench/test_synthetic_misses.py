@@ -35,14 +35,19 @@ def test_selection_keeps_about_one_minus_rate(rate):
     assert abs(sum(kept) / len(kept) - expect) < 0.05, (kept, expect)
 
 
-def test_one_rank_buffer_per_layer_and_shape():
+def test_one_rank_buffer_per_layer_replaced_on_a_new_shape():
     inner, _ = equal_masses()
     scorer = SyntheticMisses(inner, 0.5)
     a, b = torch.zeros(1), torch.zeros(1)
     first_a = scorer(None, a, None, None, 1.0)
     scorer(None, b, None, None, 1.0)
     assert len(scorer.ranks) == 2
+    kept = scorer.ranks[a.data_ptr()]
     assert not torch.equal(first_a, scorer(None, a, None, None, 1.0))  # redrawn in place at the next call
+    assert scorer.ranks[a.data_ptr()] is kept
+    scorer.inner, _ = equal_masses(n=5000)  # the step shape grew
+    scorer(None, a, None, None, 1.0)
+    assert len(scorer.ranks) == 2 and scorer.ranks[a.data_ptr()].shape[-1] == 5000
 
 
 def test_bad_rate_is_refused():

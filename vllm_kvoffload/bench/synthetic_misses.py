@@ -11,8 +11,9 @@ at every call. Equal masses are then ordered by rank. The top-k keeps about
 ``1 - rate * (1 - budget)`` of the last selection, and the gather reads the rest over PCIe.
 On a trained model the ranks would swamp its masses, so this is for the dummy model only.
 
-Graph-safe: one rank buffer per (layer, shape), made on the shape's first (eager) step, and the
-redraw is device RNG with no host sync, so the runtime's decode graphs capture it.
+Graph-safe: one rank buffer per layer, replaced when the mass's shape changes (the runtime's decode
+graphs are per step shape and are dropped then too), made on the shape's first (eager) step; the
+redraw is device RNG with no host sync, so the graphs capture it.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ class SyntheticMisses:
             raise ValueError(f"synthetic miss rate {rate!r}: accepted 0 to 1 (the share of ranks redrawn per step)")
         self.inner = score_batched
         self.rate = rate
-        self.ranks: dict[tuple, torch.Tensor] = {}  # (layer's summaries, mass shape) -> rank in [0, 1)
+        self.ranks: dict[int, torch.Tensor] = {}  # layer (its summaries' address) -> rank in [0, 1)
 
     def __call__(self, query, summaries, cold_slots, cold_lens, scale):
         mass = self.inner(query, summaries, cold_slots, cold_lens, scale)
-        key = (summaries.data_ptr(), tuple(mass.shape))
-        rank = self.ranks.get(key)
-        if rank is None:
-            rank = self.ranks[key] = torch.rand(mass.shape, device=mass.device, dtype=mass.dtype)
+        rank = self.ranks.get(summaries.data_ptr())
+        if rank is None or rank.shape != mass.shape:  # a new step shape: a fresh ranking
+            rank = self.ranks[summaries.data_ptr()] = torch.rand(mass.shape, device=mass.device, dtype=mass.dtype)
         else:
             redraw = torch.rand_like(rank) < self.rate
             rank.copy_(torch.where(redraw, torch.rand_like(rank), rank))
