@@ -137,7 +137,7 @@ def gather_copy_engine(host_kv, layer, cold_slots_cpu, idx, counts, out_k=None, 
     slot = cold_slots_cpu.long().gather(1, (i // BS).view(B, -1)).view(B, Hkv, K)
     h = torch.arange(Hkv)[None, :, None]
     # row of key (slot, layer, 0, h, tok) in the pool's storage viewed as rows of D (any layout
-    # whose rows are contiguous: the host pool is head-major)
+    # whose rows are contiguous: the host pool is head-major, [layer, head, slot, K|V, token, dim])
     st = [x // D for x in host_kv.stride()[:5]]
     assert host_kv.stride(-1) == 1 and all(x % D == 0 for x in host_kv.stride()[:5])
     row = slot * st[0] + layer * st[1] + h * st[3] + (i % BS) * st[4]

@@ -10,8 +10,9 @@ holds its pool row bit for bit (against gather_uva, itself tested against the to
 and the hit counter equals the planted hits; then timed with CUDA events (median of --reps, L2
 flushed). ``--baseline ROOT``: also time that checkout's gather_cached (the device cache before
 session 24: every token copied into a new buffer), paired. ``--layers 8 --layouts head-major
-layer-major slot-major``: a pool of 8 layers (16 GiB) in the host pool's layout (head-major) and
-two others; the rows of one layer and KV head then spread over 128 MiB, 2 GiB and 16 GiB of
+head-major-kv-outer layer-major slot-major``: a pool of 8 layers (16 GiB) in the host pool's layout
+(head-major: [layer, head, slot, K|V, token, D]) and three others; the rows of one layer and KV head
+then spread over 256 MiB, 2 x 128 MiB (K and V apart, session 25's pool), 2 GiB and 16 GiB of
 pinned memory.
 
     python examples/gpu_gather.py [--layers 8 --layouts head-major layer-major slot-major] [--baseline ROOT]
@@ -37,7 +38,8 @@ COLD = 32768 - 288  # cold tokens per request
 
 
 LAYOUTS = {  # the order the pool [slot, layer, 2, KV head, token, D] is stored in
-    "head-major": (1, 2, 3, 0, 4, 5),   # HostPool's since session 25: [layer, 2, head, slot, ...]
+    "head-major": (1, 3, 0, 2, 4, 5),   # HostPool's since session 26: [layer, head, slot, 2, ...]
+    "head-major-kv-outer": (1, 2, 3, 0, 4, 5),  # session 25's: [layer, 2, head, slot, ...]
     "layer-major": (1, 0, 2, 3, 4, 5),  # [layer, slot, 2, head, ...]
     "slot-major": (0, 1, 2, 3, 4, 5),   # before session 25: a slot holds its block of every layer
 }
@@ -83,8 +85,8 @@ def main():
                    help="layers in the pool (the engine's: 32); one layer's rows spread over the whole of a "
                         "slot-major pool, and lie together in a head-major or layer-major one")
     p.add_argument("--layouts", nargs="+", default=["head-major"], choices=list(LAYOUTS),
-                   help="pool layouts to time: HostPool's (head-major), layer-major, "
-                        "and slot-major (before session 25)")
+                   help="pool layouts to time: HostPool's (head-major), session 25's (head-major-kv-outer: "
+                        "a token's K and V rows in different pages), layer-major, and slot-major (before session 25)")
     p.add_argument("--baseline", help="another checkout's root: time its gather_cached too, paired")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_gather.py", "tests/csrc_triton/test_triton_gather.py")

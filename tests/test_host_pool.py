@@ -63,15 +63,17 @@ def test_fp8_pool_stores_rounded_saturated_kv_and_reads_the_model_dtype():
 
 
 def test_pool_is_head_major():
-    """The blocks of one (layer, keys or values, KV head) lie together, behind the logical
-    [slot, layer, 2, kv_head, token, dim] shape: a step's reads of one layer and head stay within a
-    small part of the pool (scattered zero-copy reads slow down as they spread)."""
+    """The blocks of one (layer, KV head) lie together, a block's keys just before its values, behind
+    the logical [slot, layer, 2, kv_head, token, dim] shape: a step's reads of one layer and head stay
+    within a small part of the pool (scattered zero-copy reads slow down as they spread), and a
+    token's K and V rows share a page (misses are bound by address translations)."""
     g = KVGeometry(num_kv_heads=2, num_q_heads=4, head_dim=8, block_size=4, dtype=torch.float32)
     pool = HostPool(5, 3, 2, 4, 8, torch.float32, create_scorer("exact-topk", g), torch.device("cpu"))
     assert pool.kv.shape == (5, 3, 2, 2, 4, 8)
     for layer in range(3):
-        for kv in range(2):
-            for h in range(2):
-                part = pool.kv[:, layer, kv, h]
-                assert part.is_contiguous()
-                assert part.data_ptr() == pool.kv.data_ptr() + (((layer * 2 + kv) * 2 + h) * 5 * 4 * 8) * 4
+        for h in range(2):
+            part = pool.kv[:, layer, :, h]  # [slot, 2, token, dim]
+            assert part.is_contiguous()
+            assert part.data_ptr() == pool.kv.data_ptr() + ((layer * 2 + h) * 5 * 2 * 4 * 8) * 4
+            # a token's value row is one block of keys (4 tokens x 8) after its key row
+            assert pool.kv[3, layer, 1, h, 2].data_ptr() - pool.kv[3, layer, 0, h, 2].data_ptr() == 4 * 8 * 4

@@ -2,11 +2,16 @@
 
 One host slot holds one block of every offloaded layer:
     kv[slot, layer, 0 | 1, kv_head, token, dim]   (0 = keys, 1 = values)
-That is the logical shape; in memory the pool is head-major (``kv_tensor``): the blocks of
-one (layer, keys or values, KV head) lie together, so a decode step's reads of one layer and
-head stay within 1/(2 x num_layers x num_kv_heads) of the pool. Zero-copy reads of scattered
-rows slow down as they spread: on an H100, 41 GB/s within 256 MB, 24 GB/s over 1 GB and
-10 GB/s over 4 GB (docs/performance.md, session 25).
+That is the logical shape; in memory the pool is head-major (``kv_tensor``), stored as
+[layer, kv_head, slot, 0 | 1, token, dim]:
+- the blocks of one (layer, KV head) lie together, so a decode step's reads of one layer and head
+  stay within 1/(num_layers x num_kv_heads) of the pool. Zero-copy reads of scattered rows slow
+  down as they spread: on an H100, 41 GB/s within 256 MB, 24 GB/s over 1 GB and 10 GB/s over
+  4 GB (docs/performance.md, session 25);
+- a block's keys and values are adjacent (2 x block_size x dim elements), so a token's K and V rows
+  lie in one 4 KiB page. Where few of the selected tokens miss the device cache, the reads are
+  bound by address translations, not bytes: one page per miss instead of two read the misses
+  1.3-1.5x faster (docs/performance.md, session 26).
 and ``summaries[layer][slot]`` is the scorer's compact summary of that block,
 kept in the device tier. Slots are assigned by the scheduler's
 ``HostSlotAllocator``; this class only stores and reads.
@@ -46,10 +51,10 @@ class HostPool:
     @staticmethod
     def kv_tensor(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int,
                   dtype: torch.dtype, pin: bool) -> torch.Tensor:
-        """The pool [slot, layer, 2, kv_head, token, dim], stored head-major:
-        ``kv[:, layer, kv, head]`` is contiguous. Empty, not zeros: pages are touched only as slots fill."""
+        """The pool [slot, layer, 2, kv_head, token, dim], stored [layer, kv_head, slot, 2, token, dim]:
+        ``kv[:, layer, :, head]`` is contiguous. Empty, not zeros: pages are touched only as slots fill."""
         S, L, two, H, BS, D = HostPool.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim)
-        return torch.empty(L, two, H, S, BS, D, dtype=dtype, pin_memory=pin).permute(3, 0, 1, 2, 4, 5)
+        return torch.empty(L, H, S, two, BS, D, dtype=dtype, pin_memory=pin).permute(2, 0, 3, 1, 4, 5)
 
     @property
     def num_slots(self) -> int:
