@@ -1,0 +1,153 @@
+"""How often would a device cache hit on the trained model? Replays exact-topk's selections of
+held-out samples at 8K (teacher-forced answers, torch on CPU) through cache policies, per layer and
+KV head, and prints the hit rate and the rows read from the host per step.
+
+Selection, as the engine makes it: sinks (16 tokens) and the last `window` tokens stay dense; of the
+other (cold) tokens, the top ceil(budget x length) per KV head by softmax mass summed over the GQA
+group. Masses come from the full-attention forward (the engine's come from its sparse forward, which
+differs slightly).
+
+Policies, each per (layer, KV head), capacity counted in tokens:
+  last     the cache holds last step's selection (the engine's in-place cache since session 24);
+  lru-M    M x the budget, least recently selected evicted (M = 1 is `last` with leftovers kept);
+  ahead-D  `last` plus, for each selected token, the D tokens after it, read as well (prefetch:
+           counted as host rows read, and as hits when selected next step).
+Usage: python docs/results/cache/cache_sim.py [MODEL] [--samples N] [--budget 0.03] [--out F.json]"""
+import argparse, json, math, sys
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+
+from vllm_kvoffload.bench import needle, text2json
+from vllm_kvoffload.training import data
+from vllm_kvoffload.training import model as M
+
+ap = argparse.ArgumentParser()
+ap.add_argument("model", nargs="?", default="vllm_kvoffload/models/kvoffload-tiny")
+ap.add_argument("--samples", type=int, default=4)
+ap.add_argument("--context", type=int, default=8192)
+ap.add_argument("--budget", type=float, default=0.03)
+ap.add_argument("--sink", type=int, default=16)
+ap.add_argument("--window", type=int, default=256)
+ap.add_argument("--tasks", nargs="+", default=["text2json", "needle"])
+ap.add_argument("--out", default=None)
+args = ap.parse_args()
+torch.set_num_threads(2)
+
+SELECTIONS = []  # per layer: [Hkv, steps] lists of token-index sets, filled by the forward below
+
+
+def forward(self, x, cos, sin, cache=None):
+    B, T, _ = x.shape
+    c = self.cfg
+    rep = c.heads // c.kv_heads
+    q = self.q_proj(x).view(B, T, c.heads, c.head_dim).transpose(1, 2)
+    k = self.k_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+    v = self.v_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
+    q, k = M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin)
+    kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+    a0 = self.answer_from
+    t = torch.arange(a0, T).unsqueeze(1)
+    j = torch.arange(T).unsqueeze(0)
+    cold = (j <= t) & (j >= args.sink) & (j <= t - args.window)
+    logits = (q[0, :, a0:] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5  # [H, Ta, T]
+    mass = logits.masked_fill(~cold, float("-inf")).softmax(-1).nan_to_num(0.0)
+    mass = mass.view(c.kv_heads, rep, T - a0, T).sum(1)
+    kmax = math.ceil(args.budget * T)
+    top = mass.topk(kmax, -1).indices  # [Hkv, Ta, kmax]
+    sel = []
+    for h in range(c.kv_heads):
+        sel.append([set(top[h, s, :math.ceil(args.budget * (a0 + s + 1))].tolist()) for s in range(T - a0)])
+    SELECTIONS.append(sel)
+    return self.o_proj(out.transpose(1, 2).reshape(B, T, c.heads * c.head_dim))
+
+
+M.Attention.forward = forward
+
+
+def load(path):
+    from safetensors.torch import load_file
+    m = M.LlamaLM(M.ModelConfig())
+    m.load_state_dict({k: v.float() for k, v in load_file(path + "/model.safetensors").items()})
+    return m.eval()
+
+
+def replay(steps, policy):
+    """(hits, selected, host rows read) of one (layer, KV head)'s selections under a policy."""
+    kind, _, arg = policy.partition("-")
+    hits = selected = read = 0
+    lru = OrderedDict()
+    prev = set()
+    for s in steps:
+        if kind == "last":
+            cached = prev
+        elif kind == "ahead":
+            cached = prev | {i + d for i in prev for d in range(1, int(arg) + 1)}
+        else:
+            cached = lru
+        h = sum(1 for i in s if i in cached)
+        hits += h
+        selected += len(s)
+        read += len(s) - h
+        if kind == "ahead":  # the prefetched rows that were not already selected last step
+            read += len(cached) - len(prev)
+        if kind == "lru":
+            cap = float(arg) * len(s)
+            for i in sorted(s):
+                lru.pop(i, None)
+                lru[i] = True
+            while len(lru) > cap:
+                lru.popitem(last=False)
+        prev = s
+    return hits, selected, read
+
+
+POLICIES = ["last", "lru-1.5", "lru-2", "lru-4", "lru-8", "ahead-1", "ahead-2"]
+model = load(args.model)
+report = {"model": args.model, "budget": args.budget, "context": args.context, "sink": args.sink,
+          "window": args.window, "tasks": {}}
+for task in args.tasks:
+    gen = text2json if task == "text2json" else needle
+    kw = {"max_entities": data.MAX_ENTITIES} if task == "text2json" else {}
+    samples = gen.generate(args.samples, args.context, 0, data.count_bytes, **kw)
+    totals = {p: [0, 0, 0] for p in POLICIES}
+    per_layer = {p: {} for p in POLICIES}
+    steps_total = 0
+    for n, s in enumerate(samples):
+        p = data.encode_prompt(s["prompt"])
+        gold = data.text2json_answer(s) if task == "text2json" else data.needle_answer(s)
+        ids = p + list(gold.encode())
+        for mod in model.modules():
+            if isinstance(mod, M.Attention):
+                mod.answer_from = len(p)
+        SELECTIONS.clear()
+        with torch.no_grad():
+            model(torch.tensor([ids]))
+        steps_total += len(ids) - len(p)
+        for pol in POLICIES:
+            for layer, heads in enumerate(SELECTIONS):
+                for steps in heads:
+                    r = replay(steps, pol)
+                    acc = per_layer[pol].setdefault(layer, [0, 0])
+                    acc[0] += r[0]
+                    acc[1] += r[1]
+                    for i in range(3):
+                        totals[pol][i] += r[i]
+        print(f"{task} sample {n + 1}/{len(samples)}: {len(p)} prompt tokens, {len(ids) - len(p)} answer tokens",
+              file=sys.stderr, flush=True)
+    rows = {}
+    for pol, (h, sel, read) in totals.items():
+        rows[pol] = {"hit_rate": h / sel, "host_rows_per_selected": read / sel,
+                     "hit_rate_per_layer": [round(a / b, 4) for _, (a, b) in sorted(per_layer[pol].items())]}
+    report["tasks"][task] = {"samples": args.samples, "answer_steps": steps_total, "policies": rows}
+
+print(f"| task | policy | hit rate | host rows read per selected row | hit rate per layer |")
+print("| --- | --- | --- | --- | --- |")
+for task, t in report["tasks"].items():
+    for pol, r in t["policies"].items():
+        print(f"| {task} | {pol} | {r['hit_rate']:.3f} | {r['host_rows_per_selected']:.3f} | "
+              + " ".join(f"{x:.2f}" for x in r["hit_rate_per_layer"]) + " |")
+if args.out:
+    json.dump(report, open(args.out, "w"), indent=1)
