@@ -83,15 +83,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
 
-    def forward(self, x, cos, sin, cache: dict | None = None):
-        """With ``cache`` (keys "k", "v": [B, Hkv, T_past, D]) the new keys are appended and
-        attention covers past + new tokens; the new tokens attend causally among themselves."""
+    def rotated_qkv(self, x, cos, sin):
+        """q [B, heads, T, D] and k, v [B, kv_heads, T, D] of x [B, T, hidden], q and k rotated."""
         B, T, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).view(B, T, c.heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, cache: dict | None = None):
+        """With ``cache`` (keys "k", "v": [B, Hkv, T_past, D]) the new keys are appended and
+        attention covers past + new tokens; the new tokens attend causally among themselves."""
+        B, T, _ = x.shape
+        c = self.cfg
+        q, k, v = self.rotated_qkv(x, cos, sin)
         past = 0
         if cache is not None:
             if "k" in cache:

@@ -42,10 +42,7 @@ def forward(self, x, cos, sin, cache=None):
     B, T, _ = x.shape
     c = self.cfg
     rep = c.heads // c.kv_heads
-    q = self.q_proj(x).view(B, T, c.heads, c.head_dim).transpose(1, 2)
-    k = self.k_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
-    v = self.v_proj(x).view(B, T, c.kv_heads, c.head_dim).transpose(1, 2)
-    q, k = M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin)
+    q, k, v = self.rotated_qkv(x, cos, sin)
     kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
     a0 = self.answer_from
