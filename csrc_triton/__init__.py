@@ -8,6 +8,7 @@ signature of its pure-torch reference in ``vllm_kvoffload/ops/*_ref.py``:
 * ``quantize``: keys -> fp8 e4m3 with a per-(token, head) fp32 scale, and back;
 * ``topk``: top-k per (request, KV head) by radix bisection on the fp32 bits;
 * ``gather``: selected cold tokens from the pinned host pool (UVA kernel / copy engine).
+* ``synthetic_ranks``: the GPU benchmark's synthetic ranking (redraw a share, add to the masses) in one pass.
 
 Importing this package does not import triton; the submodules do.
 """

@@ -13,12 +13,15 @@ On a trained model the ranks would swamp its masses, so this is for the dummy mo
 
 Graph-safe: one rank buffer per layer, replaced when the mass's shape changes (the runtime's decode
 graphs are per step shape and are dropped then too), made on the shape's first (eager) step; the
-redraw is device RNG with no host sync, so the graphs capture it.
+redraw is device RNG with no host sync, so the graphs capture it. On CUDA the redraw is one Triton
+pass (``csrc_triton/synthetic_ranks.py``); elsewhere its torch reference.
 """
 
 from __future__ import annotations
 
 import torch
+
+from vllm_kvoffload.ops.synthetic_ranks_ref import redraw_ranks_ref
 
 ENV = "KVOFFLOAD_BENCH_MISS_RATE"  # the benchmark's children read the rate from here
 
@@ -30,16 +33,17 @@ class SyntheticMisses:
         self.inner = score_batched
         self.rate = rate
         self.ranks: dict[int, torch.Tensor] = {}  # layer (its summaries' address) -> rank in [0, 1)
+        self.seeds: dict[int, torch.Tensor] = {}  # layer -> the kernel's random seed (int64 [1], on the device)
 
     def __call__(self, query, summaries, cold_slots, cold_lens, scale):
         mass = self.inner(query, summaries, cold_slots, cold_lens, scale)
         rank = self.ranks.get(summaries.data_ptr())
         if rank is None or rank.shape != mass.shape:  # a new step shape: a fresh ranking
             rank = self.ranks[summaries.data_ptr()] = torch.rand(mass.shape, device=mass.device, dtype=mass.dtype)
-        else:
-            redraw = torch.rand_like(rank) < self.rate
-            rank.copy_(torch.where(redraw, torch.rand_like(rank), rank))
-        return mass + rank  # -inf (past a row's cold tokens) stays -inf
+            self.seeds[summaries.data_ptr()] = torch.randint(2 ** 40, (1,), device=mass.device)
+            return mass + rank
+        # -inf (past a row's cold tokens) stays -inf
+        return redraw_ranks(mass.contiguous(), rank, self.seeds[summaries.data_ptr()], self.rate)
 
 
 def install(rate: float) -> None:
@@ -61,3 +65,11 @@ def uninstall() -> None:
     from vllm_kvoffload import runtime
 
     runtime.create_scorer = getattr(runtime.create_scorer, "unwrapped", runtime.create_scorer)
+
+
+def redraw_ranks(mass: torch.Tensor, rank: torch.Tensor, seed: torch.Tensor, rate: float) -> torch.Tensor:
+    if mass.is_cuda:
+        from vllm_kvoffload.ops.triton_kernels import load
+
+        return load("synthetic_ranks").redraw_ranks(mass, rank, seed, rate)
+    return redraw_ranks_ref(mass, rank, seed, rate)
