@@ -236,8 +236,8 @@ def _inplace_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pidx_ptr, ppos_ptr, pc
         tl.atomic_add(stat_ptr, tl.sum(hit.to(tl.int64), 0))
     else:
         tl.store(match_ptr + bh_tile.to(tl.int64) * BLOCK + j - t * BLOCK, tl.zeros([BLOCK], tl.int32) - 1, mask=jm)
-    # the counters here, not in the second launch: one atomic pair per tile of BLOCK tokens rather
-    # than per BLOCK_T (at 128K, 7,808 programs' atomics to one address were 21 us per layer)
+    # the counters here, not in the second launch: one atomic pair to one address per tile of BLOCK
+    # tokens rather than per BLOCK_T (at 100% hits, 34.3 -> 31.7 us per layer on the H100, session 26)
     tl.atomic_add(stat_ptr + 1, tl.sum(jm.to(tl.int64), 0))
 
 

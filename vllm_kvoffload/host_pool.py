@@ -9,9 +9,10 @@ That is the logical shape; in memory the pool is head-major (``kv_tensor``), sto
   down as they spread: on an H100, 41 GB/s within 256 MB, 24 GB/s over 1 GB and 10 GB/s over
   4 GB (docs/performance.md, session 25);
 - a block's keys and values are adjacent (2 x block_size x dim elements), so a token's K and V rows
-  lie in one 4 KiB page. Where few of the selected tokens miss the device cache, the reads are
-  bound by address translations, not bytes: one page per miss instead of two read the misses
-  1.3-1.5x faster (docs/performance.md, session 26).
+  lie in one page where the two blocks fit (an fp8 pool of head size 128 and 16-token blocks: 4 KiB).
+  Where few of the selected tokens miss the device cache, the reads are bound by address
+  translations, not bytes: one page per miss instead of two read the misses 1.3-1.5x faster
+  (docs/performance.md, session 26).
 and ``summaries[layer][slot]`` is the scorer's compact summary of that block,
 kept in the device tier. Slots are assigned by the scheduler's
 ``HostSlotAllocator``; this class only stores and reads.

@@ -2,7 +2,10 @@
 selection (torch, this script): sinks + local window dense, the top budget of cold tokens per KV
 head by softmax mass summed over the GQA group. Per model: answer tokens whose argmax differs from
 the gold, by class (quote, other punctuation, letters, digits), and the gold's margin at quotes.
-Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03]"""
+With ``--stale 0 1``, also a selection one step old: each answer position attends to the tokens
+selected by the query of the position ``stale`` before it (a selection that a fetch could have
+read during the step before), its own sinks and window dense.
+Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03] [--stale 0 1 ...]"""
 import argparse, json, math, torch, torch.nn.functional as F
 from vllm_kvoffload.training import data
 from vllm_kvoffload.training import model as M
@@ -14,27 +17,32 @@ ap.add_argument("--samples", type=int, default=8)
 ap.add_argument("--budget", type=float, default=0.03)
 ap.add_argument("--sink", type=int, default=16)     # 4 sink tokens, rounded up to a 16-token block
 ap.add_argument("--window", type=int, default=256)
+ap.add_argument("--stale", type=int, nargs="+", default=[0],
+                help="selections made by the query this many positions back (0: the position's own)")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 torch.set_num_threads(2)
 
-MODE = {"sparse": False}
+MODE = {"sparse": False, "stale": 0}
 def forward(self, x, cos, sin, cache=None):
     B, T, _ = x.shape; c = self.cfg; rep = c.heads // c.kv_heads
     q, k, v = self.rotated_qkv(x, cos, sin)
     kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
     if MODE["sparse"]:  # rows a0..T-1 (the decode steps) attend to hot + selected only
-        a0 = self.answer_from; Ta = T - a0
-        t = torch.arange(a0, T).unsqueeze(1)                      # query positions
+        a0 = self.answer_from; Ta = T - a0; st = MODE["stale"]
         j = torch.arange(T).unsqueeze(0)                          # key positions
-        causal = j <= t
-        hot = causal & ((j < args.sink) | (j > t - args.window))
-        cold = causal & ~hot
+        def hot_cold(t):
+            causal = j <= t
+            hot = causal & ((j < args.sink) | (j > t - args.window))
+            return hot, causal & ~hot
+        hot, cold = hot_cold(torch.arange(a0, T).unsqueeze(1))    # at the query positions
+        _, cold_sel = hot_cold(torch.arange(a0 - st, T - st).unsqueeze(1))  # where the selection was made
         logits = (q[0, :, a0:] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5   # [H, Ta, T]
-        mass = logits.masked_fill(~cold, float("-inf")).softmax(-1).nan_to_num(0.0)
+        sel_logits = (q[0, :, a0 - st:T - st] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5
+        mass = sel_logits.masked_fill(~cold_sel, float("-inf")).softmax(-1).nan_to_num(0.0)
         mass = mass.view(c.kv_heads, rep, Ta, T).sum(1)         # the scorer's GQA aggregation
-        kt = torch.tensor([math.ceil(args.budget * (p + 1)) for p in range(a0, T)])  # budget of the seq length
+        kt = torch.tensor([math.ceil(args.budget * (p + 1)) for p in range(a0 - st, T - st)])  # budget of the seq length
         top = mass.topk(int(kt.max()), -1).indices              # [Hkv, Ta, kmax]
         keep = torch.arange(top.shape[-1]).view(1, 1, -1) < kt.view(1, -1, 1)
         sel = torch.zeros(c.kv_heads, Ta, T, dtype=torch.bool)
@@ -62,13 +70,14 @@ samples = text2json.generate(args.samples, 8192, 0, data.count_bytes, max_entiti
 report = {}
 for spec in args.models:
     name, path = spec.split("=", 1); m = load(path)
-    agg = {mode: {"wrong": {}, "tokens": {}, "quote_margins": []} for mode in ("full", "sparse")}
+    modes = ["full"] + ["sparse" if st == 0 else f"sparse-stale{st}" for st in args.stale]
+    agg = {mode: {"wrong": {}, "tokens": {}, "quote_margins": []} for mode in modes}
     for s in samples:
         p = data.encode_prompt(s["prompt"]); gold = list(s["gold"].encode()); ids = p + gold
         for mod in m.modules():
             if isinstance(mod, M.Attention): mod.answer_from = len(p)
-        for mode in ("full", "sparse"):
-            MODE["sparse"] = mode == "sparse"
+        for mode, st in zip(modes, [0] + args.stale):
+            MODE["sparse"], MODE["stale"] = mode != "full", st
             with torch.no_grad(): lg = m(torch.tensor([ids]))[0, len(p) - 1:-1]   # predicts gold
             tgt = torch.tensor(gold)
             g = lg.gather(1, tgt[:, None])[:, 0]
