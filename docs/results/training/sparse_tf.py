@@ -5,7 +5,11 @@ the gold, by class (quote, other punctuation, letters, digits), and the gold's m
 With ``--stale 0 1``, also a selection one step old: each answer position attends to the tokens
 selected by the query of the position ``stale`` before it (a selection that a fetch could have
 read during the step before), its own sinks and window dense.
-Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03] [--stale 0 1 ...]"""
+With ``--prev-layer``, also a selection predicted one layer early: layer l >= 1 selects with its own
+query projection applied to layer l-1's input (normed by layer l's input norm), as a fetch started
+during layer l-1 would (InfiniGen's idea, without its partial weights); the recall of the layer's
+own selection is reported too.
+Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03] [--stale 0 1 ...] [--prev-layer]"""
 import argparse, json, math, torch, torch.nn.functional as F
 from vllm_kvoffload.training import data
 from vllm_kvoffload.training import model as M
@@ -19,11 +23,24 @@ ap.add_argument("--sink", type=int, default=16)     # 4 sink tokens, rounded up 
 ap.add_argument("--window", type=int, default=256)
 ap.add_argument("--stale", type=int, nargs="+", default=[0],
                 help="selections made by the query this many positions back (0: the position's own)")
+ap.add_argument("--prev-layer", action="store_true",
+                help="also select with a query predicted from the layer before (layer 0: its own)")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 torch.set_num_threads(2)
 
-MODE = {"sparse": False, "stale": 0}
+MODE = {"sparse": False, "stale": 0, "prev_layer": False}
+PREV = {"resid": None}     # the last layer's input (residual stream), for --prev-layer
+RECALL = []  # per (layer >= 1, sample): shares of the own selection in the predicted one, in last
+             # step's own, and in the two together
+
+
+def layer_forward(self, x, cos, sin, cache=None):
+    prev, PREV["resid"] = PREV["resid"], x
+    self.self_attn.predicted_x = None if prev is None else self.input_layernorm(prev)
+    x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+    return x + self.mlp(self.post_attention_layernorm(x))
+M.Layer.forward = layer_forward
 def forward(self, x, cos, sin, cache=None):
     B, T, _ = x.shape; c = self.cfg; rep = c.heads // c.kv_heads
     q, k, v = self.rotated_qkv(x, cos, sin)
@@ -39,14 +56,24 @@ def forward(self, x, cos, sin, cache=None):
         hot, cold = hot_cold(torch.arange(a0, T).unsqueeze(1))    # at the query positions
         _, cold_sel = hot_cold(torch.arange(a0 - st, T - st).unsqueeze(1))  # where the selection was made
         logits = (q[0, :, a0:] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5   # [H, Ta, T]
-        sel_logits = (q[0, :, a0 - st:T - st] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5
-        mass = sel_logits.masked_fill(~cold_sel, float("-inf")).softmax(-1).nan_to_num(0.0)
-        mass = mass.view(c.kv_heads, rep, Ta, T).sum(1)         # the scorer's GQA aggregation
         kt = torch.tensor([math.ceil(args.budget * (p + 1)) for p in range(a0 - st, T - st)])  # budget of the seq length
-        top = mass.topk(int(kt.max()), -1).indices              # [Hkv, Ta, kmax]
-        keep = torch.arange(top.shape[-1]).view(1, 1, -1) < kt.view(1, -1, 1)
-        sel = torch.zeros(c.kv_heads, Ta, T, dtype=torch.bool)
-        sel.scatter_(-1, top, keep.expand(c.kv_heads, -1, -1).contiguous())
+
+        def select(qs):  # [H, T, D] queries -> the selection [Hkv, Ta, T] made from rows a0-st..T-st-1
+            sel_logits = (qs[:, a0 - st:T - st] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5
+            mass = sel_logits.masked_fill(~cold_sel, float("-inf")).softmax(-1).nan_to_num(0.0)
+            mass = mass.view(c.kv_heads, rep, Ta, T).sum(1)     # the scorer's GQA aggregation
+            top = mass.topk(int(kt.max()), -1).indices          # [Hkv, Ta, kmax]
+            keep = torch.arange(top.shape[-1]).view(1, 1, -1) < kt.view(1, -1, 1)
+            sel = torch.zeros(c.kv_heads, Ta, T, dtype=torch.bool)
+            return sel.scatter_(-1, top, keep.expand(c.kv_heads, -1, -1).contiguous())
+        sel = select(q[0])
+        if MODE["prev_layer"] and self.predicted_x is not None:
+            own = sel
+            sel = select(self.rotated_qkv(self.predicted_x, cos, sin)[0][0])
+            n_own = max(1, own[:, 1:].sum().item())
+            RECALL.append(((own & sel).sum().item() / max(1, own.sum().item()),
+                           (own[:, 1:] & own[:, :-1]).sum().item() / n_own,  # hits of a cache of last step's selection
+                           (own[:, 1:] & (own[:, :-1] | sel[:, 1:])).sum().item() / n_own))  # ... with the prediction prefetched
         allowed = (hot.unsqueeze(0) | (sel & cold.unsqueeze(0))).repeat_interleave(rep, 0)
         p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
         out = out.clone(); out[0, :, a0:] = p @ vv[0]
@@ -71,13 +98,17 @@ report = {}
 for spec in args.models:
     name, path = spec.split("=", 1); m = load(path)
     modes = ["full"] + ["sparse" if st == 0 else f"sparse-stale{st}" for st in args.stale]
+    stales = [0] + args.stale
+    if args.prev_layer:
+        modes.append("sparse-prev-layer"); stales.append(0)
     agg = {mode: {"wrong": {}, "tokens": {}, "quote_margins": []} for mode in modes}
     for s in samples:
         p = data.encode_prompt(s["prompt"]); gold = list(s["gold"].encode()); ids = p + gold
         for mod in m.modules():
             if isinstance(mod, M.Attention): mod.answer_from = len(p)
-        for mode, st in zip(modes, [0] + args.stale):
-            MODE["sparse"], MODE["stale"] = mode != "full", st
+        for mode, st in zip(modes, stales):
+            MODE["sparse"], MODE["stale"], MODE["prev_layer"] = mode != "full", st, mode == "sparse-prev-layer"
+            PREV["resid"] = None
             with torch.no_grad(): lg = m(torch.tensor([ids]))[0, len(p) - 1:-1]   # predicts gold
             tgt = torch.tensor(gold)
             g = lg.gather(1, tgt[:, None])[:, 0]
@@ -95,5 +126,12 @@ for spec in args.models:
         print(f"{name} {mode}: wrong/total by class", {k: f"{a['wrong'].get(k, 0)}/{v}" for k, v in a["tokens"].items()},
               "quote margin p5/p50 %.2f/%.2f" % tuple(a["quote_margin_p5_p50"]), "quotes with margin < 2:", a["quotes_below_2"], flush=True)
         del a["quote_margins"]
+    if RECALL:
+        recall, last, union = (sum(r[i] for r in RECALL) / len(RECALL) for i in range(3))
+        agg["prev_layer"] = {"recall_of_own_selection": recall, "own_in_last_steps": last,
+                             "own_in_last_steps_or_predicted": union}
+        print(f"{name}: the predicted selection holds {recall:.3f} of the layer's own; last step's selection "
+              f"{last:.3f}, the two together {union:.3f} (mean over layers >= 1 and samples)", flush=True)
+        RECALL.clear()
     report[name] = agg
 if args.out: json.dump(report, open(args.out, "w"), indent=1)
