@@ -45,7 +45,7 @@ LAYOUTS = {  # the order the pool [slot, layer, 2, KV head, token, D] is stored 
 }
 
 
-def inputs(gen, hit_rate, layers=1, layout="head-major"):
+def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False):
     """A pinned fp8 pool of ``layers`` layers stored in ``layout``, filled at its middle layer,
     the last step's selection, and this step's (both ascending) keeping ``hit_rate`` of it."""
     dev = "cuda"
@@ -60,7 +60,9 @@ def inputs(gen, hit_rate, layers=1, layout="head-major"):
     layer = layers // 2
     # finite e4m3 patterns, made on the device
     host[:, layer].view(torch.uint8).copy_(torch.randint(0, 120, host[:, layer].shape, dtype=torch.uint8, device=dev))
-    slots = torch.randperm(S).view(B, blocks).int().to(dev)
+    # random slots, or each request's in one run, as the engine's allocator gives them to requests that
+    # start together
+    slots = (torch.arange(S) if contiguous_slots else torch.randperm(S)).view(B, blocks).int().to(dev)
     scores = torch.rand(B, HKV, COLD, device=dev, generator=gen)
     prev = scores.topk(2 * COUNT, -1).indices
     keep = torch.rand(B, HKV, COUNT, device=dev, generator=gen) < hit_rate
@@ -87,6 +89,9 @@ def main():
     p.add_argument("--layouts", nargs="+", default=["head-major"], choices=list(LAYOUTS),
                    help="pool layouts to time: HostPool's (head-major), session 25's (head-major-kv-outer: "
                         "a token's K and V rows in different pages), layer-major, and slot-major (before session 25)")
+    p.add_argument("--contiguous-slots", action="store_true",
+                   help="each request's host slots in one run (the engine's allocator at startup); default: random "
+                        "slots (session 26: the K|V-adjacent pool was slower at 45%% hits with random slots only)")
     p.add_argument("--baseline", help="another checkout's root: time its gather_cached too, paired")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_gather.py", "tests/csrc_triton/test_triton_gather.py")
@@ -97,7 +102,8 @@ def main():
     dev = "cuda"
     for rate, layout in itertools.product(a.hit_rates, a.layouts):
         host = step = None  # the last pool goes before the next is pinned
-        host, layer, slots, prev_idx, idx, counts, planted, misses = inputs(gen, rate, a.layers, layout)
+        host, layer, slots, prev_idx, idx, counts, planted, misses = inputs(gen, rate, a.layers, layout,
+                                                                            a.contiguous_slots)
         ref_k, ref_v = gather.gather_uva(host, layer, slots, idx, counts)
         order = torch.randperm(B, device=dev, generator=gen)  # this step's batch order
         rows_ = torch.randperm(B, device=dev, generator=gen).int()  # each request's cache row
@@ -113,7 +119,8 @@ def main():
         t_copy = timeit(lambda: (cp_k.copy_(ref_k), cp_v.copy_(ref_v)), a.reps, flush)
         rows.append(dict(hit_rate=rate, layout=layout, kind="device copy of the selection", time_us=t_copy * 1e6,
                          bytes=2 * out_bytes))
-        print(f"hit rate {rate:.0%}, {layout} pool of {a.layers} layers ({host.numel() / 2**30:.1f} GiB): "
+        print(f"hit rate {rate:.0%}, {layout} pool of {a.layers} layers ({host.numel() / 2**30:.1f} GiB, "
+              f"{'contiguous' if a.contiguous_slots else 'random'} slots): "
               f"planted hits {planted}; device copy of the selection's rows: {t_copy * 1e6:.1f} us")
         if rate < 1:  # a bound: gather_uva reading only the misses, packed (no device-cache bookkeeping; not checked)
             mk = torch.empty(B, HKV, COUNT, D, dtype=host.dtype, device=dev)
@@ -147,7 +154,8 @@ def main():
                 bad = (got[0].view(torch.uint8) != ref_k[order][:, :, :COUNT].view(torch.uint8)).any(-1)
                 print(f"    mismatched rows: {int(bad.sum())} of {bad.numel()}, first at {bad.nonzero()[0].tolist()}")
             failed += not ok
-            row = dict(hit_rate=rate, layout=layout, layers=a.layers, kind="gather_inplace", tile=tile, warps=warps,
+            row = dict(hit_rate=rate, layout=layout, layers=a.layers, contiguous_slots=a.contiguous_slots,
+                       kind="gather_inplace", tile=tile, warps=warps,
                        exact=ok, hits=hits)
             if old is not None:
                 t, t_old = timeit_pair(run, run_old, a.reps, flush)
