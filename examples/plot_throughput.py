@@ -67,10 +67,9 @@ def main() -> None:
     plot_against_hits(data, res / "throughput-vs-hits.png")
 
 
-def plot_against_hits(data: dict, path: Path) -> None:
-    """Ratio against stock by device-cache hit rate, one series per context, sessions with the
-    in-place cache (24 on); the session and the pool layout label each point."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def hit_points(data: dict) -> dict[int, list[tuple]]:
+    """context -> sorted (hit rate, ratio against stock, session, commit) of the offload runs that
+    report both, from session 24 on (the in-place device cache)."""
     series: dict[int, list] = {}
     for run in data["runs"]:
         if run.get("session", 0) < 24:
@@ -80,8 +79,14 @@ def plot_against_hits(data: dict, path: Path) -> None:
             if r["config"] == "stock" or hit is None or "speedup_vs_stock" not in r:
                 continue
             series.setdefault(r["context"], []).append((hit, r["speedup_vs_stock"], run["session"], run.get("commit", "")))
-    for ctx, pts in sorted(series.items()):
-        pts.sort()
+    return {ctx: sorted(pts) for ctx, pts in series.items()}
+
+
+def plot_against_hits(data: dict, path: Path) -> None:
+    """Ratio against stock by device-cache hit rate, one series per context; the session and
+    commit label each point."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for ctx, pts in sorted(hit_points(data).items()):
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{ctx // 1000}K context")
         for hit, ratio, session, commit in pts:
             ax.annotate(f"s{session} {commit}", (hit, ratio), fontsize=6, xytext=(3, 3), textcoords="offset points")
