@@ -38,7 +38,7 @@ COLD = 32768 - 288  # cold tokens per request
 
 
 LAYOUTS = {  # the order the pool [slot, layer, 2, KV head, token, D] is stored in
-    "head-major": (1, 3, 0, 2, 4, 5),   # HostPool's since session 26: [layer, head, slot, 2, ...]
+    "head-major": None,  # HostPool.kv_tensor's (since session 26: [layer, head, slot, 2, ...])
     "head-major-kv-outer": (1, 2, 3, 0, 4, 5),  # session 25's: [layer, 2, head, slot, ...]
     "layer-major": (1, 0, 2, 3, 4, 5),  # [layer, slot, 2, head, ...]
     "slot-major": (0, 1, 2, 3, 4, 5),   # before session 25: a slot holds its block of every layer
@@ -53,10 +53,11 @@ def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False)
     S = B * blocks
     shape = (S, layers, 2, HKV, BS, D)
     order = LAYOUTS[layout]
-    host = torch.empty([shape[o] for o in order], dtype=torch.float8_e4m3fn, pin_memory=True)
-    host = host.permute([order.index(i) for i in range(6)])
-    if layout == "head-major":  # the host pool's own layout
-        assert host.stride() == HostPool.kv_tensor(S, layers, HKV, BS, D, torch.float8_e4m3fn, False).stride()
+    if order is None:  # the host pool's own layout
+        host = HostPool.kv_tensor(S, layers, HKV, BS, D, torch.float8_e4m3fn, pin=True)
+    else:
+        host = torch.empty([shape[o] for o in order], dtype=torch.float8_e4m3fn, pin_memory=True)
+        host = host.permute([order.index(i) for i in range(6)])
     layer = layers // 2
     # finite e4m3 patterns, made on the device
     host[:, layer].view(torch.uint8).copy_(torch.randint(0, 120, host[:, layer].shape, dtype=torch.uint8, device=dev))

@@ -97,16 +97,15 @@ samples = text2json.generate(args.samples, 8192, 0, data.count_bytes, max_entiti
 report = {}
 for spec in args.models:
     name, path = spec.split("=", 1); m = load(path)
-    modes = ["full"] + ["sparse" if st == 0 else f"sparse-stale{st}" for st in args.stale]
-    stales = [0] + args.stale
+    modes = {"full": 0, **{"sparse" if st == 0 else f"sparse-stale{st}": st for st in args.stale}}  # mode -> stale
     if args.prev_layer:
-        modes.append("sparse-prev-layer"); stales.append(0)
+        modes["sparse-prev-layer"] = 0
     agg = {mode: {"wrong": {}, "tokens": {}, "quote_margins": []} for mode in modes}
     for s in samples:
         p = data.encode_prompt(s["prompt"]); gold = list(s["gold"].encode()); ids = p + gold
         for mod in m.modules():
             if isinstance(mod, M.Attention): mod.answer_from = len(p)
-        for mode, st in zip(modes, stales):
+        for mode, st in modes.items():
             MODE["sparse"], MODE["stale"], MODE["prev_layer"] = mode != "full", st, mode == "sparse-prev-layer"
             PREV["resid"] = None
             with torch.no_grad(): lg = m(torch.tensor([ids]))[0, len(p) - 1:-1]   # predicts gold
