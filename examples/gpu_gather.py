@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_kernels import save_rows, sweep_setup, timeit, timeit_pair  # noqa: E402
 
+from vllm_kvoffload.host_memory import host_empty, huge_page_bytes  # noqa: E402
 from vllm_kvoffload.host_pool import HostPool  # noqa: E402
 
 B, HKV, K, COUNT, D, BS = 32, 8, 1024, 983, 128, 16
@@ -45,8 +46,9 @@ LAYOUTS = {  # the order the pool [slot, layer, 2, KV head, token, D] is stored 
 }
 
 
-def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False):
-    """A pinned fp8 pool of ``layers`` layers stored in ``layout``, filled at its middle layer,
+def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False, memory="pinned"):
+    """A pinned fp8 pool of ``layers`` layers stored in ``layout`` (in 4 KiB or 2 MiB pages: ``memory``),
+    filled at its middle layer,
     the last step's selection, and this step's (both ascending) keeping ``hit_rate`` of it."""
     dev = "cuda"
     blocks = -(-COLD // BS)
@@ -54,9 +56,9 @@ def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False)
     shape = (S, layers, 2, HKV, BS, D)
     order = LAYOUTS[layout]
     if order is None:  # the host pool's own layout
-        host = HostPool.kv_tensor(S, layers, HKV, BS, D, torch.float8_e4m3fn, pin=True)
+        host = HostPool.kv_tensor(S, layers, HKV, BS, D, torch.float8_e4m3fn, pin=True, memory=memory)
     else:
-        host = torch.empty([shape[o] for o in order], dtype=torch.float8_e4m3fn, pin_memory=True)
+        host = host_empty([shape[o] for o in order], torch.float8_e4m3fn, pin=True, memory=memory)
         host = host.permute([order.index(i) for i in range(6)])
     layer = layers // 2
     # finite e4m3 patterns, made on the device
@@ -93,6 +95,9 @@ def main():
     p.add_argument("--contiguous-slots", action="store_true",
                    help="each request's host slots in one run (the engine's allocator at startup); default: random "
                         "slots (session 26: the K|V-adjacent pool was slower at 45%% hits with random slots only)")
+    p.add_argument("--host-memory", nargs="+", default=["pinned"], choices=["pinned", "hugepages"],
+                   help="the pool's pages: pinned (cudaHostAlloc, 4 KiB) and/or hugepages (transparent 2 MiB "
+                        "pages locked with cudaHostRegister); each is timed")
     p.add_argument("--baseline", help="another checkout's root: time its gather_cached too, paired")
     a = p.parse_args()
     gen, flush = sweep_setup("gpu_gather.py", "tests/csrc_triton/test_triton_gather.py")
@@ -101,10 +106,11 @@ def main():
     old = load_from(a.baseline, "gather") if a.baseline else None
     rows, failed = [], 0
     dev = "cuda"
-    for rate, layout in itertools.product(a.hit_rates, a.layouts):
+    for rate, layout, memory in itertools.product(a.hit_rates, a.layouts, a.host_memory):
         host = step = None  # the last pool goes before the next is pinned
         host, layer, slots, prev_idx, idx, counts, planted, misses = inputs(gen, rate, a.layers, layout,
-                                                                            a.contiguous_slots)
+                                                                            a.contiguous_slots, memory)
+        pool = dict(hit_rate=rate, layout=layout, host_memory=memory)
         ref_k, ref_v = gather.gather_uva(host, layer, slots, idx, counts)
         order = torch.randperm(B, device=dev, generator=gen)  # this step's batch order
         rows_ = torch.randperm(B, device=dev, generator=gen).int()  # each request's cache row
@@ -118,9 +124,9 @@ def main():
         out_bytes = 2 * ref_k.numel() * ref_k.element_size()
         cp_k, cp_v = torch.empty_like(ref_k), torch.empty_like(ref_v)
         t_copy = timeit(lambda: (cp_k.copy_(ref_k), cp_v.copy_(ref_v)), a.reps, flush)
-        rows.append(dict(hit_rate=rate, layout=layout, kind="device copy of the selection", time_us=t_copy * 1e6,
-                         bytes=2 * out_bytes))
-        print(f"hit rate {rate:.0%}, {layout} pool of {a.layers} layers ({host.numel() / 2**30:.1f} GiB, "
+        rows.append(dict(pool, kind="device copy of the selection", time_us=t_copy * 1e6, bytes=2 * out_bytes))
+        print(f"hit rate {rate:.0%}, {layout} pool of {a.layers} layers ({host.numel() / 2**30:.1f} GiB {memory}, "
+              f"{huge_page_bytes(host) / 2**30:.1f} GiB of it in huge pages, "
               f"{'contiguous' if a.contiguous_slots else 'random'} slots): "
               f"planted hits {planted}; device copy of the selection's rows: {t_copy * 1e6:.1f} us")
         if rate < 1:  # a bound: gather_uva reading only the misses, packed (no device-cache bookkeeping; not checked)
@@ -128,8 +134,7 @@ def main():
             mv = torch.empty_like(mk)
             t_uva = timeit(lambda: gather.gather_uva(host, layer, slots, *misses, out_k=mk, out_v=mv), a.reps, flush)
             n_miss = int(misses[1].sum())
-            rows.append(dict(hit_rate=rate, layout=layout, kind="gather_uva of the misses alone", time_us=t_uva * 1e6,
-                             misses=n_miss))
+            rows.append(dict(pool, kind="gather_uva of the misses alone", time_us=t_uva * 1e6, misses=n_miss))
             print(f"  gather_uva of the {n_miss} misses alone, packed: {t_uva * 1e6:.1f} us "
                   f"({n_miss * 2 * D / t_uva / 1e9:.1f} GB/s)")
         step = (host, layer, slots[order], idx[order], counts[order], rows_[order], zeros)
@@ -155,8 +160,7 @@ def main():
                 bad = (got[0].view(torch.uint8) != ref_k[order][:, :, :COUNT].view(torch.uint8)).any(-1)
                 print(f"    mismatched rows: {int(bad.sum())} of {bad.numel()}, first at {bad.nonzero()[0].tolist()}")
             failed += not ok
-            row = dict(hit_rate=rate, layout=layout, layers=a.layers, contiguous_slots=a.contiguous_slots,
-                       kind="gather_inplace", tile=tile, warps=warps,
+            row = dict(pool, layers=a.layers, contiguous_slots=a.contiguous_slots, kind="gather_inplace", tile=tile, warps=warps,
                        exact=ok, hits=hits)
             if old is not None:
                 t, t_old = timeit_pair(run, run_old, a.reps, flush)
@@ -170,16 +174,18 @@ def main():
                   + f"  {'ok' if ok else 'MISMATCH'} hits {hits}/{planted}", flush=True)
     print(f"\n{torch.cuda.get_device_name()}: gather_inplace per layer (us), {B} requests x {HKV} KV heads x "
           f"{COUNT} tokens, D={D}, fp8 pool of {a.layers} layers; {failed} mismatches")
-    print(f"{'hit rate':<10}{'pool':<13}{'copy':>8}{'default (32, 4)':>16}{'best':>8}{'misses GB/s':>12}  best (tile, warps)"
+    print(f"{'hit rate':<10}{'pool':<34}{'copy':>8}{'default (32, 4)':>16}{'best':>8}{'misses GB/s':>12}  best (tile, warps)"
           + ("  baseline" if old else ""))
-    for rate, layout in itertools.product(a.hit_rates, a.layouts):
-        rs = [r for r in rows if (r["hit_rate"], r["layout"]) == (rate, layout) and r["kind"] == "gather_inplace"]
-        copy = next(r for r in rows if (r["hit_rate"], r["layout"]) == (rate, layout) and r["kind"].startswith("device"))
+    for rate, layout, memory in itertools.product(a.hit_rates, a.layouts, a.host_memory):
+        key = (rate, layout, memory)
+        same_pool = [r for r in rows if (r["hit_rate"], r["layout"], r["host_memory"]) == key]
+        rs = [r for r in same_pool if r["kind"] == "gather_inplace"]
+        copy = next(r for r in same_pool if r["kind"].startswith("device"))
         d = next((r for r in rs if (r["tile"], r["warps"]) == (32, 4)), None)
         best = min(rs, key=lambda r: r["time_us"])
         miss_bytes = (B * HKV * COUNT - best["hits"]) * 2 * D  # K and V rows of one byte per element
         base = f"  {min(r['baseline_gather_cached_us'] for r in rs):.1f}" if old else ""
-        print(f"{rate:<10.0%}{layout:<13}{copy['time_us']:>8.1f}{(d['time_us'] if d else float('nan')):>16.1f}"
+        print(f"{rate:<10.0%}{layout + ' ' + memory:<34}{copy['time_us']:>8.1f}{(d['time_us'] if d else float('nan')):>16.1f}"
               f"{best['time_us']:>8.1f}{miss_bytes / best['time_us'] / 1e3:>12.1f}  ({best['tile']}, {best['warps']}){base}")
     save_rows("gather.json", rows)
     sys.exit(1 if failed else 0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from vllm_kvoffload.host_memory import HostMemory, host_empty
 from vllm_kvoffload.ops.offload_ref import to_host
 from vllm_kvoffload.scorers.base import Scorer
 
@@ -32,11 +33,11 @@ from vllm_kvoffload.scorers.base import Scorer
 class HostPool:
     def __init__(self, num_slots: int, num_layers: int, num_kv_heads: int, block_size: int,
                  head_dim: int, dtype: torch.dtype, scorer: Scorer, device: torch.device,
-                 host_dtype: torch.dtype | None = None):
+                 host_dtype: torch.dtype | None = None, memory: HostMemory = "pinned"):
         pin = device.type == "cuda"
         self.dtype = dtype  # the model's KV dtype: what reads return
         self.kv = self.kv_tensor(num_slots, num_layers, num_kv_heads, block_size, head_dim,
-                                 host_dtype or dtype, pin)
+                                 host_dtype or dtype, pin, memory)
         shape, summary_dtype = scorer.summary_spec()
         # one tensor for all layers (one write stores a block's summaries in every layer);
         # summaries[layer] is its view of one layer
@@ -51,11 +52,12 @@ class HostPool:
 
     @staticmethod
     def kv_tensor(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int,
-                  dtype: torch.dtype, pin: bool) -> torch.Tensor:
+                  dtype: torch.dtype, pin: bool, memory: HostMemory = "pinned") -> torch.Tensor:
         """The pool [slot, layer, 2, kv_head, token, dim], stored [layer, kv_head, slot, 2, token, dim]:
-        ``kv[:, layer, :, head]`` is contiguous. Empty, not zeros: pages are touched only as slots fill."""
+        ``kv[:, layer, :, head]`` is contiguous. Empty, not zeros (pinned memory is faulted in when
+        it is locked; pageable memory as slots fill). ``memory``: 4 KiB or 2 MiB pages (host_memory.py)."""
         S, L, two, H, BS, D = HostPool.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim)
-        return torch.empty(L, H, S, two, BS, D, dtype=dtype, pin_memory=pin).permute(2, 0, 3, 1, 4, 5)
+        return host_empty((L, H, S, two, BS, D), dtype, pin, memory).permute(2, 0, 3, 1, 4, 5)
 
     @property
     def num_slots(self) -> int:

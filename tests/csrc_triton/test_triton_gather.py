@@ -14,14 +14,16 @@ if not INTERPRET:
     CASES += [(8, 8, 2, 16, 128, 5000, 300), (4, 4, 1, 32, 64, 999, 1000)]
 
 
-def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bfloat16, as_host_pool=True):
-    """as_host_pool: the pool laid out as HostPool does (head-major); else contiguous (slot-major)."""
+def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bfloat16, as_host_pool=True,
+                memory="pinned"):
+    """as_host_pool: the pool laid out as HostPool does (head-major, in ``memory``'s pages); else
+    contiguous (slot-major)."""
     g = torch.Generator().manual_seed(seed)
     nblk = -(-max_cold // bs)
     S = B * nblk + 3
     values = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
     if as_host_pool:
-        host = HostPool.kv_tensor(S, L, Hkv, bs, D, pool_dtype, pin=CUDA)
+        host = HostPool.kv_tensor(S, L, Hkv, bs, D, pool_dtype, pin=CUDA, memory=memory)
         host.copy_(values)
     else:
         host = values.pin_memory() if CUDA else values
@@ -75,6 +77,23 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool, as_host_pool)
             out = torch.where(valid, out.float(), 0).to(out.dtype)
         assert not out.float().isnan().any(), seed
         assert torch.equal(bits(out), bits(ref)), seed
+
+
+@pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
+def test_gather_from_huge_pages(device, pool):
+    """The pool in 2 MiB pages locked with cudaHostRegister (host_memory.py) is read by the zero-copy
+    kernel as the pinned one is."""
+    seed = torch.seed() % 2**31
+    pool_dtype, out_dtype = POOLS[pool]
+    B, Hkv, L, bs, D, max_cold, K = CASES[-1]
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype, memory="hugepages")
+    assert host.data_ptr() % (2 * 2**20) == 0 and host.is_pinned() == CUDA
+    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=out_dtype, device=device)
+    ov = torch.full_like(ok, float("nan"))
+    gather_uva(host, L - 1, slots.to(device), idx, cnt, out_k=ok, out_v=ov, block_t=16 if INTERPRET else 32)
+    rk, rv = gather_ref(host, L - 1, slots, idx, cnt, out_dtype=out_dtype)
+    assert rk.float().abs().max() > 0, seed
+    assert torch.equal(bits(ok), bits(rk)) and torch.equal(bits(ov), bits(rv)), seed
 
 
 def next_selection(idx, cnt, max_cold, g, keep_share=0.6):
