@@ -1,6 +1,7 @@
 """How often would a device cache hit on the trained model? Replays exact-topk's selections of
 held-out samples at 8K (teacher-forced answers, torch on CPU) through cache policies, per layer and
-KV head, and prints the hit rate and the rows read from the host per step.
+KV head, and prints the hit rate, the rows read from the host per step, and how many distinct blocks the
+misses fall in (sparse misses cost about one address translation per page: session 26).
 
 Selection, as the engine makes it: sinks (16 tokens) and the last `window` tokens stay dense; of the
 other (cold) tokens, the top ceil(budget x length) per KV head by softmax mass summed over the GQA
@@ -71,10 +72,15 @@ def load(path):
     return m.eval()
 
 
+BLOCK = 16  # tokens per block; in an fp8 pool of head size 128 a block's K and V fill one 4 KiB page
+
+
 def replay(steps, policy):
-    """(hits, selected, host rows read) of one (layer, KV head)'s selections under a policy."""
+    """(hits, selected, host rows read, distinct blocks among the misses) of one (layer, KV head)'s
+    selections under a policy. Sparse misses cost about one address translation per page, not their
+    bytes (docs/performance.md, session 26), so misses sharing a block cost about one."""
     kind, _, arg = policy.partition("-")
-    hits = selected = read = 0
+    hits = selected = read = miss_blocks = 0
     lru = OrderedDict()
     prev = set()
     for s in steps:
@@ -85,6 +91,7 @@ def replay(steps, policy):
         else:
             cached = lru
         h = sum(1 for i in s if i in cached)
+        miss_blocks += len({i // BLOCK for i in s if i not in cached})
         hits += h
         selected += len(s)
         read += len(s) - h
@@ -98,7 +105,7 @@ def replay(steps, policy):
             while len(lru) > cap:
                 lru.popitem(last=False)
         prev = s
-    return hits, selected, read
+    return hits, selected, read, miss_blocks
 
 
 POLICIES = ["last", "lru-1.5", "lru-2", "lru-4", "lru-8", "ahead-1", "ahead-2"]
@@ -109,7 +116,7 @@ for task in args.tasks:
     gen = text2json if task == "text2json" else needle
     kw = {"max_entities": data.MAX_ENTITIES} if task == "text2json" else {}
     samples = gen.generate(args.samples, args.context, 0, data.count_bytes, **kw)
-    totals = {p: [0, 0, 0] for p in POLICIES}
+    totals = {p: [0, 0, 0, 0] for p in POLICIES}
     per_layer = {p: {} for p in POLICIES}
     steps_total = 0
     for n, s in enumerate(samples):
@@ -130,21 +137,23 @@ for task in args.tasks:
                     acc = per_layer[pol].setdefault(layer, [0, 0])
                     acc[0] += r[0]
                     acc[1] += r[1]
-                    for i in range(3):
+                    for i in range(4):
                         totals[pol][i] += r[i]
         print(f"{task} sample {n + 1}/{len(samples)}: {len(p)} prompt tokens, {len(ids) - len(p)} answer tokens",
               file=sys.stderr, flush=True)
     rows = {}
-    for pol, (h, sel, read) in totals.items():
+    for pol, (h, sel, read, blocks) in totals.items():
         rows[pol] = {"hit_rate": h / sel, "host_rows_per_selected": read / sel,
+                     "miss_blocks_per_miss": blocks / max(1, sel - h),
                      "hit_rate_per_layer": [round(a / b, 4) for _, (a, b) in sorted(per_layer[pol].items())]}
     report["tasks"][task] = {"samples": args.samples, "answer_steps": steps_total, "policies": rows}
 
-print(f"| task | policy | hit rate | host rows read per selected row | hit rate per layer |")
-print("| --- | --- | --- | --- | --- |")
+print(f"| task | policy | hit rate | host rows read per selected row | distinct blocks per miss | hit rate per layer |")
+print("| --- | --- | --- | --- | --- | --- |")
 for task, t in report["tasks"].items():
     for pol, r in t["policies"].items():
         print(f"| {task} | {pol} | {r['hit_rate']:.3f} | {r['host_rows_per_selected']:.3f} | "
+              f"{r['miss_blocks_per_miss']:.3f} | "
               + " ".join(f"{x:.2f}" for x in r["hit_rate_per_layer"]) + " |")
 if args.out:
     json.dump(report, open(args.out, "w"), indent=1)
