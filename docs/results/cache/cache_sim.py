@@ -13,6 +13,9 @@ Policies, each per (layer, KV head), capacity counted in tokens:
   lru-M    M x the budget, least recently selected evicted (M = 1 is `last` with leftovers kept);
   ahead-D  `last` plus, for each selected token, the D tokens after it, read as well (prefetch:
            counted as host rows read, and as hits when selected next step).
+  runners-M  `last` plus this step's runners-up, the tokens ranked just below the selection, up to
+           M x the budget in all, read ahead for the next step where not already held (counted as
+           host rows read; they could be read off the critical path, during the rest of the step).
 Usage: python docs/results/cache/cache_sim.py [MODEL] [--samples N] [--budget 0.03] [--out F.json]"""
 import argparse, json, math, sys
 from collections import OrderedDict
@@ -36,6 +39,7 @@ ap.add_argument("--out", default=None)
 args = ap.parse_args()
 torch.set_num_threads(2)
 
+RUNNERS = 4  # the replay keeps the top RUNNERS x budget tokens of every step (runners-M, M <= RUNNERS)
 SELECTIONS = []  # per layer: [Hkv, steps] lists of token-index sets, filled by the forward below
 
 
@@ -54,10 +58,14 @@ def forward(self, x, cos, sin, cache=None):
     mass = logits.masked_fill(~cold, float("-inf")).softmax(-1).nan_to_num(0.0)
     mass = mass.view(c.kv_heads, rep, T - a0, T).sum(1)
     kmax = math.ceil(args.budget * T)
-    top = mass.topk(kmax, -1).indices  # [Hkv, Ta, kmax]
+    top = mass.topk(RUNNERS * kmax, -1).indices  # [Hkv, Ta, RUNNERS x kmax], by mass
     sel = []
     for h in range(c.kv_heads):
-        sel.append([set(top[h, s, :math.ceil(args.budget * (a0 + s + 1))].tolist()) for s in range(T - a0)])
+        steps = []
+        for s in range(T - a0):
+            k = math.ceil(args.budget * (a0 + s + 1))
+            steps.append((set(top[h, s, :k].tolist()), top[h, s, k:RUNNERS * k].tolist()))
+        sel.append(steps)  # per step: (the selection, the runners-up in order of mass)
     SELECTIONS.append(sel)
     return self.o_proj(out.transpose(1, 2).reshape(B, T, c.heads * c.head_dim))
 
@@ -83,9 +91,12 @@ def replay(steps, policy):
     hits = selected = read = miss_blocks = 0
     lru = OrderedDict()
     prev = set()
-    for s in steps:
+    runners = []
+    for s, next_runners in steps:
         if kind == "last":
             cached = prev
+        elif kind == "runners":
+            cached = prev | set(runners)
         elif kind == "ahead":
             cached = prev | {i + d for i in prev for d in range(1, int(arg) + 1)}
         else:
@@ -105,10 +116,14 @@ def replay(steps, policy):
             while len(lru) > cap:
                 lru.popitem(last=False)
         prev = s
+        if kind == "runners":  # read ahead: the new runners-up not already held (last selection and runners-up)
+            held = cached | s
+            runners = next_runners[:round((float(arg) - 1) * len(s))]
+            read += sum(1 for i in runners if i not in held)
     return hits, selected, read, miss_blocks
 
 
-POLICIES = ["last", "lru-1.5", "lru-2", "lru-4", "lru-8", "ahead-1", "ahead-2"]
+POLICIES = ["last", "lru-1.5", "lru-2", "lru-4", "lru-8", "ahead-1", "ahead-2", "runners-2", "runners-4"]
 model = load(args.model)
 report = {"model": args.model, "budget": args.budget, "context": args.context, "sink": args.sink,
           "window": args.window, "tasks": {}}

@@ -3,6 +3,13 @@ What limits the gather's misses: rows per program (dense lists vs masked sparse 
 spread of the rows over the pool (GPU TLB reach for host memory)?"""
 import json, os, sys, torch, triton, triton.language as tl
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from probe_kernels import timed as _timed  # noqa: E402
+
+
+def timed(fn, reps=15):
+    return _timed(fn, reps)
+
 @triton.jit
 def _read_rows(pool, addr_ptr, n_ptr, out, ROWS: tl.constexpr, W: tl.constexpr, STRIDE_ACTIVE: tl.constexpr):
     pid = tl.program_id(0)
@@ -13,14 +20,6 @@ def _read_rows(pool, addr_ptr, n_ptr, out, ROWS: tl.constexpr, W: tl.constexpr, 
     w = tl.arange(0, W)
     x = tl.load(pool + a[:, None] * W + w[None, :], mask=m[:, None], other=0)
     tl.store(out + r[:, None] * W + w[None, :], x, mask=m[:, None])
-
-def timed(fn, reps=15):
-    fn(); torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record(); fn(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e) * 1e3)
-    return sorted(ts)[len(ts) // 2]
 
 dev = "cuda"
 print(torch.cuda.get_device_name(), flush=True)

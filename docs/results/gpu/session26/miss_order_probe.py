@@ -10,28 +10,12 @@ the missing tokens' K and V rows into a device buffer, one launch per layer, eve
   packed-random   the same list shuffled
   packed-(b,h)    packed per (request, head), grid (tiles, B, Hkv) like the fill
 Prints us per layer and GB/s of the misses' bytes."""
-import json, os, torch, triton, triton.language as tl
+import json, os, sys, torch, triton, triton.language as tl
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from probe_kernels import read_masked as _read_masked, timed  # noqa: E402
 
 D_WORDS = 32  # 128-byte rows (fp8, head size 128) as int32 words
-
-
-@triton.jit
-def _read_masked(pool, tok_ptr, miss_ptr, base_ptr, out, layer_off, s_kv, K, Hkv, v_off, BLOCK: tl.constexpr, W: tl.constexpr):
-    t = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
-    j = t * BLOCK + tl.arange(0, BLOCK)
-    jm = j < K
-    off = (b * Hkv + h) * K
-    m = jm & (tl.load(miss_ptr + off + j, mask=jm, other=0) != 0)
-    row = tl.load(base_ptr + b * Hkv + h).to(tl.int64) + tl.load(tok_ptr + off + j, mask=m, other=0)
-    src = layer_off + row * W
-    w = tl.arange(0, W)
-    k = tl.load(pool + src[:, None] + w[None, :], mask=m[:, None], other=0)
-    v = tl.load(pool + s_kv + src[:, None] + w[None, :], mask=m[:, None], other=0)
-    dst = (off + j).to(tl.int64)[:, None] * W + w[None, :]
-    tl.store(out + dst, k, mask=m[:, None])
-    tl.store(out + v_off + dst, v, mask=m[:, None])
 
 
 @triton.jit
@@ -46,15 +30,6 @@ def _read_packed(pool, rows_ptr, n, out, layer_off, s_kv, v_off, BLOCK: tl.const
     dst = r.to(tl.int64)[:, None] * W + w[None, :]
     tl.store(out + dst, k, mask=m[:, None])
     tl.store(out + v_off + dst, v, mask=m[:, None])
-
-
-def timed(fn, reps=9):
-    fn(); torch.cuda.synchronize()  # (no L2 flush: 130K misses x 256 B per layer exceed it, and each layer's rows are new)
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record(); fn(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e) * 1e3)
-    return sorted(ts)[len(ts) // 2]
 
 
 SMOKE = not torch.cuda.is_available()  # TRITON_INTERPRET=1 on CPU: tiny sizes
