@@ -19,7 +19,7 @@ dense copy's rate; the rows go to $OUT/vmm_host_probe.json when OUT is set. At t
 grant the CPU access to the VMM mapping as well (CPU_PROBE=0 skips that) and reports the result.
   python docs/results/gpu/session27/vmm_host_probe.py          (optionally POOL_GB=16 OUT=dir NUMA=0)
 Without CUDA (TRITON_INTERPRET=1 python ...) it only checks the kernel's reads on a small CPU pool."""
-import ctypes, gc, json, os, struct, torch, triton, triton.language as tl
+import ctypes, gc, json, os, struct, torch, triton
 import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from probe_kernels import read_masked as _read_misses, timed  # noqa: E402
