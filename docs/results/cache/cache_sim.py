@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vllm_kvoffload.bench import needle, text2json
+from vllm_kvoffload.evaluation.exact_mass import gqa_cold_mass
 from vllm_kvoffload.training import data
 from vllm_kvoffload.training import model as M
 
@@ -54,9 +55,7 @@ def forward(self, x, cos, sin, cache=None):
     t = torch.arange(a0, T).unsqueeze(1)
     j = torch.arange(T).unsqueeze(0)
     cold = (j <= t) & (j >= args.sink) & (j <= t - args.window)
-    logits = (q[0, :, a0:] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5  # [H, Ta, T]
-    mass = logits.masked_fill(~cold, float("-inf")).softmax(-1).nan_to_num(0.0)
-    mass = mass.view(c.kv_heads, rep, T - a0, T).sum(1)
+    mass = gqa_cold_mass(q[0, :, a0:], kk[0], cold, c.kv_heads)  # [Hkv, Ta, T]
     kmax = math.ceil(args.budget * T)
     top = mass.topk(RUNNERS * kmax, -1).indices  # [Hkv, Ta, RUNNERS x kmax], by mass
     sel = []
@@ -163,7 +162,7 @@ for task in args.tasks:
                      "hit_rate_per_layer": [round(a / b, 4) for _, (a, b) in sorted(per_layer[pol].items())]}
     report["tasks"][task] = {"samples": args.samples, "answer_steps": steps_total, "policies": rows}
 
-print(f"| task | policy | hit rate | host rows read per selected row | distinct blocks per miss | hit rate per layer |")
+print("| task | policy | hit rate | host rows read per selected row | distinct blocks per miss | hit rate per layer |")
 print("| --- | --- | --- | --- | --- | --- |")
 for task, t in report["tasks"].items():
     for pol, r in t["policies"].items():

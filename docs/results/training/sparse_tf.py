@@ -14,6 +14,7 @@ import argparse, json, math, torch, torch.nn.functional as F
 from vllm_kvoffload.training import data
 from vllm_kvoffload.training import model as M
 from vllm_kvoffload.bench import text2json
+from vllm_kvoffload.evaluation.exact_mass import gqa_cold_mass
 
 ap = argparse.ArgumentParser()
 ap.add_argument("models", nargs="+")
@@ -59,9 +60,7 @@ def forward(self, x, cos, sin, cache=None):
         kt = torch.tensor([math.ceil(args.budget * (p + 1)) for p in range(a0 - st, T - st)])  # budget of the seq length
 
         def select(qs):  # [H, T, D] queries -> the selection [Hkv, Ta, T] made from rows a0-st..T-st-1
-            sel_logits = (qs[:, a0 - st:T - st] @ kk[0].transpose(-1, -2)) / c.head_dim ** 0.5
-            mass = sel_logits.masked_fill(~cold_sel, float("-inf")).softmax(-1).nan_to_num(0.0)
-            mass = mass.view(c.kv_heads, rep, Ta, T).sum(1)     # the scorer's GQA aggregation
+            mass = gqa_cold_mass(qs[:, a0 - st:T - st], kk[0], cold_sel, c.kv_heads)  # [Hkv, Ta, T]
             top = mass.topk(int(kt.max()), -1).indices          # [Hkv, Ta, kmax]
             keep = torch.arange(top.shape[-1]).view(1, 1, -1) < kt.view(1, -1, 1)
             sel = torch.zeros(c.kv_heads, Ta, T, dtype=torch.bool)
