@@ -18,6 +18,7 @@ the kernel backed with huge pages.
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import os
 from typing import Literal
@@ -84,7 +85,7 @@ def host_empty(shape: tuple | list, dtype: torch.dtype, pin: bool, memory: HostM
         raise ValueError(f"host memory {memory!r} is not one of: pinned, hugepages")
     if memory == "pinned":
         return torch.empty(shape, dtype=dtype, pin_memory=pin)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     owner = _HugePageMapping(nbytes, register=pin)
     return torch.from_numpy(np.asarray(owner)).view(dtype).view(shape)
 

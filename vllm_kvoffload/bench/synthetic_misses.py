@@ -32,18 +32,22 @@ class SyntheticMisses:
             raise ValueError(f"synthetic miss rate {rate!r}: accepted 0 to 1 (the share of ranks redrawn per step)")
         self.inner = score_batched
         self.rate = rate
-        self.ranks: dict[int, torch.Tensor] = {}  # layer (its summaries' address) -> rank in [0, 1)
-        self.seeds: dict[int, torch.Tensor] = {}  # layer -> the kernel's random seed (int64 [1], on the device)
+        # layer (its summaries' address) -> (rank in [0, 1), the redraw's random seed: int64 [1] on the device)
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def ranks(self) -> dict[int, torch.Tensor]:
+        return {layer: rank for layer, (rank, _) in self.state.items()}
 
     def __call__(self, query, summaries, cold_slots, cold_lens, scale):
         mass = self.inner(query, summaries, cold_slots, cold_lens, scale)
-        rank = self.ranks.get(summaries.data_ptr())
+        rank, seed = self.state.get(summaries.data_ptr(), (None, None))
         if rank is None or rank.shape != mass.shape:  # a new step shape: a fresh ranking
-            rank = self.ranks[summaries.data_ptr()] = torch.rand(mass.shape, device=mass.device, dtype=mass.dtype)
-            self.seeds[summaries.data_ptr()] = torch.randint(2 ** 40, (1,), device=mass.device)
+            rank = torch.rand(mass.shape, device=mass.device, dtype=mass.dtype)
+            self.state[summaries.data_ptr()] = rank, torch.randint(2 ** 40, (1,), device=mass.device)
             return mass + rank
         # -inf (past a row's cold tokens) stays -inf
-        return redraw_ranks(mass.contiguous(), rank, self.seeds[summaries.data_ptr()], self.rate)
+        return redraw_ranks(mass.contiguous(), rank, seed, self.rate)
 
 
 def install(rate: float) -> None:
