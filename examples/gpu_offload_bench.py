@@ -91,6 +91,9 @@ VARIANTS = {  # name -> kv_offload settings ("" = stock)
     "kernel_only": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 7000, "sink_tokens": 4},
     "full_budget": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4},
     "budget_3pct": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4},
+    # a device cache limit nothing fits under: every offloaded step falls back to the per-request path
+    "full_budget_no_cache_room": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
+                                  "device_cache_gb": 1e-6},
 }
 
 

@@ -5,7 +5,7 @@ use the rows are tested in tests/csrc_triton/test_triton_gather.py and tests/tes
 
 import torch
 
-from vllm_kvoffload.device_cache import ROW_STEP, DeviceCache
+from vllm_kvoffload.device_cache import ROW_STEP, CacheShape, DeviceCache
 
 
 def plan(cache, req_ids, released=(), width=64, reuse=True):
@@ -70,3 +70,48 @@ def test_each_layer_alternates_its_own_parity():
     assert [cache.next_parity(0) for _ in range(3)] == [1, 0, 1] and cache.next_parity(1) == 1
     prev_idx, _, _, new_idx, *_ = cache.layer(0, 0)
     assert prev_idx is cache.arrays[0][1][0] and new_idx is cache.arrays[0][0][0]
+
+
+def cache_bytes(rows, width=64):
+    return DeviceCache.bytes_for(CacheShape(rows, 2, width, 8, torch.bfloat16, 3))
+
+
+def test_a_cache_over_its_limit_is_not_allocated_until_the_batch_fits():
+    cache = DeviceCache(limit_bytes=cache_bytes(2))  # two rows fit, ROW_STEP rows do not
+    cache.release([])
+    ids = ["a", "b", "c"]
+    assert cache.plan(ids, 2, 64, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
+    assert cache.shape is None and cache.values == [] and cache.refused.rows == 3
+    # the rows stay assigned: a step later, without c, the two rows fit (exactly, not rounded up)
+    rows, fresh = plan(cache, ["b", "a"], released={"c"})
+    assert sorted(rows) == [0, 1] and fresh == [1, 1] and cache.shape.rows == 2 and cache.refused is None
+    assert DeviceCache.bytes_for(cache.shape) <= cache.limit_bytes
+    _, fresh = plan(cache, ["a", "b"])
+    assert fresh == [0, 0]  # the cache is kept from here on
+    # a wider selection does not fit either: no cache, and no narrower batch is needed to try again
+    assert cache.plan(["a", "b"], 2, 128, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
+    rows, fresh = plan(cache, ["a", "b"], width=64)
+    assert fresh == [1, 1] and cache.shape.width == 64  # new buffers: what the old rows held is gone
+
+
+def test_a_device_out_of_memory_gives_no_cache_and_larger_shapes_are_not_tried_again(monkeypatch):
+    """The device's own limit: a simulated device that holds buffers of at most ROW_STEP rows."""
+    zeros, tried = torch.zeros, []
+
+    def device_zeros(*shape, **kwargs):
+        tried.append(shape[0])
+        if shape[0] > ROW_STEP:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return zeros(*shape, **kwargs)
+
+    monkeypatch.setattr("vllm_kvoffload.device_cache.torch.zeros", device_zeros)
+    cache = DeviceCache()
+    ids = [f"r{i}" for i in range(ROW_STEP + 1)]
+    assert cache.plan(ids, 2, 64, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
+    assert tried == [2 * ROW_STEP, ROW_STEP + 1]  # rounded up, then exactly what the batch needs
+    assert cache.values == [] and cache.arrays == [] and cache.refused.rows == ROW_STEP + 1
+    tried.clear()
+    assert cache.plan(ids + ["x"], 2, 64, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
+    assert tried == []  # larger than a shape the device refused: not tried
+    rows, fresh = plan(cache, ["r0", "r1"], released=ids[2:] + ["x"])
+    assert rows == [0, 1] and fresh == [1, 1] and cache.shape.rows == ROW_STEP and cache.refused is None

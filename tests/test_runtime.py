@@ -2,6 +2,8 @@
 offload plan from the manager, then the batched decode path (the GPU path's logic,
 run here on the torch references) against the per-row path and dense attention."""
 
+import dataclasses
+import logging
 import math
 from types import SimpleNamespace
 
@@ -12,6 +14,7 @@ from test_kv_spec import decode_step, make_manager  # same folder (pytest prepen
 from vllm_kvoffload.attention.backend_cuda import OffloadFlashAttentionImpl
 from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
 from vllm_kvoffload.ops.attention import dense_decode_attention
+from vllm_kvoffload.device_cache import DeviceCache
 from vllm_kvoffload.runtime import OffloadRuntime
 from vllm_kvoffload.scorers import available
 
@@ -199,3 +202,55 @@ def test_a_pool_the_host_cannot_hold_fails_with_the_setting_named():
     assert runtime.pool is None
     runtime.prepare_pool(8)
     assert runtime.pool is not None and runtime.pool.num_slots == 8
+
+
+def test_a_batch_whose_device_cache_does_not_fit_decodes_on_the_per_request_path():
+    """device_cache_gb below what three rows take: the step runs without the cache (the same outputs as
+    the per-request path, nothing poisoned read), and once a request ends, the two left use it."""
+    runtime, rows, table, _ = setup(0.2)
+    runtime.plan_batched(rows, table)
+    two_rows = DeviceCache.bytes_for(dataclasses.replace(runtime.device_cache.shape, rows=2))
+    runtime, rows, table, _ = setup(0.2, device_cache_gb=two_rows / 2**30)
+    query = torch.randn(3, HQ, D)
+    impl = FlashLayoutImpl()
+
+    def step(rows, table, query):
+        outs = []
+        runtime.plan_batched(rows, table)
+        for name, layer in runtime.layers.items():
+            out, ref = torch.full_like(query, float("nan")), torch.empty_like(query)
+            runtime.decode(name, impl, query, layer.kv_cache, rows, out)
+            runtime._decode_rows(name, impl, query, layer.kv_cache, rows, ref)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            outs.append(out)
+        return outs
+
+    step(rows, table, query)
+    assert runtime.batched is None and runtime.device_cache.shape is None  # three rows: over the limit
+    assert runtime.fetch_stats()["tokens_gathered"] == 0 and runtime.fetch_stats()["steps_without_device_cache"] == 1
+    runtime.apply_plan(SimpleNamespace(released=["c"], copies=[]), 64)  # c finished
+    runtime.runner.input_batch.req_ids = ["a", "b"]
+    step(rows[:2], table[:2], query[:2])
+    assert runtime.batched is not None and runtime.device_cache.shape.rows == 2
+    assert runtime.fetch_stats()["tokens_gathered"] > 0 and runtime.fetch_stats()["steps_without_device_cache"] == 1
+
+
+def test_start_up_says_how_large_the_device_cache_can_grow_and_warns_past_its_limit():
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append((record.levelname, record.getMessage()))
+    log = logging.getLogger("vllm.kvoffload.runtime")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        runtime, _, _, _ = setup(0.1, device_cache_gb=0.001)
+        runtime.prepare_pool(64, max_requests=4, max_model_len=4096)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    # 2 layers x 2 KV heads x 448 slots (10% of 4096, in buckets of 64) x 64 dims x K and V x 4 bytes, plus the arrays
+    row = 2 * (2 * 2 * 448 * 64 * 4 + 2 * (2 * 2 * 448 + 2) * 4)
+    assert any(level == "INFO" and f"{4 * row / 2**30:.2f} GiB with max_num_seqs=4" in m for level, m in logged)
+    warning = [m for level, m in logged if level == "WARNING"]
+    assert len(warning) == 1 and f"holds the device cache of {2**30 // 1000 // row} requests" in warning[0]

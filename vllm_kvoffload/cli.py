@@ -21,6 +21,7 @@ FLAGS = {
     "-topp": "topp",
     "-topp-min-tokens": "topp_min_tokens",
     "-device-cache": "device_cache",
+    "-device-cache-gb": "device_cache_gb",
     "-decode-graphs": "decode_graphs",
     "-host-kv-dtype": "host_kv_dtype",
 }
@@ -81,6 +82,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        action=argparse.BooleanOptionalAction, default=None,
                        help="Keep each request's last selection on the device, in place; only newly "
                             "selected tokens cross PCIe. Default: on.")
+    group.add_argument("--kv-offload-device-cache-gb", dest="kv_offload_device_cache_gb",
+                       type=_field_type("device_cache_gb"),
+                       help="The most GPU memory in GiB the device cache may take; a batch whose cache "
+                            "would not fit decodes on the slower per-request path until it does (same "
+                            "outputs). Default: no limit but the GPU's free memory.")
     group.add_argument("--kv-offload-decode-graphs", dest="kv_offload_decode_graphs",
                        action=argparse.BooleanOptionalAction, default=None,
                        help="Replay each offloaded layer's decode as a CUDA graph once the step's shape "

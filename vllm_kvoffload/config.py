@@ -60,6 +60,13 @@ class KVOffloadConfig(BaseModel):
     """Keep each request's last selection per layer and KV head on the device, in place: tokens
     selected again stay where they are, so only new ones cross PCIe (GPU token path)."""
 
+    device_cache_gb: float | None = Field(default=None, gt=0)
+    """The most device memory, in GiB, that the device cache may take (GPU token path). The cache
+    grows with the batch: a row per running offloaded request, as wide as the widest selection.
+    A batch whose cache would pass this limit, or that the device cannot allocate, decodes on the
+    per-request path instead (slower, the same outputs) until it fits again; the server keeps
+    running. Default: no limit but the device's free memory."""
+
     decode_graphs: bool = True
     """Run each offloaded layer's decode (score, select, fetch, attend) as one CUDA graph
     replay instead of about seven kernel launches, once a step shape repeats (GPU token path;

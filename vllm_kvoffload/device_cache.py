@@ -14,6 +14,11 @@ often the plan runs), and one CUDA graph per (layer, parity) replays any step.
 Invariants: a row's arrays describe its cached tokens only if the row is not fresh this step;
 a request's row never changes while it runs, except that a new allocation (more rows or a
 wider selection) makes every row fresh.
+
+The cache grows with the batch and never shrinks. A batch whose cache would pass ``limit_bytes``
+(``device_cache_gb``), or that the device cannot allocate, gets no cache (``plan`` returns None):
+its steps decode on the per-request path, which needs no cache, until a batch fits again. So an
+overloaded server slows down instead of failing a forward pass out of memory.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ class CacheShape:
 
 
 class DeviceCache:
-    def __init__(self):
+    def __init__(self, limit_bytes: int | None = None):
+        self.limit_bytes = limit_bytes  # None: no limit but the device's memory
+        self.refused: CacheShape | None = None  # the last shape that did not fit; no larger one is tried
         self.shape: CacheShape | None = None
         self.values: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values
         self.arrays: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # [layer][parity]: idx, pos, counts
@@ -64,8 +71,9 @@ class DeviceCache:
             self.row_of.pop(rid, None)
 
     def plan(self, req_ids: list[str], kv_heads: int, width: int, head_size: int, dtype: torch.dtype,
-             num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray]:
-        """This step's (row of each request, fresh flag of each) as int32 arrays. ``reuse`` False (the
+             num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """This step's (row of each request, fresh flag of each) as int32 arrays, or None where the
+        cache this batch needs does not fit (see the module's docstring). ``reuse`` False (the
         cache is off): every row is fresh, so every selected token is read from the pool."""
         if not reuse:
             self.row_of.clear()
@@ -83,23 +91,44 @@ class DeviceCache:
             # rows in multiples of ROW_STEP (a batch ramping up re-allocates every ROW_STEP requests)
             rows_ = max(-(-need.rows // ROW_STEP) * ROW_STEP, have.rows if have else 0)
             grown = CacheShape(rows_, kv_heads, max(width, have.width if have else 0), head_size, dtype, num_layers)
-            self._allocate(grown, device)
+            if not (self._allocate(grown, device) or self._allocate(need, device)):
+                return None
             fresh[:] = 1
         return rows, fresh
 
-    def _allocate(self, shape: CacheShape, device: torch.device) -> None:
-        self.values, self.arrays = [], []  # the old buffers go first
-        logger.info("kv_offload: device cache of %d rows x %d tokens (%.2f GiB)", shape.rows, shape.width,
-                    self.bytes_for(shape) / 2**30)
+    def _allocate(self, shape: CacheShape, device: torch.device) -> bool:
+        """Replace the buffers with ones of ``shape``; False (and no buffers) where it does not fit."""
+        self.values, self.arrays, self.shape = [], [], None  # the old buffers go first
+        nbytes = self.bytes_for(shape)
+        refused = self.refused
+        if refused is not None and shape.rows >= refused.rows and shape.width >= refused.width:
+            return False  # larger than one that already did not fit: not tried again
+        if self.limit_bytes is not None and nbytes > self.limit_bytes:
+            return self._refuse(shape, f"over device_cache_gb={self.limit_bytes / 2**30:g}")
         R, H, W, D = shape.rows, shape.kv_heads, shape.width, shape.head_size
-        for _ in range(shape.num_layers):
-            # zeros: slots past a count are never read by the kernels, but the torch reference multiplies them by 0
-            self.values.append(tuple(torch.zeros(R, H, W, D, dtype=shape.dtype, device=device) for _ in range(2)))
-            self.arrays.append([(torch.zeros(R, H, W, dtype=torch.int32, device=device),
-                                 torch.zeros(R, H, W, dtype=torch.int32, device=device),
-                                 torch.zeros(R, H, dtype=torch.int32, device=device)) for _ in range(2)])
+        try:
+            for _ in range(shape.num_layers):
+                # zeros: slots past a count are never read by the kernels, but the torch reference multiplies them by 0
+                self.values.append(tuple(torch.zeros(R, H, W, D, dtype=shape.dtype, device=device) for _ in range(2)))
+                self.arrays.append([(torch.zeros(R, H, W, dtype=torch.int32, device=device),
+                                     torch.zeros(R, H, W, dtype=torch.int32, device=device),
+                                     torch.zeros(R, H, dtype=torch.int32, device=device)) for _ in range(2)])
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            self.values, self.arrays = [], []
+            return self._refuse(shape, f"the device could not allocate it: {str(err).splitlines()[0]}")
+        logger.info("kv_offload: device cache of %d rows x %d tokens (%.2f GiB)", R, W, nbytes / 2**30)
         self.parities = [0] * shape.num_layers
         self.shape = shape
+        self.refused = None
+        return True
+
+    def _refuse(self, shape: CacheShape, reason: str) -> bool:
+        if shape != self.refused:
+            logger.warning("kv_offload: a device cache of %d rows x %d tokens (%.2f GiB) does not fit (%s); "
+                           "until the batch fits, its decode steps run on the per-request path (slower, the "
+                           "same outputs)", shape.rows, shape.width, self.bytes_for(shape) / 2**30, reason)
+        self.refused = shape
+        return False
 
     def next_parity(self, layer: int) -> int:
         """The parity this run of ``layer`` writes (the other one than its last run's)."""

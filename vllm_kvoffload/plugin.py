@@ -225,7 +225,7 @@ def _patch_model_runner() -> None:
         groups = kv_cache_config.kv_cache_groups
         if runtime is not None and not is_profiling and groups and isinstance(groups[0].kv_cache_spec,
                                                                               OffloadAttentionSpec):
-            runtime.prepare_pool(groups[0].kv_cache_spec.host_blocks)
+            runtime.prepare_pool(groups[0].kv_cache_spec.host_blocks, self.max_num_reqs, self.max_model_len)
 
     GPUModelRunner.initialize_kv_cache = initialize_kv_cache
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
-from vllm_kvoffload.device_cache import DeviceCache
+from vllm_kvoffload.device_cache import CacheShape, DeviceCache
 from vllm_kvoffload.decode_graphs import DecodeGraphs, GraphPolicy
 from vllm_kvoffload.host_pool import HostPool
 from vllm_kvoffload.logs import get_logger
@@ -124,8 +124,10 @@ class OffloadRuntime:
         # The device cache (batched path), kept in place: each request's last selection per layer.
         # Invariant: its rows hold copies of their requests' host-pool rows, so reading them
         # equals reading the pool.
-        self.device_cache = DeviceCache()
+        limit = None if config.device_cache_gb is None else int(config.device_cache_gb * 2**30)
+        self.device_cache = DeviceCache(limit)
         self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
+        self.uncached_steps = 0  # decode steps whose device cache did not fit (the per-request path ran)
         self.plan_upload = HostToDevice()  # the per-step decode plan
         self.copy_upload = HostToDevice()  # the blocks going cold and their slots
         self.graph_policy = GraphPolicy()
@@ -141,12 +143,35 @@ class OffloadRuntime:
             self.layer_index[name] = len(self.layer_index)
             self.layers[name] = layer
 
-    def prepare_pool(self, num_slots: int) -> None:
+    def prepare_pool(self, num_slots: int, max_requests: int | None = None, max_model_len: int | None = None) -> None:
         """Allocate the host pool now, once vLLM has bound the layers' caches at start-up: a pool
-        the host cannot provide then fails the start, not the first request that offloads."""
+        the host cannot provide then fails the start, not the first request that offloads. With
+        the engine's limits, also say how large the device cache can grow."""
         if self.layers:
             first = next(iter(self.layers.values()))
             self._ensure_pool(num_slots, first.kv_cache, first.impl)
+            if max_requests and max_model_len and self.use_batched_kernels():
+                self._report_device_cache_bound(max_requests, max_model_len, first.kv_cache.device)
+
+    def _report_device_cache_bound(self, max_requests: int, max_model_len: int, device: torch.device) -> None:
+        """Log the device cache at its largest (every request at max_model_len), and warn where that
+        would not fit: such a batch would decode on the slower per-request path."""
+        first = next(iter(self.layers.values()))
+        width = _round_up(self.config.budget_tokens(max_model_len), PLAN_BUCKETS[2])
+        row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, first.impl.head_size,
+                                               self.pool.kv.dtype, len(self.layer_index)))
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        bounds = [(room, what) for room, what in ((self.device_cache.limit_bytes, "device_cache_gb"),
+                                                  (free, "the device's free memory now")) if room is not None]
+        logger.info("kv_offload: the device cache grows with the batch, up to %.2f GiB with max_num_seqs=%d "
+                    "requests at max_model_len=%d (%.1f MiB each)", max_requests * row / 2**30, max_requests,
+                    max_model_len, row / 2**20)
+        room, what = min(bounds) if bounds else (None, None)
+        if room is not None and max_requests * row > room:
+            logger.warning("kv_offload: %s (%.3g GiB) holds the device cache of %d requests at max_model_len; "
+                           "a batch that needs more decodes on the per-request path (slower, the same outputs). "
+                           "A lower --max-num-seqs or --max-model-len, or a smaller budget, avoids that",
+                           what, room / 2**30, room // row)
 
     def _ensure_pool(self, num_slots: int, kv_cache: torch.Tensor, impl) -> HostPool:
         if self.pool is None:
@@ -293,9 +318,14 @@ class OffloadRuntime:
         arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
         if any_cold:
             first = next(iter(self.layers.values()))
-            arrays["cache_rows"], arrays["cache_fresh"] = self.device_cache.plan(
+            cache_plan = self.device_cache.plan(
                 [r.req_id for r in rows], first.impl.num_kv_heads, k, first.impl.head_size,
                 self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache)
+            if cache_plan is None:  # this batch's cache does not fit: the per-request path, which needs none
+                self.uncached_steps += 1
+                self.graphs = self.graph_policy.for_step(None, self._make_graphs)
+                return
+            arrays["cache_rows"], arrays["cache_fresh"] = cache_plan
         dev = self.plan_upload.upload(arrays, block_table.device)
         self.batched = dict(dev, k=k, any_cold=any_cold)
         key = None
@@ -319,10 +349,12 @@ class OffloadRuntime:
         return DecodeGraphs(key, first.kv_cache.device)
 
     def fetch_stats(self) -> dict:
-        """Tokens gathered for decode attention so far, and the share the device cache served."""
+        """Tokens gathered for decode attention so far on the batched path, the share the device cache
+        served, and the steps that ran without the cache because it did not fit."""
         hits, gathered = self.fetch_counts.tolist() if self.fetch_counts is not None else (0, 0)
         return {"tokens_gathered": gathered, "cache_hits": hits,
-                "cache_hit_rate": hits / gathered if gathered else None}
+                "cache_hit_rate": hits / gathered if gathered else None,
+                "steps_without_device_cache": self.uncached_steps}
 
     def _decode_batched(self, layer_name, impl, query, kv_cache, output) -> None:
         b = self.batched
