@@ -34,6 +34,21 @@ def test_gather_picks_per_head_tokens():
     assert pool.summaries[0].dtype == torch.bfloat16  # exact-topk keeps compact bf16 keys
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gather_takes_the_selection_on_the_device_and_the_slots_on_the_host():
+    """The per-request decode path selects on the GPU and keeps a request's slots on the host
+    (session 28's GPU run failed here: an index on the GPU into a host tensor)."""
+    g = KVGeometry(num_kv_heads=2, num_q_heads=2, head_dim=4, block_size=4, dtype=torch.float32)
+    pool = HostPool(6, 1, 2, 4, 4, torch.float32, create_scorer("exact-topk", g), torch.device("cuda"))
+    keys, values = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    slots = torch.tensor([4, 1, 3])
+    pool.store(0, slots, keys.cuda(), values.cuda())
+    idx = torch.tensor([[0, 5, 11], [2, 3, 9]])
+    k, v = pool.gather(0, slots, idx.cuda())
+    k_cpu, v_cpu = pool.gather(0, slots, idx)
+    assert torch.equal(k, k_cpu) and torch.equal(v, v_cpu) and torch.equal(k[1, 2], keys[2, 1, 1])
+
+
 def test_fp8_pool_stores_rounded_saturated_kv_and_reads_the_model_dtype():
     """host_kv_dtype=fp8: the pool holds float8 e4m3 (half the bytes), rounded to nearest and
     saturated at +-448; reads widen to the model's dtype; summaries come from the exact keys."""

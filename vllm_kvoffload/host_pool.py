@@ -99,10 +99,9 @@ class HostPool:
         """Cold tokens chosen per KV head. slots: [n_cold_blocks] (the request's
         cold blocks in order); token_idx: [kv_heads, k] indices into its cold range.
         Returns keys, values: [kv_heads, k, dim]."""
-        heads = torch.arange(token_idx.shape[0], device=token_idx.device)[:, None]
-        slot = slots[token_idx // self.block_size]
-        offset = token_idx % self.block_size
-        idx = (slot.cpu(), heads.cpu(), offset.cpu())
+        token_idx = token_idx.cpu()  # the pool is host memory: its indices are computed on the host
+        heads = torch.arange(token_idx.shape[0])[:, None]
+        idx = (slots.cpu()[token_idx // self.block_size], heads, token_idx % self.block_size)
         return self.kv[:, layer, 0][idx].to(self.dtype), self.kv[:, layer, 1][idx].to(self.dtype)
 
     def read_blocks(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
