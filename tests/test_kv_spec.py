@@ -84,7 +84,9 @@ def test_host_slot_allocator_counts():
     a, b = alloc.allocate(), alloc.allocate()
     assert alloc.allocate() is None and alloc.num_free == 0
     alloc.free([a, b])
-    assert alloc.num_free == 2
+    assert alloc.num_free == 2 and alloc.allocated_total == 2  # a refused allocation is not counted
+    alloc.allocate()
+    assert alloc.allocated_total == 3  # a counter of blocks gone cold, not of slots in use
 
 
 def test_preempted_in_the_same_step_never_reuses_a_slot_twice():

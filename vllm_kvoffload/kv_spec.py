@@ -66,13 +66,17 @@ class HostSlotAllocator:
     def __init__(self, num_slots: int):
         self.num_slots = num_slots
         self._free = deque(range(num_slots))
+        self.allocated_total = 0  # slots handed out since start-up: blocks that went cold, a counter
 
     @property
     def num_free(self) -> int:
         return len(self._free)
 
     def allocate(self) -> int | None:
-        return self._free.popleft() if self._free else None
+        if not self._free:
+            return None
+        self.allocated_total += 1
+        return self._free.popleft()
 
     def free(self, slots: list[int]) -> None:
         self._free.extend(slots)

@@ -73,6 +73,7 @@ class OffloadSchedulerMixin:
             "device_blocks_free": pool.get_num_free_blocks(),
             "host_blocks_total": m.host.num_slots if m else 0,
             "host_blocks_free": m.host.num_free if m else 0,
+            "host_blocks_offloaded_total": m.host.allocated_total if m else 0,
             "num_running": len(self.running),
             "num_waiting": len(self.waiting),
             "peak_running": self.peak_running,

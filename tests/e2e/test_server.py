@@ -86,22 +86,11 @@ def test_concurrent_requests_offload(server):
                                      extra_body={"ignore_eos": True}) for i in range(8)]
         return await asyncio.gather(*jobs)
 
-    peak_host = 0
-    results = []
-
-    async def watch():
-        nonlocal peak_host
-        task = asyncio.ensure_future(run())
-        async with httpx.AsyncClient() as h:
-            while not task.done():
-                s = (await h.get(server + "/kv_offload/stats", timeout=30)).json()
-                peak_host = max(peak_host, s["host_blocks_total"] - s["host_blocks_free"])
-                await asyncio.sleep(0.05)
-        results.extend(await task)
-
-    asyncio.run(watch())
+    before = stats(server)["host_blocks_offloaded_total"]
+    results = asyncio.run(run())
     assert len(results) == 8 and all(r.usage.completion_tokens == 32 for r in results)
-    assert peak_host > 0, "no block ever reached the host pool"
+    # a counter, not a sample of the pool while the requests run (a poller starved by a busy CI machine misses it)
+    assert stats(server)["host_blocks_offloaded_total"] > before, "no block went to the host pool"
 
 
 def test_client_disconnect_mid_stream(server):
