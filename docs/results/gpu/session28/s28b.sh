@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # session 28, NOT RUN (no device time left): call 28a again after the HostPool.gather fix, one engine at a time
-# beside the batched path, on the tiny random-weight model
+# (the per-request fallback at full budget must give stock's greedy tokens), on the tiny random-weight model
 source .gpu/setup.sh || exit 1
 python examples/gpu_offload_bench.py correctness --archs llama \
   --variants full_budget full_budget_no_cache_room --scorers exact-topk --parallel 1 \
