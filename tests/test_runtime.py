@@ -254,3 +254,18 @@ def test_start_up_says_how_large_the_device_cache_can_grow_and_warns_past_its_li
     assert any(level == "INFO" and f"{4 * row / 2**30:.2f} GiB with max_num_seqs=4" in m for level, m in logged)
     warning = [m for level, m in logged if level == "WARNING"]
     assert len(warning) == 1 and f"holds the device cache of {2**30 // 1000 // row} requests" in warning[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_per_request_path_on_the_gpu_equals_the_batched_path():
+    """The fallback of a device cache that does not fit, and the path of top-p and block granularity,
+    on the GPU (session 28's call 28a: it failed there, a selection on the GPU indexing host slots)."""
+    runtime, rows, table, _ = setup(1.0, device="cuda", dtype=torch.bfloat16)  # every cold token: no near-tie
+    query = torch.randn(3, HQ, D, device="cuda", dtype=torch.bfloat16)
+    impl = FlashLayoutImpl()
+    runtime.plan_batched(rows, table)
+    for name, layer in runtime.layers.items():
+        batched, per_row = torch.full_like(query, float("nan")), torch.full_like(query, float("nan"))
+        runtime._decode_batched(name, impl, query, layer.kv_cache, batched)
+        runtime._decode_rows(name, impl, query, layer.kv_cache, rows, per_row)
+        torch.testing.assert_close(per_row, batched, atol=2e-2, rtol=2e-2)
