@@ -72,29 +72,43 @@ def test_each_layer_alternates_its_own_parity():
     assert prev_idx is cache.arrays[0][1][0] and new_idx is cache.arrays[0][0][0]
 
 
-def cache_bytes(rows, width=64):
-    return DeviceCache.bytes_for(CacheShape(rows, 2, width, 8, torch.bfloat16, 3))
+def cache_bytes(rows, width=64, shared=False):
+    return DeviceCache.bytes_for(CacheShape(rows, 2, width, 8, torch.bfloat16, 3, shared))
 
 
-def test_a_cache_over_its_limit_is_not_allocated_until_the_batch_fits():
-    cache = DeviceCache(limit_bytes=cache_bytes(2))  # two rows fit, ROW_STEP rows do not
-    cache.release([])
-    ids = ["a", "b", "c"]
-    assert cache.plan(ids, 2, 64, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
-    assert cache.shape is None and cache.values == [] and cache.refused.rows == 3
-    # the rows stay assigned: a step later, without c, the two rows fit (exactly, not rounded up)
+def plan_or_none(cache, req_ids, width=64):
+    return cache.plan(list(req_ids), 2, width, 8, torch.bfloat16, 3, torch.device("cpu"), True)
+
+
+def test_a_cache_over_its_limit_falls_back_to_a_scratch_until_the_batch_fits():
+    cache = DeviceCache(limit_bytes=cache_bytes(2))  # two rows of every layer fit; ROW_STEP rows do not
+    rows, fresh = plan(cache, ["a", "b", "c"])
+    # the scratch: one layer's buffers for every layer, row b for request b, all fresh
+    assert rows == [0, 1, 2] and fresh == [1, 1, 1] and cache.shape.shared and cache.shape.rows == 3
+    assert len(cache.values) == 1 and DeviceCache.bytes_for(cache.shape) <= cache.limit_bytes
+    assert all(a is b for a, b in zip(cache.layer(2, 1), cache.layer(0, 1)))
+    key = cache.key()
+    rows, fresh = plan(cache, ["c", "a", "b"])
+    assert rows == [0, 1, 2] and fresh == [1, 1, 1] and cache.key() == key  # kept, and still refilled
+    # the requests kept their rows: without c, a cache of exactly two rows fits
     rows, fresh = plan(cache, ["b", "a"], released={"c"})
-    assert sorted(rows) == [0, 1] and fresh == [1, 1] and cache.shape.rows == 2 and cache.refused is None
-    assert DeviceCache.bytes_for(cache.shape) <= cache.limit_bytes
+    assert rows == [1, 0] and fresh == [1, 1] and not cache.shape.shared and cache.shape.rows == 2
+    assert len(cache.values) == 3 and cache.refused_bytes is None
     _, fresh = plan(cache, ["a", "b"])
-    assert fresh == [0, 0]  # the cache is kept from here on
-    # a wider selection does not fit either: no cache, and no narrower batch is needed to try again
-    assert cache.plan(["a", "b"], 2, 128, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
-    rows, fresh = plan(cache, ["a", "b"], width=64)
-    assert fresh == [1, 1] and cache.shape.width == 64  # new buffers: what the old rows held is gone
+    assert fresh == [0, 0]  # a cache again: kept from here on
+    rows, fresh = plan(cache, ["a", "b"], width=128)  # a wider selection does not fit: the scratch again
+    assert fresh == [1, 1] and cache.shape.shared and cache.shape.width == 128
 
 
-def test_a_device_out_of_memory_gives_no_cache_and_larger_shapes_are_not_tried_again(monkeypatch):
+def test_where_not_even_the_scratch_fits_there_is_no_buffer():
+    cache = DeviceCache(limit_bytes=cache_bytes(2, shared=True))
+    assert plan_or_none(cache, ["a", "b", "c"]) is None  # the per-request path then
+    assert cache.shape is None and cache.values == [] and cache.arrays == []
+    rows, fresh = plan(cache, ["a", "b"], released={"c"})
+    assert rows == [0, 1] and fresh == [1, 1] and cache.shape.shared
+
+
+def test_a_device_out_of_memory_falls_back_and_nothing_as_large_is_tried_again(monkeypatch):
     """The device's own limit: a simulated device that holds buffers of at most ROW_STEP rows."""
     zeros, tried = torch.zeros, []
 
@@ -107,11 +121,13 @@ def test_a_device_out_of_memory_gives_no_cache_and_larger_shapes_are_not_tried_a
     monkeypatch.setattr("vllm_kvoffload.device_cache.torch.zeros", device_zeros)
     cache = DeviceCache()
     ids = [f"r{i}" for i in range(ROW_STEP + 1)]
-    assert cache.plan(ids, 2, 64, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
-    assert tried == [2 * ROW_STEP, ROW_STEP + 1]  # rounded up, then exactly what the batch needs
-    assert cache.values == [] and cache.arrays == [] and cache.refused.rows == ROW_STEP + 1
+    assert plan_or_none(cache, ids) is None
+    # rounded up, then exactly what the batch needs, then the scratch: each refused at its first buffer
+    assert tried == [2 * ROW_STEP, ROW_STEP + 1, ROW_STEP + 1]
+    assert cache.values == [] and cache.arrays == [] and cache.refused_bytes == cache_bytes(ROW_STEP + 1, shared=True)
     tried.clear()
-    assert cache.plan(ids + ["x"], 2, 64, 8, torch.bfloat16, 3, torch.device("cpu"), True) is None
-    assert tried == []  # larger than a shape the device refused: not tried
+    assert plan_or_none(cache, ids + ["x"]) is None
+    assert tried == []  # every candidate as large as one the device refused: none tried
     rows, fresh = plan(cache, ["r0", "r1"], released=ids[2:] + ["x"])
-    assert rows == [0, 1] and fresh == [1, 1] and cache.shape.rows == ROW_STEP and cache.refused is None
+    assert rows == [0, 1] and fresh == [1, 1] and not cache.shape.shared and cache.shape.rows == 2
+    assert cache.refused_bytes is None

@@ -204,35 +204,48 @@ def test_a_pool_the_host_cannot_hold_fails_with_the_setting_named():
     assert runtime.pool is not None and runtime.pool.num_slots == 8
 
 
-def test_a_batch_whose_device_cache_does_not_fit_decodes_on_the_per_request_path():
-    """device_cache_gb below what three rows take: the step runs without the cache (the same outputs as
-    the per-request path, nothing poisoned read), and once a request ends, the two left use it."""
-    runtime, rows, table, _ = setup(0.2)
-    runtime.plan_batched(rows, table)
-    two_rows = DeviceCache.bytes_for(dataclasses.replace(runtime.device_cache.shape, rows=2))
-    runtime, rows, table, _ = setup(0.2, device_cache_gb=two_rows / 2**30)
-    query = torch.randn(3, HQ, D)
+def check_steps_against_the_per_request_path(runtime, rows, table, query):
+    """One decode step through ``decode``, each layer checked against the per-request reference."""
     impl = FlashLayoutImpl()
+    runtime.plan_batched(rows, table)
+    for name, layer in runtime.layers.items():
+        out, ref = torch.full_like(query, float("nan")), torch.empty_like(query)
+        runtime.decode(name, impl, query, layer.kv_cache, rows, out)
+        runtime._decode_rows(name, impl, query, layer.kv_cache, rows, ref)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
-    def step(rows, table, query):
-        outs = []
-        runtime.plan_batched(rows, table)
-        for name, layer in runtime.layers.items():
-            out, ref = torch.full_like(query, float("nan")), torch.empty_like(query)
-            runtime.decode(name, impl, query, layer.kv_cache, rows, out)
-            runtime._decode_rows(name, impl, query, layer.kv_cache, rows, ref)
-            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-            outs.append(out)
-        return outs
 
-    step(rows, table, query)
-    assert runtime.batched is None and runtime.device_cache.shape is None  # three rows: over the limit
-    assert runtime.fetch_stats()["tokens_gathered"] == 0 and runtime.fetch_stats()["steps_without_device_cache"] == 1
+def full_cache_bytes(rows):
+    runtime, r, table, _ = setup(0.2)
+    runtime.plan_batched(r, table)
+    return DeviceCache.bytes_for(dataclasses.replace(runtime.device_cache.shape, rows=rows))
+
+
+def test_a_batch_whose_device_cache_does_not_fit_decodes_in_a_scratch_then_gets_its_cache():
+    """device_cache_gb below what three rows take: the steps run the batched path in a one-layer
+    scratch (the same outputs, every token from the pool), and once a request ends, two rows fit."""
+    runtime, rows, table, _ = setup(0.2, device_cache_gb=full_cache_bytes(2) / 2**30)
+    query = torch.randn(3, HQ, D)
+    for _ in range(2):
+        check_steps_against_the_per_request_path(runtime, rows, table, query)
+        assert runtime.batched is not None and runtime.device_cache.shape.shared
+    stats = runtime.fetch_stats()
+    assert stats["cache_hits"] == 0 and stats["tokens_gathered"] > 0 and stats["steps_without_device_cache"] == 2
     runtime.apply_plan(SimpleNamespace(released=["c"], copies=[]), 64)  # c finished
     runtime.runner.input_batch.req_ids = ["a", "b"]
-    step(rows[:2], table[:2], query[:2])
-    assert runtime.batched is not None and runtime.device_cache.shape.rows == 2
-    assert runtime.fetch_stats()["tokens_gathered"] > 0 and runtime.fetch_stats()["steps_without_device_cache"] == 1
+    for _ in range(2):
+        check_steps_against_the_per_request_path(runtime, rows[:2], table[:2], query[:2])
+    assert not runtime.device_cache.shape.shared and runtime.device_cache.shape.rows == 2
+    stats = runtime.fetch_stats()
+    assert stats["cache_hits"] > 0 and stats["steps_without_device_cache"] == 2  # the second step hit
+
+
+def test_a_batch_whose_scratch_does_not_fit_either_decodes_on_the_per_request_path():
+    runtime, rows, table, _ = setup(0.2, device_cache_gb=1e-9)
+    query = torch.randn(3, HQ, D)
+    check_steps_against_the_per_request_path(runtime, rows, table, query)
+    assert runtime.batched is None and runtime.device_cache.shape is None
+    assert runtime.fetch_stats()["tokens_gathered"] == 0 and runtime.fetch_stats()["steps_without_device_cache"] == 1
 
 
 def test_start_up_says_how_large_the_device_cache_can_grow_and_warns_past_its_limit():

@@ -85,8 +85,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kv-offload-device-cache-gb", dest="kv_offload_device_cache_gb",
                        type=_field_type("device_cache_gb"),
                        help="The most GPU memory in GiB the device cache may take; a batch whose cache "
-                            "would not fit decodes on the slower per-request path until it does (same "
-                            "outputs). Default: no limit but the GPU's free memory.")
+                            "would not fit decodes without it until it does (slower, same outputs). "
+                            "Default: no limit but the GPU's free memory.")
     group.add_argument("--kv-offload-decode-graphs", dest="kv_offload_decode_graphs",
                        action=argparse.BooleanOptionalAction, default=None,
                        help="Replay each offloaded layer's decode as a CUDA graph once the step's shape "

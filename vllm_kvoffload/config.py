@@ -63,9 +63,10 @@ class KVOffloadConfig(BaseModel):
     device_cache_gb: float | None = Field(default=None, gt=0)
     """The most device memory, in GiB, that the device cache may take (GPU token path). The cache
     grows with the batch: a row per running offloaded request, as wide as the widest selection.
-    A batch whose cache would pass this limit, or that the device cannot allocate, decodes on the
-    per-request path instead (slower, the same outputs) until it fits again; the server keeps
-    running. Default: no limit but the device's free memory."""
+    A batch whose cache would pass this limit, or that the device cannot allocate, decodes without
+    it until it fits again: in a one-layer scratch that reads every selected token from the host pool,
+    or where even that does not fit, on the per-request path (slower, the same outputs either way);
+    the server keeps running. Default: no limit but the device's free memory."""
 
     decode_graphs: bool = True
     """Run each offloaded layer's decode (score, select, fetch, attend) as one CUDA graph

@@ -16,9 +16,13 @@ a request's row never changes while it runs, except that a new allocation (more 
 wider selection) makes every row fresh.
 
 The cache grows with the batch and never shrinks. A batch whose cache would pass ``limit_bytes``
-(``device_cache_gb``), or that the device cannot allocate, gets no cache (``plan`` returns None):
-its steps decode on the per-request path, which needs no cache, until a batch fits again. So an
-overloaded server slows down instead of failing a forward pass out of memory.
+(``device_cache_gb``), or that the device cannot allocate, gets a scratch instead: one layer's
+buffers, as many rows as the batch, shared by every layer (the layers run one after another on one
+stream) and filled afresh by each (every row fresh: nothing is reused across steps, every selected
+token is read from the pool, as with the cache off). Where even that does not fit, ``plan`` returns
+None and the step decodes on the per-request path, which needs no buffers. Either way the cache
+comes back once a batch fits, so an overloaded server slows down instead of failing a forward pass
+out of memory.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ class CacheShape:
     head_size: int
     dtype: torch.dtype
     num_layers: int
+    shared: bool = False  # the scratch: one set of buffers for every layer
+
+    @property
+    def buffer_sets(self) -> int:
+        return 1 if self.shared else self.num_layers
 
 
 class DeviceCache:
     def __init__(self, limit_bytes: int | None = None):
         self.limit_bytes = limit_bytes  # None: no limit but the device's memory
-        self.refused: CacheShape | None = None  # the last shape that did not fit; no larger one is tried
+        # the bytes of the smallest cache that did not fit: none as large is tried again until a cache fits
+        self.refused_bytes: int | None = None
         self.shape: CacheShape | None = None
         self.values: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values
         self.arrays: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # [layer][parity]: idx, pos, counts
@@ -59,7 +69,7 @@ class DeviceCache:
     def bytes_for(shape: CacheShape) -> int:
         values = 2 * shape.rows * shape.kv_heads * shape.width * shape.head_size * shape.dtype.itemsize
         arrays = 2 * (2 * shape.rows * shape.kv_heads * shape.width + shape.rows * shape.kv_heads) * 4
-        return shape.num_layers * (values + arrays)
+        return shape.buffer_sets * (values + arrays)
 
     def key(self) -> tuple:
         """What decode graphs capture of the cache: its buffers' identity."""
@@ -85,29 +95,39 @@ class DeviceCache:
                 self.row_of[rid] = next(free)
         rows = np.array([self.row_of[rid] for rid in req_ids], dtype=np.int32)
         need = CacheShape(int(rows.max()) + 1, kv_heads, width, head_size, dtype, num_layers)
+        if self._holds(need):
+            return rows, fresh
+        have = self.shape if self.shape is not None and not self.shape.shared else None
+        # rows in multiples of ROW_STEP (a batch ramping up re-allocates every ROW_STEP requests)
+        rows_ = max(-(-need.rows // ROW_STEP) * ROW_STEP, have.rows if have else 0)
+        grown = CacheShape(rows_, kv_heads, max(width, have.width if have else 0), head_size, dtype, num_layers)
+        if self._allocate(grown, device) or self._allocate(need, device):
+            return rows, np.ones_like(fresh)
+        # no cache for this batch (its rows stay assigned): the scratch, row b for request b, all fresh
+        scratch = CacheShape(len(req_ids), kv_heads, width, head_size, dtype, num_layers, shared=True)
+        if self._holds(scratch) or self._allocate(scratch, device):
+            return np.arange(len(req_ids), dtype=np.int32), np.ones_like(fresh)
+        return None
+
+    def _holds(self, need: CacheShape) -> bool:
+        """Whether the buffers serve ``need``: the same kind and geometry, rows and width enough."""
         have = self.shape
-        if (have is None or need.rows > have.rows or need.width > have.width
-                or (have.kv_heads, have.head_size, have.dtype, have.num_layers) != (kv_heads, head_size, dtype, num_layers)):
-            # rows in multiples of ROW_STEP (a batch ramping up re-allocates every ROW_STEP requests)
-            rows_ = max(-(-need.rows // ROW_STEP) * ROW_STEP, have.rows if have else 0)
-            grown = CacheShape(rows_, kv_heads, max(width, have.width if have else 0), head_size, dtype, num_layers)
-            if not (self._allocate(grown, device) or self._allocate(need, device)):
-                return None
-            fresh[:] = 1
-        return rows, fresh
+        return (have is not None and need.rows <= have.rows and need.width <= have.width
+                and (have.kv_heads, have.head_size, have.dtype, have.num_layers, have.shared)
+                == (need.kv_heads, need.head_size, need.dtype, need.num_layers, need.shared))
 
     def _allocate(self, shape: CacheShape, device: torch.device) -> bool:
-        """Replace the buffers with ones of ``shape``; False (and no buffers) where it does not fit."""
-        self.values, self.arrays, self.shape = [], [], None  # the old buffers go first
+        """Replace the buffers with ones of ``shape``; False where it does not fit (then the old buffers
+        stay, unless the device refused it: they were freed to make room)."""
         nbytes = self.bytes_for(shape)
-        refused = self.refused
-        if refused is not None and shape.rows >= refused.rows and shape.width >= refused.width:
-            return False  # larger than one that already did not fit: not tried again
+        if self.refused_bytes is not None and nbytes >= self.refused_bytes:
+            return False  # as large as one that already did not fit: not tried again
         if self.limit_bytes is not None and nbytes > self.limit_bytes:
             return self._refuse(shape, f"over device_cache_gb={self.limit_bytes / 2**30:g}")
+        self.values, self.arrays, self.shape = [], [], None  # the old buffers go first
         R, H, W, D = shape.rows, shape.kv_heads, shape.width, shape.head_size
         try:
-            for _ in range(shape.num_layers):
+            for _ in range(shape.buffer_sets):
                 # zeros: slots past a count are never read by the kernels, but the torch reference multiplies them by 0
                 self.values.append(tuple(torch.zeros(R, H, W, D, dtype=shape.dtype, device=device) for _ in range(2)))
                 self.arrays.append([(torch.zeros(R, H, W, dtype=torch.int32, device=device),
@@ -116,18 +136,25 @@ class DeviceCache:
         except (torch.OutOfMemoryError, MemoryError) as err:
             self.values, self.arrays = [], []
             return self._refuse(shape, f"the device could not allocate it: {str(err).splitlines()[0]}")
-        logger.info("kv_offload: device cache of %d rows x %d tokens (%.2f GiB)", R, W, nbytes / 2**30)
+        if shape.shared:
+            logger.warning("kv_offload: decoding without the device cache, in a scratch of %d rows x %d tokens "
+                           "(%.2f GiB): every selected token is read from the host pool until the batch's cache "
+                           "fits", R, W, nbytes / 2**30)
+        else:
+            logger.info("kv_offload: device cache of %d rows x %d tokens (%.2f GiB)", R, W, nbytes / 2**30)
+            self.refused_bytes = None
         self.parities = [0] * shape.num_layers
         self.shape = shape
-        self.refused = None
         return True
 
     def _refuse(self, shape: CacheShape, reason: str) -> bool:
-        if shape != self.refused:
-            logger.warning("kv_offload: a device cache of %d rows x %d tokens (%.2f GiB) does not fit (%s); "
-                           "until the batch fits, its decode steps run on the per-request path (slower, the "
-                           "same outputs)", shape.rows, shape.width, self.bytes_for(shape) / 2**30, reason)
-        self.refused = shape
+        nbytes = self.bytes_for(shape)
+        what = "scratch" if shape.shared else "device cache"
+        logger.warning("kv_offload: a %s of %d rows x %d tokens (%.2f GiB) does not fit (%s)%s", what, shape.rows,
+                       shape.width, nbytes / 2**30, reason,
+                       "; its decode steps run on the per-request path (slower, the same outputs)" if shape.shared
+                       else "")
+        self.refused_bytes = nbytes if self.refused_bytes is None else min(self.refused_bytes, nbytes)
         return False
 
     def next_parity(self, layer: int) -> int:
@@ -138,5 +165,6 @@ class DeviceCache:
     def layer(self, layer: int, parity: int) -> tuple[torch.Tensor, ...]:
         """(prev idx, prev pos, prev counts, new idx, new pos, new counts, keys, values) of a layer,
         for the run that writes ``parity``: gather_inplace's arguments after rows and fresh."""
-        prev, new = self.arrays[layer][1 - parity], self.arrays[layer][parity]
-        return (*prev, *new, *self.values[layer])
+        i = 0 if self.shape.shared else layer
+        prev, new = self.arrays[i][1 - parity], self.arrays[i][parity]
+        return (*prev, *new, *self.values[i])

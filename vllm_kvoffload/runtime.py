@@ -127,7 +127,7 @@ class OffloadRuntime:
         limit = None if config.device_cache_gb is None else int(config.device_cache_gb * 2**30)
         self.device_cache = DeviceCache(limit)
         self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
-        self.uncached_steps = 0  # decode steps whose device cache did not fit (the per-request path ran)
+        self.uncached_steps = 0  # decode steps whose device cache did not fit (a scratch or the per-request path ran)
         self.plan_upload = HostToDevice()  # the per-step decode plan
         self.copy_upload = HostToDevice()  # the blocks going cold and their slots
         self.graph_policy = GraphPolicy()
@@ -155,7 +155,7 @@ class OffloadRuntime:
 
     def _report_device_cache_bound(self, max_requests: int, max_model_len: int, device: torch.device) -> None:
         """Log the device cache at its largest (every request at max_model_len), and warn where that
-        would not fit: such a batch would decode on the slower per-request path."""
+        would not fit: such a batch would decode without the cache (``device_cache.py``)."""
         first = next(iter(self.layers.values()))
         width = _round_up(self.config.budget_tokens(max_model_len), PLAN_BUCKETS[2])
         row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, first.impl.head_size,
@@ -169,7 +169,7 @@ class OffloadRuntime:
         room, what = min(bounds) if bounds else (None, None)
         if room is not None and max_requests * row > room:
             logger.warning("kv_offload: %s (%.3g GiB) holds the device cache of %d requests at max_model_len; "
-                           "a batch that needs more decodes on the per-request path (slower, the same outputs). "
+                           "a batch that needs more decodes without it (slower, the same outputs). "
                            "A lower --max-num-seqs or --max-model-len, or a smaller budget, avoids that",
                            what, room / 2**30, room // row)
 
@@ -321,8 +321,9 @@ class OffloadRuntime:
             cache_plan = self.device_cache.plan(
                 [r.req_id for r in rows], first.impl.num_kv_heads, k, first.impl.head_size,
                 self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache)
-            if cache_plan is None:  # this batch's cache does not fit: the per-request path, which needs none
+            if cache_plan is None or self.device_cache.shape.shared:  # this batch's cache does not fit
                 self.uncached_steps += 1
+            if cache_plan is None:  # nor its scratch: the per-request path, which needs no buffers
                 self.graphs = self.graph_policy.for_step(None, self._make_graphs)
                 return
             arrays["cache_rows"], arrays["cache_fresh"] = cache_plan
@@ -350,7 +351,8 @@ class OffloadRuntime:
 
     def fetch_stats(self) -> dict:
         """Tokens gathered for decode attention so far on the batched path, the share the device cache
-        served, and the steps that ran without the cache because it did not fit."""
+        served, and the steps that ran without the cache because it did not fit (in a scratch, or on the
+        per-request path)."""
         hits, gathered = self.fetch_counts.tolist() if self.fetch_counts is not None else (0, 0)
         return {"tokens_gathered": gathered, "cache_hits": hits,
                 "cache_hit_rate": hits / gathered if gathered else None,
