@@ -94,10 +94,10 @@ VARIANTS = {  # name -> kv_offload settings ("" = stock)
     # a device cache limit nothing fits under: every offloaded step falls back to the per-request path
     "full_budget_no_cache_room": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
                                   "device_cache_gb": 1e-6},
-    # room for the one-layer scratch of 4 requests (about 12 MB on the tiny models), not for their cache (about
-    # 72 MB): the scratch until requests finish, then the cache
+    # room (18 MB) for the one-layer scratch of 4 requests of the 2-layer tiny models (about 12 MB), not for
+    # their cache (about 24 MB): the scratch while 3-4 requests decode, the cache while 1-2 do
     "full_budget_scratch": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
-                            "device_cache_gb": 0.03},
+                            "device_cache_gb": 0.017},
 }
 
 
