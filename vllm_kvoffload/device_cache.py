@@ -82,9 +82,10 @@ class DeviceCache:
 
     def plan(self, req_ids: list[str], kv_heads: int, width: int, head_size: int, dtype: torch.dtype,
              num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray] | None:
-        """This step's (row of each request, fresh flag of each) as int32 arrays, or None where the
-        cache this batch needs does not fit (see the module's docstring). ``reuse`` False (the
-        cache is off): every row is fresh, so every selected token is read from the pool."""
+        """This step's (row of each request, fresh flag of each) as int32 arrays: rows of the cache, or
+        of the scratch (all fresh) where the batch's cache does not fit, or None where neither fits
+        (see the module's docstring). ``reuse`` False (the cache is off): every row is fresh, so every
+        selected token is read from the pool."""
         if not reuse:
             self.row_of.clear()
         fresh = np.array([rid not in self.row_of for rid in req_ids], dtype=np.int32)
