@@ -13,8 +13,8 @@ import torch
 from test_kv_spec import decode_step, make_manager  # same folder (pytest prepends it)
 from vllm_kvoffload.attention.backend_cuda import OffloadFlashAttentionImpl
 from vllm_kvoffload.config import KVOffloadConfig, KVOffloadConfigError
-from vllm_kvoffload.ops.attention import dense_decode_attention
 from vllm_kvoffload.device_cache import DeviceCache
+from vllm_kvoffload.ops.attention import dense_decode_attention
 from vllm_kvoffload.runtime import OffloadRuntime
 from vllm_kvoffload.scorers import available
 
