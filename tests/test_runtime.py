@@ -62,6 +62,25 @@ def test_batched_path_matches_per_row_path(budget, scorer):
     check_batched_path_against_per_row_path(budget, scorer)
 
 
+@pytest.mark.parametrize("settings", [{"granularity": "block"}, {"topp": 0.6, "topp_min_tokens": 2}])
+@pytest.mark.parametrize("budget", [1.0, 0.1, 3])
+def test_batched_path_with_blocks_or_top_p_matches_per_row_path(budget, settings):
+    """Block granularity and top-p select in torch on the batched path (``select_cold_tokens_batched``)."""
+    runtime = check_batched_path_against_per_row_path(budget, "exact-topk", **settings)
+    assert runtime.use_batched_kernels() and runtime.batched["k"] % BS == 0
+
+
+@pytest.mark.parametrize("settings", [{"granularity": "block"}, {"topp": 0.6}])
+def test_device_cache_across_steps_with_blocks_or_top_p(settings):
+    """Top-p's counts change from step to step (a shrunk count re-reads the row); blocks come whole."""
+    runtime, rows, table, _ = setup(0.2, **settings)
+    q1 = torch.randn(3, HQ, D)
+    run_step(runtime, rows, table, q1)
+    for scale in (0.05, 1.0):  # a close query (hits), then an unrelated one
+        run_step(runtime, rows, table, q1 + scale * torch.randn_like(q1))
+    assert runtime.fetch_stats()["cache_hits"] > 0
+
+
 @pytest.mark.parametrize("budget", [1.0, 0.1])
 def test_batched_path_matches_per_row_path_with_an_fp8_pool(budget):
     """The batched path keeps an fp8 pool's selections in fp8 (widened by the attention); the

@@ -21,7 +21,7 @@ from vllm_kvoffload.host_pool import HostPool
 from vllm_kvoffload.logs import get_logger
 from vllm_kvoffload.ops import batched_ops
 from vllm_kvoffload.ops.attention import sparse_decode_attention
-from vllm_kvoffload.ops.select import select_cold_tokens
+from vllm_kvoffload.ops.select import select_cold_tokens, select_cold_tokens_batched
 from vllm_kvoffload.profiling import TIMER, phase
 from vllm_kvoffload.scorers import KVGeometry, create_scorer
 
@@ -289,12 +289,12 @@ class OffloadRuntime:
 
     # ---- GPU: one launch per kernel for the whole decode batch --------------------------
     def use_batched_kernels(self) -> bool:
-        """Batched path: FlashAttention-layout caches (``impl.kv5``), token top-k with a
-        fixed budget, any scorer (``Scorer.score_batched``: the whole batch in one fused
-        scoring launch on GPU). Triton on GPU, the batched torch references elsewhere (tests)."""
+        """Batched path: FlashAttention-layout caches (``impl.kv5``), any scorer
+        (``Scorer.score_batched``: the whole batch in one fused scoring launch on GPU) and any
+        selection (token top-k in Triton; blocks and top-p in torch, ``select_cold_tokens_batched``).
+        Triton on GPU, the batched torch references elsewhere (tests)."""
         first = next(iter(self.layers.values()), None)
-        return (first is not None and hasattr(first.impl, "kv5")
-                and self.config.topp is None and self.config.granularity == "token")
+        return first is not None and hasattr(first.impl, "kv5")
 
     def plan_batched(self, rows: list[DecodeRow], block_table: torch.Tensor) -> None:
         """Device tensors shared by every layer of this step (plan once, run per layer): built
@@ -314,6 +314,8 @@ class OffloadRuntime:
         cold = _pad_rows([r.cold_slots for r in rows], _round_up(max(1, int(cold_blocks.max())), cold_step))
         cold_lens = cold_blocks * bs
         any_cold = bool(cold_lens.max() > 0)
+        if self.config.granularity == "block":  # whole blocks: k holds ceil(budget / block size) of them
+            k_step = max(k_step, bs)  # both powers of two: a multiple of each
         k = _round_up(max(1, min(int(budgets.max()), int(cold_lens.max()))), k_step)
         arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
         if any_cold:
@@ -390,7 +392,13 @@ class OffloadRuntime:
             mass = self.pool.scorer.score_batched(query, self.pool.summaries[layer], b["cold_slots"],
                                                   b["cold_lens"], impl.scale)
         with phase("select"):
-            idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
+            cfg = self.config
+            if cfg.granularity == "token" and cfg.topp is None:
+                idx, counts = tk.topk_select(mass, b["cold_lens"], b["k"], budgets=b["budgets"])
+            else:
+                idx, counts = select_cold_tokens_batched(mass, b["cold_lens"], b["k"], b["budgets"],
+                                                         granularity=cfg.granularity, block_size=self.block_size,
+                                                         topp=cfg.topp, min_tokens=cfg.topp_min_tokens)
         cache = self.device_cache.layer(layer, parity)
         with phase("fetch"):  # misses: zero-copy reads of the pinned host pool over PCIe, into the cache
             tk.gather_inplace(self.pool.kv, layer, b["cold_slots"], idx, counts, b["cache_rows"], b["cache_fresh"],
