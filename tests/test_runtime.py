@@ -289,10 +289,12 @@ def test_start_up_says_how_large_the_device_cache_can_grow_and_warns_past_its_li
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_the_per_request_path_on_the_gpu_equals_the_batched_path():
-    """The fallback of a device cache that does not fit, and the path of top-p and block granularity,
-    on the GPU (session 28's call 28a: it failed there, a selection on the GPU indexing host slots)."""
-    runtime, rows, table, _ = setup(1.0, device="cuda", dtype=torch.bfloat16)  # every cold token: no near-tie
+@pytest.mark.parametrize("settings", [{}, {"granularity": "block"}])
+def test_the_per_request_path_on_the_gpu_equals_the_batched_path(settings):
+    """The last fallback of a device cache that does not fit, on the GPU (session 28's call 28a: it
+    failed there, a selection on the GPU indexing host slots), against the batched path (with blocks:
+    ``select_cold_tokens_batched`` on the GPU)."""
+    runtime, rows, table, _ = setup(1.0, device="cuda", dtype=torch.bfloat16, **settings)  # every cold token
     query = torch.randn(3, HQ, D, device="cuda", dtype=torch.bfloat16)
     impl = FlashLayoutImpl()
     runtime.plan_batched(rows, table)

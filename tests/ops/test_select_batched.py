@@ -9,8 +9,12 @@ from vllm_kvoffload.ops.select import select_cold_tokens, select_cold_tokens_bat
 BS = 16
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("granularity, topp", [("block", None), ("token", 0.5), ("token", 0.9), ("token", None)])
-def test_each_request_gets_what_the_per_request_selection_keeps(granularity, topp):
+def test_each_request_gets_what_the_per_request_selection_keeps(granularity, topp, device):
     gen = torch.Generator().manual_seed(0)
     for _ in range(100):
         B, Hkv = 3, 2
@@ -21,8 +25,9 @@ def test_each_request_gets_what_the_per_request_selection_keeps(granularity, top
         mass = mass.masked_fill(torch.arange(n_max) >= cold_lens[:, None, None], float("nan"))  # never read
         budgets = torch.randint(1, 50, (B,), generator=gen)
         k = -(-int(budgets.max()) // 64) * 64
-        idx, counts = select_cold_tokens_batched(mass, cold_lens, k, budgets, granularity=granularity,
-                                                 block_size=BS, topp=topp, min_tokens=2)
+        idx, counts = select_cold_tokens_batched(mass.to(device), cold_lens.to(device), k, budgets.to(device),
+                                                 granularity=granularity, block_size=BS, topp=topp, min_tokens=2)
+        idx, counts = idx.cpu(), counts.cpu()
         assert idx.shape == (B, Hkv, k) and idx.dtype == counts.dtype == torch.int32
         for b in range(B):
             n = int(cold_lens[b])
