@@ -147,10 +147,11 @@ def correctness(args) -> dict:
         for key, r in runs.items():
             if "rows" in r and "rows" in stock:
                 entry[key] = {**compare_rows(stock, r), "tokens": [len(x["tokens"]) for x in r["rows"]],
-                              "fetch": r.get("fetch"), "wall_s": r.get("wall_s"),
-                              **({"retried_alone": True} if r.get("retried_alone") else {})}
+                              "fetch": r.get("fetch"), "wall_s": r.get("wall_s")}
             else:
                 entry[key] = {"error": r.get("error"), "log_tail": r.get("log_tail", "")[-1500:]}
+            if r.get("retried_alone"):
+                entry[key]["retried_alone"] = True
         report[arch] = entry
     return report
 

@@ -157,7 +157,7 @@ class OffloadRuntime:
         """Log the device cache at its largest (every request at max_model_len), and warn where that
         would not fit: such a batch would decode without the cache (``device_cache.py``)."""
         first = next(iter(self.layers.values()))
-        width = _round_up(self.config.budget_tokens(max_model_len), PLAN_BUCKETS[2])
+        width = self._selection_width(self.config.budget_tokens(max_model_len), max_model_len)
         row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, first.impl.head_size,
                                                self.pool.kv.dtype, len(self.layer_index)))
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
@@ -306,7 +306,7 @@ class OffloadRuntime:
             self.graphs = self.graph_policy.for_step(None, self._make_graphs)
             return
         bs = self.block_size
-        res_step, cold_step, k_step = PLAN_BUCKETS
+        res_step, cold_step, _ = PLAN_BUCKETS
         res_lens = np.array([r.resident_tokens for r in rows], dtype=np.int32)
         cold_blocks = np.array([r.cold_slots.numel() for r in rows], dtype=np.int32)
         budgets = np.array([r.budget for r in rows], dtype=np.int32)
@@ -314,9 +314,7 @@ class OffloadRuntime:
         cold = _pad_rows([r.cold_slots for r in rows], _round_up(max(1, int(cold_blocks.max())), cold_step))
         cold_lens = cold_blocks * bs
         any_cold = bool(cold_lens.max() > 0)
-        if self.config.granularity == "block":  # whole blocks: k holds ceil(budget / block size) of them
-            k_step = max(k_step, bs)  # both powers of two: a multiple of each
-        k = _round_up(max(1, min(int(budgets.max()), int(cold_lens.max()))), k_step)
+        k = self._selection_width(int(budgets.max()), int(cold_lens.max()))
         arrays = dict(res_table=res, res_lens=res_lens, cold_slots=cold, cold_lens=cold_lens, budgets=budgets)
         if any_cold:
             first = next(iter(self.layers.values()))
@@ -336,6 +334,13 @@ class OffloadRuntime:
             key = (len(rows), k, dev["res_table"].data_ptr(), self.device_cache.key(),
                    *((n, a.shape) for n, a in arrays.items()))
         self.graphs = self.graph_policy.for_step(key, self._make_graphs)
+
+    def _selection_width(self, budget: int, cold_tokens: int) -> int:
+        """``k`` of a step whose widest budget and longest cold span are these: the device cache's width
+        too. In buckets of PLAN_BUCKETS[2] tokens, and for block granularity a multiple of the block size
+        (whole blocks: ceil(budget / block size) of them; both powers of two)."""
+        step = PLAN_BUCKETS[2] if self.config.granularity == "token" else max(PLAN_BUCKETS[2], self.block_size)
+        return _round_up(max(1, min(budget, cold_tokens)), step)
 
     def _graphs_enabled(self, device: torch.device) -> bool:
         if not (self.config.decode_graphs and device.type == "cuda"):
