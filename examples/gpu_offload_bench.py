@@ -98,6 +98,13 @@ VARIANTS = {  # name -> kv_offload settings ("" = stock)
     # their cache (about 24 MB): the scratch while 3-4 requests decode, the cache while 1-2 do
     "full_budget_scratch": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
                             "device_cache_gb": 0.017},
+    # the batched selection of blocks and of top-p (select_cold_tokens_batched); blocks at full budget keep
+    # every cold token, so they must give stock's tokens too
+    "full_budget_blocks": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
+                           "granularity": "block"},
+    "blocks_3pct": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4,
+                    "granularity": "block"},
+    "topp_3pct": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4, "topp": 0.9},
 }
 
 
