@@ -319,3 +319,166 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
         kv, cold_slots, idx, counts, rows, fresh, prev_counts, new_pos, ok, ov, match, free, tally,
         layer, K, KC, NT, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
         D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)), num_warps=num_warps)
+
+
+# ---- (d) the LRU device cache, wider than one selection (gather_lru_ref's docstring) -------
+# Three launches: match (each selected token's hit, stamped with this step, or its rank among
+# its tile's misses), victims (per row and KV head, the misses' slots: a histogram of the slots'
+# clipped ages finds the age threshold, then one ordered pass lists the slots), fill (the g-th
+# miss takes the g-th listed slot and is read from the pool into it).
+LRU_MATCH_BLOCK = 512  # selected tokens per program of the match launch (a multiple of the fill's)
+LRU_SCAN_BLOCK = 1024  # slots per pass of the victims launch
+AGE_BINS = 256  # ages 0 .. AGE_CLIP
+
+
+@triton.jit(do_not_specialize=['K', 'C', 'T', 'NT', 's_ib', 's_ih'])
+def _lru_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
+               match_ptr, tally_ptr, stat_ptr, K, C, T, NT, Hkv, s_ib, s_ih, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    r = tl.load(rows_ptr + b)
+    n = tl.load(cnt_ptr + b * Hkv + h)
+    now = tl.load(clock_ptr + r * Hkv + h) + 1
+    j = t * BLOCK + tl.arange(0, BLOCK)
+    jm = j < n
+    reuse = (tl.zeros([BLOCK], tl.int32) + tl.load(fresh_ptr + b)) == 0  # a fresh row has no hits
+    i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=jm, other=0)
+    row = (r * Hkv + h).to(tl.int64)
+    s = tl.load(slot_of_ptr + row * T + i, mask=jm & reuse, other=-1)
+    inside = jm & reuse & (s >= 0) & (s < C)
+    hit = inside & (tl.load(token_at_ptr + row * C + s, mask=inside, other=-1) == i)
+    tl.store(used_at_ptr + row * C + s, tl.zeros_like(s) + now, mask=hit)
+    tl.store(pos_ptr + (b * Hkv + h).to(tl.int64) * K + j, s, mask=hit)
+    miss = (jm & ~hit).to(tl.int32)
+    bh_tile = (b * Hkv + h) * NT + t
+    tl.store(match_ptr + bh_tile.to(tl.int64) * BLOCK + j - t * BLOCK, tl.cumsum(miss, 0) * miss, mask=jm)  # rank + 1
+    tl.store(tally_ptr + bh_tile, tl.sum(miss, 0))
+    tl.atomic_add(stat_ptr, tl.sum(hit.to(tl.int64), 0))
+    tl.atomic_add(stat_ptr + 1, tl.sum(jm.to(tl.int64), 0))
+
+
+@triton.jit(do_not_specialize=['C', 'NT', 'KV'])
+def _lru_victims(rows_ptr, fresh_ptr, token_at_ptr, used_at_ptr, clock_ptr, tally_ptr, victims_ptr, C, NT, KV, Hkv,
+                 EMPTY: tl.constexpr, AGE_CLIP: tl.constexpr, BINS: tl.constexpr, SCAN: tl.constexpr,
+                 NT_PAD: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    r = tl.load(rows_ptr + b)
+    now = tl.load(clock_ptr + r * Hkv + h) + 1
+    tiles = tl.arange(0, NT_PAD)
+    m = tl.sum(tl.load(tally_ptr + (b * Hkv + h) * NT + tiles, mask=tiles < NT, other=0), 0)
+    row = (r * Hkv + h).to(tl.int64) * C
+    victims = victims_ptr + (b * Hkv + h).to(tl.int64) * KV
+    c = tl.arange(0, SCAN)
+    if tl.load(fresh_ptr + b) != 0:
+        # a fresh row: every slot emptied, and the misses fill slots [0, m) (all equally old)
+        for c0 in range(0, C, SCAN):
+            cm = c0 + c < C
+            tl.store(token_at_ptr + row + c0 + c, tl.full([SCAN], -1, tl.int32), mask=cm)
+            tl.store(used_at_ptr + row + c0 + c, tl.full([SCAN], EMPTY, tl.int32), mask=cm)
+        for c0 in range(0, m, SCAN):
+            tl.store(victims + c0 + c, c0 + c, mask=c0 + c < m)
+    else:
+        # ages after the match stamped this step's hits (age 0): lanes past C count as age 0, which
+        # is never taken (at least m slots are older)
+        hist = tl.zeros([BINS], tl.int32)
+        for c0 in range(0, C, SCAN):
+            cm = c0 + c < C
+            age = tl.minimum(tl.maximum(now - tl.load(used_at_ptr + row + c0 + c, mask=cm, other=now), 0), AGE_CLIP)
+            hist += tl.histogram(age, BINS)
+        bins = tl.arange(0, BINS)
+        at_least = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # slots of age >= each bin
+        thr = tl.sum(((bins >= 1) & (at_least >= m)).to(tl.int32), 0)  # the oldest age that yields m slots
+        older = tl.sum(tl.where(bins > thr, hist, 0), 0)
+        need_at_thr = m - older
+        taken = 0
+        seen_at_thr = 0
+        for c0 in range(0, C, SCAN):
+            cm = c0 + c < C
+            age = tl.minimum(tl.maximum(now - tl.load(used_at_ptr + row + c0 + c, mask=cm, other=now), 0), AGE_CLIP)
+            at_thr = (cm & (age == thr)).to(tl.int32)
+            take = ((cm & (age > thr)) | ((at_thr != 0) & (seen_at_thr + tl.cumsum(at_thr, 0) - at_thr < need_at_thr)))
+            take = take.to(tl.int32)
+            tl.store(victims + taken + tl.cumsum(take, 0) - take, c0 + c, mask=take != 0)
+            taken += tl.sum(take, 0)
+            seen_at_thr += tl.sum(at_thr, 0)
+    tl.store(clock_ptr + r * Hkv + h, now)
+
+
+@triton.jit(do_not_specialize=['layer', 'K', 'C', 'T', 'NT', 'KV', 's_slb', 's_ib', 's_ih'])
+def _lru_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
+              ok_ptr, ov_ptr, match_ptr, tally_ptr, victims_ptr, layer, K, C, T, NT, KV, Hkv,
+              s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
+              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, NT_PAD: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
+    r = tl.load(rows_ptr + b)
+    n = tl.load(cnt_ptr + b * Hkv + h)
+    now = tl.load(clock_ptr + r * Hkv + h)  # the victims launch advanced it to this step
+    j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    jm = j < n
+    rank = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)  # miss rank + 1, or 0
+    miss = jm & (rank > 0)
+    tiles = tl.arange(0, NT_PAD)
+    tile = pid * BLOCK_T // BLOCK  # the match launch's tile of these tokens
+    before = tl.sum(tl.load(tally_ptr + (b * Hkv + h) * NT + tiles, mask=tiles < tile, other=0), 0)
+    slot = tl.load(victims_ptr + (b * Hkv + h).to(tl.int64) * KV + before + rank - 1, mask=miss, other=0)
+    i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
+    row = (r * Hkv + h).to(tl.int64)
+    tl.store(token_at_ptr + row * C + slot, i, mask=miss)
+    tl.store(used_at_ptr + row * C + slot, tl.zeros_like(slot) + now, mask=miss)
+    tl.store(slot_of_ptr + row * T + i, slot, mask=miss)
+    tl.store(pos_ptr + (b * Hkv + h).to(tl.int64) * K + j, slot, mask=miss)
+    blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
+    src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
+    d = tl.arange(0, D)
+    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
+    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
+    dst = (row * C + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, C, D] contiguous
+    tl.store(ok_ptr + dst, k, mask=miss[:, None])
+    tl.store(ov_ptr + dst, v, mask=miss[:, None])
+
+
+def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos,
+               cache_k, cache_v, stats, block_t=32, num_warps=4):
+    """Same contract as ``gather_lru_ref`` (the LRU device cache). cache_k/cache_v [R, Hkv, C, D]
+    contiguous, in the pool's dtype; token_at/used_at [R, Hkv, C], slot_of [R, Hkv, T], clock [R, Hkv]
+    and pos [B, Hkv, K] contiguous int32; rows, fresh [B] int32; stats [2] int64. No host sync."""
+    from vllm_kvoffload.ops.gather_lru_ref import AGE_CLIP, EMPTY
+
+    B, Hkv, K = idx.shape
+    R, Hkv2, C, D = cache_k.shape
+    T = slot_of.shape[2]
+    BS = host_kv.shape[-2]
+    assert Hkv2 == Hkv and K <= C and cache_k.dtype == cache_v.dtype == host_kv.dtype, "the cache holds pool rows"
+    assert cache_k.is_contiguous() and cache_v.is_contiguous() and idx.stride(-1) == 1 and counts.is_contiguous()
+    for t, shape in ((token_at, (R, Hkv, C)), (used_at, (R, Hkv, C)), (slot_of, (R, Hkv, T)), (clock, (R, Hkv)),
+                     (pos, (B, Hkv, K))):
+        assert t.shape == shape and t.is_contiguous() and t.dtype == torch.int32, (t.shape, shape)
+    assert cold_slots.shape[1] * BS <= T, "slot_of must cover every cold token"
+    if host_kv.device.type == "cpu" and not interpreting():
+        assert host_kv.is_pinned(), "zero-copy reads need pinned (page-locked) host memory"
+    block = LRU_MATCH_BLOCK
+    assert block % block_t == 0
+    NT = max(1, cdiv(K, block))
+    KV = NT * block
+    part = B * Hkv * KV
+    # the match's miss ranks and tallies, and the victims' slot lists
+    scratch = device_buffer("gather_lru", 2 * part + B * Hkv * NT, idx.device)
+    match, victims, tally = scratch[:part], scratch[part:2 * part], scratch[2 * part:2 * part + B * Hkv * NT]
+    _lru_match[(NT, B, Hkv)](
+        idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos, match, tally, stats,
+        K, C, T, NT, Hkv, idx.stride(0), idx.stride(1), BLOCK=block, num_warps=num_warps)
+    _lru_victims[(B, Hkv)](
+        rows, fresh, token_at, used_at, clock, tally, victims, C, NT, KV, Hkv,
+        EMPTY=EMPTY, AGE_CLIP=AGE_CLIP, BINS=AGE_BINS, SCAN=LRU_SCAN_BLOCK, NT_PAD=max(2, next_pow2(NT)),
+        num_warps=num_warps)
+    kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
+    st = kv.stride()
+    _lru_fill[(cdiv(K, block_t), B, Hkv)](
+        kv, cold_slots, idx, counts, rows, slot_of, token_at, used_at, clock, pos, ok, ov, match, tally, victims,
+        layer, K, C, T, NT, KV, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0),
+        idx.stride(1), D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
+        num_warps=num_warps)

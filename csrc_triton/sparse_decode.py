@@ -53,7 +53,7 @@ def _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
 
 @triton.jit(do_not_specialize=['s_btb', 's_sb', 's_sh', 's_vb', 's_vh', 'K_SEL', 'NRC', 'NC', 'CHUNK', 's_ob', 's_oh'])  # per-step sizes: no recompiles
 def _sparse_decode_partial(
-    q_ptr, kv_ptr, bt_ptr, res_len_ptr, sk_ptr, sv_ptr, sel_len_ptr, valid_ptr, rows_ptr,
+    q_ptr, kv_ptr, bt_ptr, res_len_ptr, sk_ptr, sv_ptr, sel_len_ptr, valid_ptr, rows_ptr, pos_ptr,
     m_ptr, l_ptr, acc_ptr, arrivals, out_ptr, s_ob, s_oh,
     qk_scale,
     s_qb, s_qh,                      # query [B, Hq, D], D contiguous
@@ -67,6 +67,8 @@ def _sparse_decode_partial(
     ROW_ALIGN: tl.constexpr,         # every sel_k/sel_v row starts at a multiple of this many elements
     G_MERGE: tl.constexpr, BLOCK_C: tl.constexpr,  # the merge: next_pow2(G), partials per pass
     HAS_ROWS: tl.constexpr,          # sel_k/sel_v rows by rows_ptr[b] (the in-place device cache), else b
+    HAS_POS: tl.constexpr,           # selected token t of (b, h) at slot pos_ptr[(b * Hkv + h) * K_SEL + t] (the LRU
+                                     # cache), else at slot t
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -110,7 +112,11 @@ def _sparse_decode_partial(
             tmask = t < hi
             if HAS_VALID:
                 tmask = tmask & (tl.load(valid_ptr + b * s_vb + h * s_vh + t, mask=tmask, other=0) != 0)
-            row = tl.multiple_of(base + t.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher derives it from the strides (row_align)
+            if HAS_POS:
+                slot = tl.load(pos_ptr + (b * (Hq // G) + h).to(tl.int64) * K_SEL + t, mask=tmask, other=0)
+            else:
+                slot = t
+            row = tl.multiple_of(base + slot.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher derives it from the strides (row_align)
             k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
             v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
             m_i, l_i, acc = _online_update(q_sel, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
@@ -179,12 +185,14 @@ def plan(B: int, Hkv: int, max_res: int, K: int, device: torch.device, block_n: 
 
 
 def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale,
-                  sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=3, sel_rows=None):
+                  sel_valid=None, out=None, chunk=None, block_n=None, num_warps=4, num_stages=3, sel_rows=None,
+                  sel_pos=None):
     """Same contract as ``sparse_decode_ref``; returns out [B, Hq, D] in query's dtype.
     No host synchronisation: the grid is sized from block_table.shape and K."""
     B, Hq, D = query.shape
     _, _, BS, Hkv, Dk = kv_cache.shape
-    K = sel_k.shape[2]
+    K = sel_k.shape[2] if sel_pos is None else sel_pos.shape[2]
+    assert sel_pos is None or (sel_pos.shape[:2] == (B, Hkv) and sel_pos.is_contiguous() and sel_pos.dtype == torch.int32)
     assert Dk == D and Hq % Hkv == 0 and D == next_pow2(D) and BS == next_pow2(BS)
     assert query.stride(-1) == 1 and kv_cache.stride(-1) == 1 and sel_k.stride(-1) == 1
     assert sel_k.stride() == sel_v.stride() and sel_k.dtype == sel_v.dtype in (query.dtype, torch.float8_e4m3fn)
@@ -207,7 +215,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
     arrivals = arrival_counters(B * Hkv, query.device)
     _sparse_decode_partial[(NC, Hkv, B)](
         query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, valid,
-        sel_rows if sel_rows is not None else sel_lens, m, l, acc, arrivals, out, out.stride(0), out.stride(1), scale * LOG2E,
+        sel_rows if sel_rows is not None else sel_lens, sel_pos if sel_pos is not None else sel_lens, m, l, acc, arrivals, out, out.stride(0), out.stride(1), scale * LOG2E,
         query.stride(0), query.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_table.stride(0),
@@ -216,6 +224,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n,
         HAS_VALID=sel_valid is not None, F32=interpreting(),
         ROW_ALIGN=row_align(sel_k), G_MERGE=next_pow2(G), BLOCK_C=MERGE_BLOCK_C, HAS_ROWS=sel_rows is not None,
+        HAS_POS=sel_pos is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -179,3 +179,66 @@ def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
                 cnt[0, h] = n + len(extra)
         slots = slots[order]
     assert ref_stats[0] > 0 or cnt.sum() < 8, seed  # some hits across steps 2-3
+
+
+LRU_CASES = [(2, 3, 2, 16, 64, 50, 11, 3), (3, 2, 1, 32, 128, 70, 40, 2), (2, 2, 1, 16, 64, 1500, 600, 4)]  # ..., K, M (C = M * K + 3)
+if not INTERPRET:
+    LRU_CASES += [(8, 8, 2, 16, 128, 5000, 300, 4), (4, 4, 1, 32, 64, 3000, 1000, 3)]
+
+
+@pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K,M", LRU_CASES)
+@pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
+def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
+    """Six steps of the LRU device cache against its reference, every array bit for bit: a first step
+    (fresh rows), then steps that keep about 60% of each selection (so evicted tokens come back), the
+    batch reordered, one request new (fresh) in a row another request had, and counts that change.
+    After each step every selected token's slot holds its pool row."""
+    from vllm_kvoffload.ops.gather_lru_ref import EMPTY, gather_lru_ref
+    from vllm_kvoffload.ops.triton_kernels import gather_lru
+
+    seed = torch.seed() % 2**31
+    pool_dtype, _ = POOLS[pool]
+    host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    R, C = B + 2, M * K + 3  # a width that is no multiple of the kernels' tiles
+    T = slots.shape[1] * bs + 5
+    rows = torch.randperm(R, generator=g)[:B].int()
+    fresh = torch.ones(B, dtype=torch.int32)
+
+    def state():
+        i32 = dict(dtype=torch.int32, device=device)
+        return dict(slot_of=torch.zeros(R, Hkv, T, **i32), token_at=torch.full((R, Hkv, C), -1, **i32),
+                    used_at=torch.full((R, Hkv, C), EMPTY, **i32), clock=torch.zeros(R, Hkv, **i32),
+                    cache_k=torch.full((R, Hkv, C, D), float("nan")).to(pool_dtype).to(device),
+                    cache_v=torch.full((R, Hkv, C, D), float("nan")).to(pool_dtype).to(device),
+                    stats=torch.zeros(2, dtype=torch.int64, device=device))
+    mine, ref = state(), state()
+    for step in range(6):
+        common = (host, L - 1, slots.to(device), idx, cnt, rows.to(device), fresh.to(device))
+        pos = {}
+        for name, s, fn in (("mine", mine, gather_lru), ("ref", ref, gather_lru_ref)):
+            pos[name] = torch.full((B, Hkv, K), -9, dtype=torch.int32, device=device)
+            fn(*common, s["slot_of"], s["token_at"], s["used_at"], s["clock"], pos[name], s["cache_k"], s["cache_v"],
+               s["stats"])
+        for key in mine:
+            assert torch.equal(bits(mine[key]), bits(ref[key])), (seed, step, key)
+        want_k, want_v = (x.cpu() for x in gather_ref(host, L - 1, slots, idx, cnt))
+        for b in range(B):
+            r = int(rows[b])
+            for h in range(Hkv):
+                n = int(cnt[b, h])
+                p = pos["mine"][b, h, :n].long().cpu()
+                assert torch.equal(p, pos["ref"][b, h, :n].long().cpu()), (seed, step)
+                assert torch.equal(bits(mine["cache_k"][r, h].cpu()[p]), bits(want_k[b, h, :n])), (seed, step)
+                assert torch.equal(bits(mine["cache_v"][r, h].cpu()[p]), bits(want_v[b, h, :n])), (seed, step)
+        idx = next_selection(idx.cpu(), cnt.cpu(), max_cold, g).to(device)
+        order = torch.randperm(B, generator=g)
+        idx, cnt, rows, slots = idx[order], cnt[order].clone(), rows[order], slots[order]
+        fresh = torch.zeros(B, dtype=torch.int32)
+        if B > 1 and step == 2:  # a new request in a row nobody has now: its old tokens must not hit
+            rows = rows.clone()
+            rows[-1] = next(r for r in range(R) if r not in rows.tolist())
+            fresh[-1] = 1
+        if int(cnt[0, 0]) > 1:
+            cnt[0, 0] -= 1
+    assert ref["stats"][0] > 0, seed  # tokens came back

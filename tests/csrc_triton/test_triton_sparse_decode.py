@@ -107,3 +107,28 @@ def test_sparse_decode_reads_each_request_s_row_of_the_selections(device, B, Hq,
     ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
     assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
     assert torch.equal(sparse_decode_ref(q, kv, bt, rl, big_k, big_v, sl, D**-0.5, sel_rows=rows), ref)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_res,K,chunk", CASES[1:3])
+@pytest.mark.parametrize("sel_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_sparse_decode_reads_the_selection_through_its_slots(device, B, Hq, Hkv, D, bs, max_res, K, chunk, sel_dtype):
+    """sel_pos: selected token j of (b, h) sits at slot sel_pos[b, h, j] of row sel_rows[b] of a wider
+    cache (the LRU device cache: C slots, in any order, the others holding other tokens)."""
+    seed = torch.seed() % 2**31
+    (q, kv, bt, rl, sk, sv, sl), _ = make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed, sel_dtype=sel_dtype)
+    g = torch.Generator().manual_seed(seed)
+    R, C = B + 1, 3 * K + 1
+    rows = torch.randperm(R, generator=g)[:B].int().to(device)
+    big_k = torch.randn(R, Hkv, C, D, generator=g).to(sel_dtype).to(device)
+    big_v = torch.randn(R, Hkv, C, D, generator=g).to(sel_dtype).to(device)
+    pos = torch.stack([torch.stack([torch.randperm(C, generator=g)[:K] for _ in range(Hkv)]) for _ in range(B)])
+    pos = pos.int().to(device)
+    for b in range(B):
+        for h in range(Hkv):
+            big_k[rows[b].long(), h, pos[b, h].long()] = sk[b, h]
+            big_v[rows[b].long(), h, pos[b, h].long()] = sv[b, h]
+    out = sparse_decode(q, kv, bt, rl, big_k, big_v, sl, D**-0.5, out=torch.full_like(q, float("nan")), chunk=chunk,
+                        block_n=32 if INTERPRET else None, sel_rows=rows, sel_pos=pos)
+    ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
+    assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
+    assert torch.equal(sparse_decode_ref(q, kv, bt, rl, big_k, big_v, sl, D**-0.5, sel_rows=rows, sel_pos=pos), ref)

@@ -15,6 +15,9 @@ Layouts (vLLM FlashAttention):
   sel_rows     [B] int or None                       request b's row of sel_k/sel_v (then
                                                      [R, Hkv, K, D]: the in-place device cache);
                                                      None: row b
+  sel_pos      [B, Hkv, Ksel] int or None            selected token j of (b, h) at slot
+                                                     sel_pos[b, h, j] of its row (the LRU device
+                                                     cache; then sel_lens <= Ksel); None: slot j
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ def resident_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, res_len: int)
 
 
 def sparse_decode_ref(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens, scale, sel_valid=None,
-                      sel_rows=None):
+                      sel_rows=None, sel_pos=None):
     B, Hq, D = query.shape
-    K = sel_k.shape[2]
+    K = sel_k.shape[2] if sel_pos is None else sel_pos.shape[2]
     out = torch.empty_like(query)
     for b in range(B):
         rk, rv = resident_kv(kv_cache, block_table[b], int(res_lens[b]))
@@ -45,6 +48,9 @@ def sparse_decode_ref(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_
         if sel_valid is not None:
             valid = valid & sel_valid[b]
         r = b if sel_rows is None else int(sel_rows[b])
-        out[b] = sparse_decode_attention(query[b], rk, rv, sel_k[r].to(query.dtype), sel_v[r].to(query.dtype),
-                                         valid, scale)
+        sk, sv = sel_k[r].to(query.dtype), sel_v[r].to(query.dtype)
+        if sel_pos is not None:  # [Hkv, Ksel, D]: each selected token's slot
+            at = sel_pos[b].long().clamp(0, sk.shape[1] - 1)[:, :, None].expand(-1, -1, D)
+            sk, sv = sk.gather(1, at), sv.gather(1, at)
+        out[b] = sparse_decode_attention(query[b], rk, rv, sk, sv, valid, scale)
     return out

@@ -65,6 +65,7 @@ def __getattr__(attr: str):
         "gather_uva": "gather",
         "gather_copy_engine": "gather",
         "gather_inplace": "gather",
+        "gather_lru": "gather",
         "qlandmark_mass": "score_summary",
         "infinigen_mass": "score_summary",
         "lrqk_mass": "score_summary",
