@@ -81,6 +81,40 @@ def test_device_cache_across_steps_with_blocks_or_top_p(settings):
     assert runtime.fetch_stats()["cache_hits"] > 0
 
 
+def wandering_queries(steps, seed=0):
+    """Queries that move among a few directions and come back, as a trained model's attention does:
+    tokens leave the selection and return some steps later."""
+    g = torch.Generator().manual_seed(seed)
+    bases = torch.randn(4, 3, HQ, D, generator=g)
+    return [bases[(s * 3) % 4] + 0.05 * torch.randn(3, HQ, D, generator=g) for s in range(steps)]
+
+
+@pytest.mark.parametrize("settings", [{}, {"host_kv_dtype": "fp8"}, {"granularity": "block"}])
+def test_lru_device_cache_equals_the_per_request_path_and_hits_more(settings):
+    """device_cache_factor 3: steps whose queries come back to earlier directions, each layer against
+    the per-request reference (which reads the pool); the wider cache serves more of them."""
+    hits = {}
+    for factor in (1, 3):
+        runtime, rows, table, _ = setup(0.1, device_cache_factor=factor, **settings)
+        for q in wandering_queries(8):
+            check_steps_against_the_per_request_path(runtime, rows, table, q)
+        assert runtime.device_cache.shape.lru == (factor > 1)
+        hits[factor] = runtime.fetch_stats()["cache_hits"]
+    assert hits[3] > hits[1] > 0
+
+
+def test_lru_device_cache_reads_its_rows_not_the_pool_and_forgets_a_released_request():
+    runtime, rows, table, _ = setup(0.1, device_cache_factor=2)
+    queries = wandering_queries(4)
+    outs = [run_step(runtime, rows, table, q) for q in queries]
+    runtime.pool.kv.fill_(float("nan"))  # from here on, any read of the pool shows
+    runtime.apply_plan(SimpleNamespace(released=["b"], copies=[]), 64)  # b finished; its id came back
+    runtime.cold["b"] = rows[1].cold_slots.tolist()
+    again = run_step(runtime, rows, table, queries[3], check_per_row=False)  # a selection the cache holds
+    torch.testing.assert_close(again[0], outs[3][0])
+    assert again[1].isnan().all()  # b's row is fresh: read from the (poisoned) pool
+
+
 @pytest.mark.parametrize("budget", [1.0, 0.1])
 def test_batched_path_matches_per_row_path_with_an_fp8_pool(budget):
     """The batched path keeps an fp8 pool's selections in fp8 (widened by the attention); the

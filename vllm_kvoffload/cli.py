@@ -22,6 +22,7 @@ FLAGS = {
     "-topp-min-tokens": "topp_min_tokens",
     "-device-cache": "device_cache",
     "-device-cache-gb": "device_cache_gb",
+    "-device-cache-factor": "device_cache_factor",
     "-decode-graphs": "decode_graphs",
     "-host-kv-dtype": "host_kv_dtype",
 }
@@ -87,6 +88,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="The most GPU memory in GiB the device cache may take; a batch whose cache "
                             "would not fit decodes without it until it does (slower, same outputs). "
                             "Default: no limit but the GPU's free memory.")
+    group.add_argument("--kv-offload-device-cache-factor", dest="kv_offload_device_cache_factor",
+                       type=_field_type("device_cache_factor"),
+                       help="Device cache slots per request, layer and KV head, as a multiple of the "
+                            "selection (an integer in 1-16). Above 1 it also keeps tokens selected in earlier "
+                            "steps, least recently used out first, so fewer cross PCIe again; that many times "
+                            f"the memory. Default: {d.device_cache_factor}.")
     group.add_argument("--kv-offload-decode-graphs", dest="kv_offload_decode_graphs",
                        action=argparse.BooleanOptionalAction, default=None,
                        help="Replay each offloaded layer's decode as a CUDA graph once the step's shape "

@@ -68,6 +68,13 @@ class KVOffloadConfig(BaseModel):
     or where even that does not fit, on the per-request path (slower, the same outputs either way);
     the server keeps running. Default: no limit but the device's free memory."""
 
+    device_cache_factor: int = Field(default=1, ge=1, le=16)
+    """Slots the device cache keeps per request, layer and KV head, as a multiple of the selection's
+    width (GPU token path). 1: the last selection only, in place. Above 1: also tokens selected in
+    earlier steps, least recently used out first, so a token that drops out of the selection and
+    comes back is read from the device, not over PCIe; the cache takes this many times the memory
+    (each request also keeps a map of its cold tokens: 4 bytes per token, layer and KV head)."""
+
     decode_graphs: bool = True
     """Run each offloaded layer's decode (score, select, fetch, attend) as one CUDA graph
     replay instead of about seven kernel launches, once a step shape repeats (GPU token path;

@@ -15,6 +15,13 @@ Invariants: a row's arrays describe its cached tokens only if the row is not fre
 a request's row never changes while it runs, except that a new allocation (more rows or a
 wider selection) makes every row fresh.
 
+With ``factor`` above 1 (``device_cache_factor``) each (row, layer, KV head) holds ``factor`` times the
+selection's width, least recently used out first (``ops/gather_lru_ref.py``): a token that leaves
+the selection for a few steps and comes back is still on the device. Its arrays per layer are the
+slots' tokens and last uses, each token's slot (``tokens`` entries: any cold length) and a step
+clock; one ``pos`` buffer shared by the layers gives the attention each selected token's slot. The
+parities above are for the in-place kernel only (factor 1, and the scratch, which is always factor 1).
+
 The cache grows with the batch and never shrinks. A batch whose cache would pass ``limit_bytes``
 (``device_cache_gb``), or that the device cannot allocate, gets a scratch instead: one layer's
 buffers, as many rows as the batch, shared by every layer (the layers run one after another on one
@@ -48,10 +55,20 @@ class CacheShape:
     dtype: torch.dtype
     num_layers: int
     shared: bool = False  # the scratch: one set of buffers for every layer
+    factor: int = 1  # slots per (row, layer, KV head) in units of width; above 1: the LRU cache
+    tokens: int = 0  # LRU: entries of the token -> slot map (at least any cold length)
 
     @property
     def buffer_sets(self) -> int:
         return 1 if self.shared else self.num_layers
+
+    @property
+    def lru(self) -> bool:
+        return self.factor > 1
+
+    @property
+    def slots(self) -> int:
+        return self.factor * self.width
 
 
 class DeviceCache:
@@ -62,13 +79,19 @@ class DeviceCache:
         self.shape: CacheShape | None = None
         self.values: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values
         self.arrays: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []  # [layer][parity]: idx, pos, counts
+        self.lru_arrays: list[tuple[torch.Tensor, ...]] = []  # LRU, per layer: slot_of, token_at, used_at, clock
+        self.pos: torch.Tensor | None = None  # LRU: each selected token's slot, [rows * kv_heads * width] int32
         self.row_of: dict[str, int] = {}  # request -> its row
         self.parities: list[int] = []  # per layer: the parity its last run wrote
 
     @staticmethod
     def bytes_for(shape: CacheShape) -> int:
-        values = 2 * shape.rows * shape.kv_heads * shape.width * shape.head_size * shape.dtype.itemsize
-        arrays = 2 * (2 * shape.rows * shape.kv_heads * shape.width + shape.rows * shape.kv_heads) * 4
+        rh = shape.rows * shape.kv_heads
+        values = 2 * rh * shape.slots * shape.head_size * shape.dtype.itemsize
+        if shape.lru:  # token_at, used_at, slot_of, clock per layer; pos once
+            arrays = (2 * rh * shape.slots + rh * shape.tokens + rh) * 4
+            return shape.buffer_sets * (values + arrays) + rh * shape.width * 4
+        arrays = 2 * (2 * rh * shape.width + rh) * 4
         return shape.buffer_sets * (values + arrays)
 
     def key(self) -> tuple:
@@ -81,7 +104,8 @@ class DeviceCache:
             self.row_of.pop(rid, None)
 
     def plan(self, req_ids: list[str], kv_heads: int, width: int, head_size: int, dtype: torch.dtype,
-             num_layers: int, device: torch.device, reuse: bool) -> tuple[np.ndarray, np.ndarray] | None:
+             num_layers: int, device: torch.device, reuse: bool, factor: int = 1,
+             tokens: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
         """This step's (row of each request, fresh flag of each) as int32 arrays: rows of the cache, or
         of the scratch (all fresh) where the batch's cache does not fit, or None where neither fits
         (see the module's docstring). ``reuse`` False (the cache is off): every row is fresh, so every
@@ -95,13 +119,16 @@ class DeviceCache:
             if new:
                 self.row_of[rid] = next(free)
         rows = np.array([self.row_of[rid] for rid in req_ids], dtype=np.int32)
-        need = CacheShape(int(rows.max()) + 1, kv_heads, width, head_size, dtype, num_layers)
+        lru = dict(factor=factor, tokens=tokens) if factor > 1 else {}
+        need = CacheShape(int(rows.max()) + 1, kv_heads, width, head_size, dtype, num_layers, **lru)
         if self._holds(need):
             return rows, fresh
         have = self.shape if self.shape is not None and not self.shape.shared else None
         # rows in multiples of ROW_STEP (a batch ramping up re-allocates every ROW_STEP requests)
         rows_ = max(-(-need.rows // ROW_STEP) * ROW_STEP, have.rows if have else 0)
-        grown = CacheShape(rows_, kv_heads, max(width, have.width if have else 0), head_size, dtype, num_layers)
+        if lru:
+            lru["tokens"] = max(tokens, have.tokens if have else 0)
+        grown = CacheShape(rows_, kv_heads, max(width, have.width if have else 0), head_size, dtype, num_layers, **lru)
         if self._allocate(grown, device) or self._allocate(need, device):
             return rows, np.ones_like(fresh)
         # no cache for this batch (its rows stay assigned): the scratch, row b for request b, all fresh
@@ -114,8 +141,9 @@ class DeviceCache:
         """Whether the buffers serve ``need``: the same kind and geometry, rows and width enough."""
         have = self.shape
         return (have is not None and need.rows <= have.rows and need.width <= have.width
-                and (have.kv_heads, have.head_size, have.dtype, have.num_layers, have.shared)
-                == (need.kv_heads, need.head_size, need.dtype, need.num_layers, need.shared))
+                and need.tokens <= have.tokens
+                and (have.kv_heads, have.head_size, have.dtype, have.num_layers, have.shared, have.factor)
+                == (need.kv_heads, need.head_size, need.dtype, need.num_layers, need.shared, need.factor))
 
     def _allocate(self, shape: CacheShape, device: torch.device) -> bool:
         """Replace the buffers with ones of ``shape``; False where it does not fit (then the old buffers
@@ -125,24 +153,33 @@ class DeviceCache:
             return False  # as large as one that already did not fit: not tried again
         if self.limit_bytes is not None and nbytes > self.limit_bytes:
             return self._refuse(shape, f"over device_cache_gb={self.limit_bytes / 2**30:g}")
-        self.values, self.arrays, self.shape = [], [], None  # the old buffers go first
+        # the old buffers go first
+        self.values, self.arrays, self.lru_arrays, self.pos, self.shape = [], [], [], None, None
         R, H, W, D = shape.rows, shape.kv_heads, shape.width, shape.head_size
+        i32 = dict(dtype=torch.int32, device=device)
         try:
             for _ in range(shape.buffer_sets):
                 # zeros: slots past a count are never read by the kernels, but the torch reference multiplies them by 0
-                self.values.append(tuple(torch.zeros(R, H, W, D, dtype=shape.dtype, device=device) for _ in range(2)))
-                self.arrays.append([(torch.zeros(R, H, W, dtype=torch.int32, device=device),
-                                     torch.zeros(R, H, W, dtype=torch.int32, device=device),
-                                     torch.zeros(R, H, dtype=torch.int32, device=device)) for _ in range(2)])
+                self.values.append(tuple(torch.zeros(R, H, shape.slots, D, dtype=shape.dtype, device=device)
+                                         for _ in range(2)))
+                if shape.lru:  # every row starts fresh, and the LRU kernel empties a fresh row's slots itself
+                    self.lru_arrays.append((torch.zeros(R, H, shape.tokens, **i32),
+                                            torch.full((R, H, shape.slots), -1, **i32),
+                                            torch.zeros(R, H, shape.slots, **i32), torch.zeros(R, H, **i32)))
+                else:
+                    self.arrays.append([(torch.zeros(R, H, W, **i32), torch.zeros(R, H, W, **i32),
+                                         torch.zeros(R, H, **i32)) for _ in range(2)])
+            if shape.lru:
+                self.pos = torch.zeros(R * H * W, **i32)
         except (torch.OutOfMemoryError, MemoryError) as err:
-            self.values, self.arrays = [], []
+            self.values, self.arrays, self.lru_arrays, self.pos = [], [], [], None
             return self._refuse(shape, f"the device could not allocate it: {str(err).splitlines()[0]}")
         if shape.shared:
             logger.warning("kv_offload: decoding without the device cache, in a scratch of %d rows x %d tokens "
                            "(%.2f GiB): every selected token is read from the host pool until the batch's cache "
                            "fits", R, W, nbytes / 2**30)
         else:
-            logger.info("kv_offload: device cache of %d rows x %d tokens (%.2f GiB)", R, W, nbytes / 2**30)
+            logger.info("kv_offload: device cache of %d rows x %d tokens (%.2f GiB)", R, shape.slots, nbytes / 2**30)
             self.refused_bytes = None
         self.parities = [0] * shape.num_layers
         self.shape = shape
@@ -162,6 +199,12 @@ class DeviceCache:
         """The parity this run of ``layer`` writes (the other one than its last run's)."""
         self.parities[layer] ^= 1
         return self.parities[layer]
+
+    def lru_layer(self, layer: int, batch: int, width: int) -> tuple[torch.Tensor, ...]:
+        """(slot_of, token_at, used_at, clock, pos [batch, kv_heads, width], keys, values) of a layer of the
+        LRU cache: gather_lru's arguments after rows and fresh, then the attention's slots."""
+        pos = self.pos[: batch * self.shape.kv_heads * width].view(batch, self.shape.kv_heads, width)
+        return (*self.lru_arrays[layer], pos, *self.values[layer])
 
     def layer(self, layer: int, parity: int) -> tuple[torch.Tensor, ...]:
         """(prev idx, prev pos, prev counts, new idx, new pos, new counts, keys, values) of a layer,

@@ -136,6 +136,7 @@ class OffloadRuntime:
         # caches whose data_ptrs are ``views_key`` (vLLM allocates the caches once).
         self.views_key: tuple[int, ...] | None = None
         self.views: tuple[list[torch.Tensor], torch.Tensor] | None = None
+        self.max_model_len: int | None = None  # the engine's, from prepare_pool: the LRU cache's token map
 
     # ---- set-up -------------------------------------------------------------
     def add_layer(self, name: str, layer: torch.nn.Module) -> None:
@@ -147,6 +148,7 @@ class OffloadRuntime:
         """Allocate the host pool now, once vLLM has bound the layers' caches at start-up: a pool
         the host cannot provide then fails the start, not the first request that offloads. With
         the engine's limits, also say how large the device cache can grow."""
+        self.max_model_len = max_model_len
         if self.layers:
             first = next(iter(self.layers.values()))
             self._ensure_pool(num_slots, first.kv_cache, first.impl)
@@ -159,7 +161,8 @@ class OffloadRuntime:
         first = next(iter(self.layers.values()))
         width = self._selection_width(self.config.budget_tokens(max_model_len), max_model_len)
         row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, first.impl.head_size,
-                                               self.pool.kv.dtype, len(self.layer_index)))
+                                               self.pool.kv.dtype, len(self.layer_index),
+                                               **self._lru_geometry(max_model_len)))
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
         bounds = [(room, what) for room, what in ((self.device_cache.limit_bytes, "device_cache_gb"),
                                                   (free, "the device's free memory now")) if room is not None]
@@ -320,7 +323,8 @@ class OffloadRuntime:
             first = next(iter(self.layers.values()))
             cache_plan = self.device_cache.plan(
                 [r.req_id for r in rows], first.impl.num_kv_heads, k, first.impl.head_size,
-                self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache)
+                self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache,
+                **self._lru_geometry(cold.shape[1] * bs))
             if cache_plan is None or self.device_cache.shape.shared:  # this batch's cache does not fit
                 self.uncached_steps += 1
             if cache_plan is None:  # nor its scratch: the per-request path, which needs no buffers
@@ -334,6 +338,14 @@ class OffloadRuntime:
             key = (len(rows), k, dev["res_table"].data_ptr(), self.device_cache.key(),
                    *((n, a.shape) for n, a in arrays.items()))
         self.graphs = self.graph_policy.for_step(key, self._make_graphs)
+
+    def _lru_geometry(self, cold_tokens: int) -> dict:
+        """The LRU cache's factor and token-map entries (none where the factor is 1, or the cache is off):
+        at least ``cold_tokens``, and the engine's max_model_len where known, so the map is sized once."""
+        factor = self.config.device_cache_factor if self.config.device_cache else 1
+        if factor == 1:
+            return {}
+        return dict(factor=factor, tokens=_round_up(max(cold_tokens, self.max_model_len or 0), 1024))
 
     def _selection_width(self, budget: int, cold_tokens: int) -> int:
         """``k`` of a step whose widest budget and longest cold span are these: the device cache's width
@@ -404,13 +416,20 @@ class OffloadRuntime:
                 idx, counts = select_cold_tokens_batched(mass, b["cold_lens"], b["k"], b["budgets"],
                                                          granularity=cfg.granularity, block_size=self.block_size,
                                                          topp=cfg.topp, min_tokens=cfg.topp_min_tokens)
-        cache = self.device_cache.layer(layer, parity)
-        with phase("fetch"):  # misses: zero-copy reads of the pinned host pool over PCIe, into the cache
-            tk.gather_inplace(self.pool.kv, layer, b["cold_slots"], idx, counts, b["cache_rows"], b["cache_fresh"],
-                              *cache, self.fetch_counts)
+        fetch = (self.pool.kv, layer, b["cold_slots"], idx, counts, b["cache_rows"], b["cache_fresh"])
+        pos = None
+        if self.device_cache.shape.lru:
+            cache = self.device_cache.lru_layer(layer, idx.shape[0], idx.shape[2])
+            pos = cache[4]
+            with phase("fetch"):  # misses: into the least recently used slots
+                tk.gather_lru(*fetch, *cache, self.fetch_counts)
+        else:
+            cache = self.device_cache.layer(layer, parity)
+            with phase("fetch"):  # misses: zero-copy reads of the pinned host pool over PCIe, into the cache
+                tk.gather_inplace(*fetch, *cache, self.fetch_counts)
         with phase("attend"):  # selections from an fp8 pool stay fp8 in the cache; the attention widens them
             tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], cache[-2], cache[-1], counts,
-                             impl.scale, out=output, sel_rows=b["cache_rows"])
+                             impl.scale, out=output, sel_rows=b["cache_rows"], sel_pos=pos)
 
     # ---- reference path: one request at a time, pure torch --------------------------------
     def _decode_rows(self, layer_name: str, impl, query: torch.Tensor, kv_cache: torch.Tensor,

@@ -38,8 +38,9 @@ def run(C, steps, cold=96, K=12, seed=0, fresh_at=()):
     host, slots = make_pool(cold, g)
     R = B + 1
     rows = torch.tensor([2, 0], dtype=torch.int32)
-    state = dict(slot_of=torch.zeros(R, HKV, cold, dtype=torch.int32), token_at=torch.full((R, HKV, C), -1, dtype=torch.int32),
-                 used_at=torch.full((R, HKV, C), EMPTY, dtype=torch.int32), clock=torch.zeros(R, HKV, dtype=torch.int32))
+    i32 = dict(dtype=torch.int32)
+    state = dict(slot_of=torch.zeros(R, HKV, cold, **i32), token_at=torch.full((R, HKV, C), -1, **i32),
+                 used_at=torch.full((R, HKV, C), EMPTY, **i32), clock=torch.zeros(R, HKV, **i32))
     cache_k, cache_v = torch.zeros(R, HKV, C, D), torch.zeros(R, HKV, C, D)
     stats = torch.zeros(2, dtype=torch.int64)
     hot = torch.randperm(cold, generator=g)[: 2 * K]
@@ -59,7 +60,8 @@ def run(C, steps, cold=96, K=12, seed=0, fresh_at=()):
                 n = int(counts[b, h])
                 sel, p = idx[b, h, :n].tolist(), pos[b, h, :n].long()
                 assert state["token_at"][r, h, p].tolist() == sel  # each selected token in its slot
-                assert torch.equal(cache_k[r, h, p], want_k[b, h, :n]) and torch.equal(cache_v[r, h, p], want_v[b, h, :n])
+                assert torch.equal(cache_k[r, h, p], want_k[b, h, :n])
+                assert torch.equal(cache_v[r, h, p], want_v[b, h, :n])
                 cached = set() if fresh[b] else set(before["token_at"][r, h].tolist()) - {-1}
                 expected_hits += len(cached & set(sel))
                 # LRU: every refilled slot was at least as old as every slot kept and not selected
