@@ -315,7 +315,7 @@ def synthetic_misses_from_env(offload: str | None) -> float | None:
     rate = os.environ.get(synthetic_misses.ENV)
     if not offload or rate is None:
         return None
-    synthetic_misses.install(float(rate))
+    synthetic_misses.install(float(rate), float(os.environ.get(synthetic_misses.JITTER_ENV, 0)))
     return float(rate)
 
 
@@ -374,9 +374,10 @@ def dummy_llama() -> Path:
     return model
 
 
-def offload_settings(args, scorer: str, budget: float, device_cache: bool = True) -> str:
+def offload_settings(args, scorer: str, budget: float, device_cache: bool = True, factor: int = 1) -> str:
     return json.dumps({"scorer": scorer, "budget": budget, "window_tokens": 256, "sink_tokens": 16,
-                       "host_gb": args.host_gb, "device_cache": device_cache, "host_kv_dtype": args.host_kv_dtype})
+                       "host_gb": args.host_gb, "device_cache": device_cache, "host_kv_dtype": args.host_kv_dtype,
+                       "device_cache_factor": factor})
 
 
 def profile_steps(args) -> dict:
@@ -386,24 +387,26 @@ def profile_steps(args) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     runs = [] if args.no_stock else [("stock", args.stock_requests, "", "0.9")]
     for scorer in args.scorers or [args.scorer]:
-        runs.append((f"{scorer}-{args.budgets[0]}", args.offload_requests,
-                     offload_settings(args, scorer, args.budgets[0]),
-                     str(args.offload_gpu_util)))
+        for factor in args.device_cache_factors:
+            tag = f"{scorer}-{args.budgets[0]}" + (f"-x{factor}" if factor > 1 else "")
+            runs.append((tag, args.offload_requests, offload_settings(args, scorer, args.budgets[0], factor=factor),
+                         str(args.offload_gpu_util)))
     graphs = "1" if args.cuda_graphs else ""
-    set_synthetic_miss_rate((args.synthetic_miss_rates or [None])[0])  # stock ignores it
+    set_synthetic_miss_rate((args.synthetic_miss_rates or [None])[0], args.synthetic_jitter)  # stock ignores it
     results = [run_child(["_profile", str(model), str(n), str(args.context), c, util, str(args.steps), tag, graphs],
                          600) for tag, n, c, util in runs]
     return {"device": torch.cuda.get_device_name(), "results": results}
 
 
-def set_synthetic_miss_rate(rate: float | None) -> None:
-    """The rate the next offload child reads (vllm_kvoffload/bench/synthetic_misses.py), or none."""
+def set_synthetic_miss_rate(rate: float | None, jitter: float = 0.0) -> None:
+    """The rate and jitter the next offload child reads (vllm_kvoffload/bench/synthetic_misses.py), or none."""
     from vllm_kvoffload.bench import synthetic_misses
 
     if rate is None:
         os.environ.pop(synthetic_misses.ENV, None)
     else:
         os.environ[synthetic_misses.ENV] = str(rate)
+    os.environ[synthetic_misses.JITTER_ENV] = str(jitter)
 
 
 def throughput(args) -> dict:
@@ -419,22 +422,24 @@ def throughput(args) -> dict:
                        str(args.steps), graphs], 600)
     stock.update(config="stock", budget=None, device=device, context=args.context, cuda_graphs=args.cuda_graphs)
     results = [stock]
-    variants = [(b, True) for b in args.budgets] + ([(args.budgets[0], False)] if args.no_cache_too else [])
-    for scorer, (budget, cache), rate in itertools.product(args.scorers or [args.scorer], variants,
-                                                           args.synthetic_miss_rates or [None]):
-        set_synthetic_miss_rate(rate)
+    variants = [(b, True, f) for b in args.budgets for f in args.device_cache_factors]
+    variants += [(args.budgets[0], False, 1)] if args.no_cache_too else []
+    for scorer, (budget, cache, factor), rate in itertools.product(args.scorers or [args.scorer], variants,
+                                                                   args.synthetic_miss_rates or [None]):
+        set_synthetic_miss_rate(rate, args.synthetic_jitter)
         r = run_child(["_throughput", str(model), str(args.offload_requests), str(args.context),
-                       offload_settings(args, scorer, budget, cache), str(args.offload_gpu_util), str(args.steps), graphs,
-                       "1" if args.decode_graphs_ab else ""], 600)
-        r.update(config=scorer, budget=budget, device_cache=cache, host_kv_dtype=args.host_kv_dtype,
+                       offload_settings(args, scorer, budget, cache, factor), str(args.offload_gpu_util), str(args.steps),
+                       graphs, "1" if args.decode_graphs_ab else ""], 600)
+        r.update(config=scorer, budget=budget, device_cache=cache, device_cache_factor=factor,
+                 synthetic_jitter=args.synthetic_jitter if rate is not None else None, host_kv_dtype=args.host_kv_dtype,
                  host_gb=args.host_gb, device=device, context=args.context,
                  cuda_graphs=args.cuda_graphs, stock_decode_tok_s=stock.get("decode_tok_s"),
                  stock_n_requests=args.stock_requests)
         if "decode_tok_s" in r and stock.get("decode_tok_s"):
             r["speedup_vs_stock"] = r["decode_tok_s"] / stock["decode_tok_s"]
         results.append(r)
-        print(json.dumps({k: r.get(k) for k in ("budget", "device_cache", "synthetic_miss_rate", "decode_tok_s",
-                                                 "speedup_vs_stock", "error")}),
+        print(json.dumps({k: r.get(k) for k in ("budget", "device_cache", "device_cache_factor", "synthetic_miss_rate",
+                                                 "decode_tok_s", "speedup_vs_stock", "error")}),
               flush=True)
     return {"device": device, "command": " ".join(sys.argv), "results": results}
 
@@ -475,6 +480,13 @@ def main() -> None:
                        help="dummy weights never miss the device cache; redraw this share of a random token "
                             "ranking per step so that selections change (about 1 - RATE of hits), one offload "
                             "run per rate (profile: the first); vllm_kvoffload/bench/synthetic_misses.py")
+        q.add_argument("--synthetic-jitter", type=float, default=0.0, metavar="J",
+                       help="with --synthetic-miss-rates: add J times a fresh uniform draw per step, so that "
+                            "tokens near the selection's edge leave it and come back (what a wider device cache "
+                            "serves); rate 0.2 with J 0.09 mimics the trained model's replay at 3%%")
+        q.add_argument("--device-cache-factors", type=int, nargs="+", default=[1], metavar="F",
+                       help="one offload run per device cache factor (device_cache_factor: slots per request, "
+                            "layer and KV head in selections; above 1 the LRU cache)")
         q.add_argument("--budgets", type=float, nargs="+", default=[0.03])
         q.add_argument("--steps", type=int, default=8 if q is p else 32, help="timed steady steps")
         q.add_argument("--cuda-graphs", action="store_true", help="let vLLM capture CUDA graphs (both engines)")
@@ -489,6 +501,11 @@ def main() -> None:
     bad = [r for r in getattr(args, "synthetic_miss_rates", None) or [] if not 0.0 <= r <= 1.0]
     if bad:
         parser.error(f"--synthetic-miss-rates {bad[0]}: accepted 0 to 1 (the share of the ranking redrawn per step)")
+    if not 0.0 <= getattr(args, "synthetic_jitter", 0.0) <= 1.0:
+        parser.error(f"--synthetic-jitter {args.synthetic_jitter}: accepted 0 to 1")
+    bad = [f for f in getattr(args, "device_cache_factors", None) or [] if not 1 <= f <= 16]
+    if bad:
+        parser.error(f"--device-cache-factors {bad[0]}: accepted whole numbers from 1 to 16")
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"correctness": correctness, "throughput": throughput, "profile": profile_steps}[args.cmd](args)
     (OUT / f"{args.cmd}.json").write_text(json.dumps(report, indent=1))

@@ -53,6 +53,8 @@ def test_one_rank_buffer_per_layer_replaced_on_a_new_shape():
 def test_bad_rate_is_refused():
     with pytest.raises(ValueError, match="1.5"):
         SyntheticMisses(lambda *a: None, 1.5)
+    with pytest.raises(ValueError, match="jitter -0.1"):
+        SyntheticMisses(lambda *a: None, 0.5, -0.1)
 
 
 def test_install_wraps_the_scorers_the_runtime_creates():
@@ -60,10 +62,11 @@ def test_install_wraps_the_scorers_the_runtime_creates():
     from vllm_kvoffload.scorers import KVGeometry
 
     g = KVGeometry(num_kv_heads=2, num_q_heads=4, head_dim=8, block_size=16, dtype=torch.float32)
-    synthetic_misses.install(0.25)
+    synthetic_misses.install(0.25, 0.09)
     try:
         scorer = runtime.create_scorer("exact-topk", g)
         assert isinstance(scorer.score_batched, SyntheticMisses) and scorer.score_batched.rate == 0.25
+        assert scorer.score_batched.jitter == 0.09
     finally:
         synthetic_misses.uninstall()
     assert not isinstance(runtime.create_scorer("exact-topk", g).score_batched, SyntheticMisses)

@@ -53,3 +53,22 @@ def test_seed_decides_the_draw(device):
     first = c.clone()
     redraw_ranks(mass, c, seed, 0.5)  # the seed advanced: a different draw
     assert (c != first).float().mean().item() > 0.3
+
+
+@pytest.mark.parametrize("jitter", [0.09, 0.5])
+def test_jitter_adds_a_fresh_draw_to_the_sum_not_to_the_ranks(device, jitter):
+    """jitter: out = mass + rank + jitter * v with v uniform in [0, 1) and new per call; the stored
+    ranks are redrawn as without it."""
+    from csrc_triton.synthetic_ranks import redraw_ranks
+
+    for fn in (redraw_ranks, redraw_ranks_ref):
+        mass, rank = inputs(device)
+        seed = torch.tensor([99], dtype=torch.int64, device=device)
+        outs = []
+        for _ in range(2):
+            out = fn(mass, rank, seed, 0.0, jitter)  # rate 0: the ranks stay, only the jitter moves
+            extra = (out - mass - rank)[torch.isfinite(out)] / jitter
+            assert extra.min() >= -1e-5 and extra.max() < 1 + 1e-5 and abs(extra.mean().item() - 0.5) < 0.03, fn
+            outs.append(out)
+        assert torch.isneginf(outs[0][1, :, 2500:]).all(), fn
+        assert (outs[0] != outs[1])[torch.isfinite(outs[0])].float().mean() > 0.99, fn  # fresh per call
