@@ -105,6 +105,12 @@ VARIANTS = {  # name -> kv_offload settings ("" = stock)
     "blocks_3pct": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4,
                     "granularity": "block"},
     "topp_3pct": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4, "topp": 0.9},
+    # the LRU device cache (4 selections wide): every variant "<name>_lru" is also compared with "<name>"
+    # token for token, since both attend to the same tokens, only cached in other slots
+    "full_budget_lru": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
+                        "device_cache_factor": 4},
+    "budget_3pct_lru": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4,
+                        "device_cache_factor": 4},
 }
 
 
@@ -159,6 +165,9 @@ def correctness(args) -> dict:
                 entry[key] = {"error": r.get("error"), "log_tail": r.get("log_tail", "")[-1500:]}
             if r.get("retried_alone"):
                 entry[key]["retried_alone"] = True
+            twin = runs.get(key.removesuffix("_lru"))
+            if key.endswith("_lru") and twin and "rows" in r and "rows" in twin:
+                entry[key]["against_" + key.removesuffix("_lru")] = compare_rows(twin, r)
         report[arch] = entry
     return report
 
