@@ -322,13 +322,13 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
 
 
 # ---- (d) the LRU device cache, wider than one selection (gather_lru_ref's docstring) -------
-# Three launches: match (each selected token's hit, stamped with this step, or its place in its
-# tile's list of misses), victims (per row and KV head, the misses' slots: a histogram of the slots'
+# Three launches: match (each selected token's hit, stamped with this step, or its rank among
+# its tile's misses), victims (per row and KV head, the misses' slots: a histogram of the slots'
 # clipped ages finds the age threshold, then one ordered pass lists the slots), fill (the g-th
-# miss takes the g-th listed slot and is read from the pool into it). The fill's programs take the
-# misses in rank order, BLOCK_T at a time, not the selection's tokens: each program waits out its
-# PCIe reads, so where a third of the tokens miss, programs over all tokens would wait about as
-# long as where every token misses (session 29: 726 us per layer at 30% misses, against 800 at 55%).
+# miss takes the g-th listed slot and is read from the pool into it). The fill's programs cover the
+# selection's tokens, misses or not. Programs over the misses in rank order (BLOCK_T misses each,
+# from per-tile lists of misses) were slower on the H100: 861 against 726 us per layer at 30% misses
+# (session 29, calls e and f), so they were taken out.
 LRU_MATCH_BLOCK = 512  # selected tokens per program of the match launch (a multiple of the fill's)
 LRU_SCAN_BLOCK = 1024  # slots per pass of the victims launch
 AGE_BINS = 256  # ages 0 .. AGE_CLIP
@@ -336,7 +336,7 @@ AGE_BINS = 256  # ages 0 .. AGE_CLIP
 
 @triton.jit(do_not_specialize=['K', 'C', 'T', 'NT', 's_ib', 's_ih'])
 def _lru_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
-               misses_ptr, tally_ptr, stat_ptr, K, C, T, NT, Hkv, s_ib, s_ih, BLOCK: tl.constexpr):
+               match_ptr, tally_ptr, stat_ptr, K, C, T, NT, Hkv, s_ib, s_ih, BLOCK: tl.constexpr):
     t = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
@@ -355,8 +355,7 @@ def _lru_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, slot_of_ptr, token_at_ptr,
     tl.store(pos_ptr + (b * Hkv + h).to(tl.int64) * K + j, s, mask=hit)
     miss = (jm & ~hit).to(tl.int32)
     bh_tile = (b * Hkv + h) * NT + t
-    # this tile's misses listed in order (their positions j) at its part of misses_ptr
-    tl.store(misses_ptr + bh_tile.to(tl.int64) * BLOCK + tl.cumsum(miss, 0) - miss, j, mask=miss != 0)
+    tl.store(match_ptr + bh_tile.to(tl.int64) * BLOCK + j - t * BLOCK, tl.cumsum(miss, 0) * miss, mask=jm)  # rank + 1
     tl.store(tally_ptr + bh_tile, tl.sum(miss, 0))
     tl.atomic_add(stat_ptr, tl.sum(hit.to(tl.int64), 0))
     tl.atomic_add(stat_ptr + 1, tl.sum(jm.to(tl.int64), 0))
@@ -411,29 +410,24 @@ def _lru_victims(rows_ptr, fresh_ptr, token_at_ptr, used_at_ptr, clock_ptr, tall
 
 
 @triton.jit(do_not_specialize=['layer', 'K', 'C', 'T', 'NT', 'KV', 's_slb', 's_ib', 's_ih'])
-def _lru_fill(kv_arg, slots_ptr, idx_ptr, rows_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
-              ok_ptr, ov_ptr, misses_ptr, tally_ptr, victims_ptr, layer, K, C, T, NT, KV, Hkv,
+def _lru_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
+              ok_ptr, ov_ptr, match_ptr, tally_ptr, victims_ptr, layer, K, C, T, NT, KV, Hkv,
               s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
               D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, NT_PAD: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
-    tiles = tl.arange(0, NT_PAD)
-    tally = tl.load(tally_ptr + (b * Hkv + h) * NT + tiles, mask=tiles < NT, other=0)
-    m = tl.sum(tally, 0)
-    if pid * BLOCK_T >= m:
-        return  # past the (row, KV head)'s misses
-    g = pid * BLOCK_T + tl.arange(0, BLOCK_T)  # this program's misses, by rank
-    miss = g < m
     r = tl.load(rows_ptr + b)
+    n = tl.load(cnt_ptr + b * Hkv + h)
     now = tl.load(clock_ptr + r * Hkv + h)  # the victims launch advanced it to this step
-    # the g-th miss: in the tile whose listed misses, counted from the first tile, pass g
-    ends = tl.cumsum(tally, 0)
-    tile = tl.sum((ends[None, :] <= g[:, None]).to(tl.int32), 1)
-    start = tl.sum(tl.where(tiles[None, :] == tile[:, None], ends - tally, 0), 1)
-    bh = (b * Hkv + h).to(tl.int64)
-    j = tl.load(misses_ptr + (bh * NT + tile) * BLOCK + g - start, mask=miss, other=0)
-    slot = tl.load(victims_ptr + bh * KV + g, mask=miss, other=0)
+    j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    jm = j < n
+    rank = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)  # miss rank + 1, or 0
+    miss = jm & (rank > 0)
+    tiles = tl.arange(0, NT_PAD)
+    tile = pid * BLOCK_T // BLOCK  # the match launch's tile of these tokens
+    before = tl.sum(tl.load(tally_ptr + (b * Hkv + h) * NT + tiles, mask=tiles < tile, other=0), 0)
+    slot = tl.load(victims_ptr + (b * Hkv + h).to(tl.int64) * KV + before + rank - 1, mask=miss, other=0)
     i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
     row = (r * Hkv + h).to(tl.int64)
     tl.store(token_at_ptr + row * C + slot, i, mask=miss)
@@ -474,11 +468,11 @@ def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, to
     NT = max(1, cdiv(K, block))
     KV = NT * block
     part = B * Hkv * KV
-    # the match's lists of misses and their tallies per tile, and the victims' slot lists
+    # the match's miss ranks and tallies, and the victims' slot lists
     scratch = device_buffer("gather_lru", 2 * part + B * Hkv * NT, idx.device)
-    misses, victims, tally = scratch[:part], scratch[part:2 * part], scratch[2 * part:2 * part + B * Hkv * NT]
+    match, victims, tally = scratch[:part], scratch[part:2 * part], scratch[2 * part:2 * part + B * Hkv * NT]
     _lru_match[(NT, B, Hkv)](
-        idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos, misses, tally, stats,
+        idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos, match, tally, stats,
         K, C, T, NT, Hkv, idx.stride(0), idx.stride(1), BLOCK=block, num_warps=num_warps)
     _lru_victims[(B, Hkv)](
         rows, fresh, token_at, used_at, clock, tally, victims, C, NT, KV, Hkv,
@@ -487,7 +481,7 @@ def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, to
     kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
     st = kv.stride()
     _lru_fill[(cdiv(K, block_t), B, Hkv)](
-        kv, cold_slots, idx, rows, slot_of, token_at, used_at, clock, pos, ok, ov, misses, tally, victims,
+        kv, cold_slots, idx, counts, rows, slot_of, token_at, used_at, clock, pos, ok, ov, match, tally, victims,
         layer, K, C, T, NT, KV, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0),
         idx.stride(1), D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
         num_warps=num_warps)
