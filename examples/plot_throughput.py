@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 def label(r: dict) -> str:
     if r["config"] == "stock":
         return f"stock\n{r['n_requests']} req"
-    cache = "cache" if r.get("device_cache") else "no cache"
+    factor = r.get("device_cache_factor") or 1
+    cache = ("cache" + (f" x{factor} (LRU)" if factor > 1 else "")) if r.get("device_cache") else "no cache"
     pool = ", fp8 K/V" if r.get("host_kv_dtype") == "fp8" else ""
     return f"{r['config']} {r['budget']:.1%}\n{r['n_requests']} req, {cache}{pool}"
 

@@ -13,7 +13,7 @@ afresh per call: tokens near the selection's edge then leave it and come back so
 trained model's selections do, which is what a device cache wider than one selection serves.
 (At 3% of the context, rate 0.2 and jitter 0.09 give about 44%, 64% and 70% hits to LRU caches of
 1, 2 and 4 times the budget, near the trained model's replay: 44.5%, 59% and 71%;
-docs/performance.md.)"""
+docs/results/cache/jitter_calibration.py.)"""
 
 from __future__ import annotations
 
