@@ -1,8 +1,10 @@
-"""The in-place device cache's row bookkeeping (vllm_kvoffload/device_cache.py): a request keeps
-its row across batch reorders, a released request's row goes to the next new one, and a new
-allocation (more rows, a wider selection) makes every row fresh. The gather and attention that
-use the rows are tested in tests/csrc_triton/test_triton_gather.py and tests/test_runtime.py."""
+"""The device cache's row bookkeeping (vllm_kvoffload/device_cache.py): a request keeps its row
+across batch reorders, a released request's row goes to the next new one, and a new allocation
+(more rows, a wider selection, a longer token map or another factor) makes every row fresh; the
+sizes it reports are what it holds, in place and LRU. The gather and attention that use the rows
+are tested in tests/csrc_triton/test_triton_gather.py and tests/test_runtime.py."""
 
+import pytest
 import torch
 
 from vllm_kvoffload.device_cache import ROW_STEP, CacheShape, DeviceCache
@@ -131,3 +133,31 @@ def test_a_device_out_of_memory_falls_back_and_nothing_as_large_is_tried_again(m
     rows, fresh = plan(cache, ["r0", "r1"], released=ids[2:] + ["x"])
     assert rows == [0, 1] and fresh == [1, 1] and not cache.shape.shared and cache.shape.rows == 2
     assert cache.refused_bytes is None
+
+
+def held_bytes(cache: DeviceCache) -> int:
+    tensors = [t for kv in cache.values for t in kv] + [t for layer in cache.arrays for parity in layer for t in parity]
+    tensors += [t for layer in cache.lru_arrays for t in layer] + ([cache.pos] if cache.pos is not None else [])
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_bytes_for_counts_every_buffer_the_cache_holds(factor):
+    """The size that the limit and the start-up report use is what is allocated, in place and LRU."""
+    cache = DeviceCache()
+    lru = {"factor": factor, "tokens": 4096} if factor > 1 else {}
+    assert cache.plan(["a", "b", "c"], 2, 64, 8, torch.bfloat16, 3, torch.device("cpu"), reuse=True, **lru) is not None
+    assert cache.shape.lru == (factor > 1) and cache.shape.slots == factor * 64
+    assert DeviceCache.bytes_for(cache.shape) == held_bytes(cache)
+
+
+def test_an_lru_cache_is_reallocated_for_a_longer_token_map_and_a_new_factor():
+    cache = DeviceCache()
+    cpu = torch.device("cpu")
+    cache.plan(["a"], 2, 64, 8, torch.bfloat16, 3, cpu, reuse=True, factor=2, tokens=1024)
+    _, fresh = cache.plan(["a"], 2, 64, 8, torch.bfloat16, 3, cpu, reuse=True, factor=2, tokens=1024)
+    assert not fresh.any()
+    _, fresh = cache.plan(["a"], 2, 64, 8, torch.bfloat16, 3, cpu, reuse=True, factor=2, tokens=2048)
+    assert fresh.all() and cache.shape.tokens == 2048 and cache.lru_arrays[0][0].shape[-1] == 2048
+    _, fresh = cache.plan(["a"], 2, 64, 8, torch.bfloat16, 3, cpu, reuse=True, factor=4, tokens=1024)
+    assert fresh.all() and cache.shape.factor == 4 and cache.shape.tokens == 2048  # the map never shrinks
