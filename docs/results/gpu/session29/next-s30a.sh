@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# prepared in session 29 for the next GPU session (not yet run): (1) what the misses' fixed cost is: the
+# in-place gather at miss rates from 0.1% to 55%, with the requests' slots contiguous and scattered;
+# (2) the device cache's fallbacks against stock on the trained model (random weights cannot tell)
+source .gpu/setup.sh || exit 1
+for slots in --contiguous-slots ""; do
+  mkdir -p $OUT/gather$slots
+  OUT=$OUT/gather$slots python examples/gpu_gather.py --layers 8 --layouts head-major \
+    --hit-rates 1.0 0.999 0.99 0.9 0.7 0.45 --tiles 32 --warps 4 --reps 15 $slots > $OUT/gather$slots.log 2>&1
+  echo "gather $slots rc=$?"; grep -E "gather_inplace|misses alone" $OUT/gather$slots.log | head -20
+done
+python examples/gpu_offload_bench.py correctness --model vllm_kvoffload/models/kvoffload-tiny --archs \
+  --variants full_budget full_budget_no_cache_room full_budget_scratch full_budget_blocks --parallel 1 \
+  > $OUT/correctness.log 2>&1
+echo correctness rc=$?
+python - <<'PY'
+import json, os
+r = json.load(open(os.environ["OUT"] + "/correctness.json"))
+for arch, e in r.items():
+    for k, v in e.items():
+        if isinstance(v, dict):
+            f = v.get("fetch") or {}
+            print(f"{k:28s} prefix={v.get('identical_prefix')} maxdiff={v.get('max_logprob_diff_on_prefix')} "
+                  f"uncached={f.get('steps_without_device_cache')} err={(v.get('error') or '')[:200]}")
+PY
