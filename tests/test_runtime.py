@@ -171,12 +171,12 @@ def run_step(runtime, rows, table, query, check_per_row=True):
 def test_device_cache_serves_reselected_tokens_across_reordered_rows():
     runtime, rows, table, _ = setup(0.2)
     q1 = torch.randn(3, HQ, D)
-    run_step(runtime, rows, table, q1)
+    run_step(runtime, rows, table, q1, check_per_row=False)  # (the per-request path's reads count too)
     first = runtime.fetch_stats()
     assert first["cache_hits"] == 0 and first["tokens_gathered"] > 0
     order = [2, 0, 1]  # vLLM may reorder its batch between steps
     q2 = (q1 + 0.05 * torch.randn_like(q1))[order]  # the next queries, close to the last ones
-    run_step(runtime, [rows[i] for i in order], table[order], q2)
+    run_step(runtime, [rows[i] for i in order], table[order], q2, check_per_row=False)
     stats = runtime.fetch_stats()
     gathered = stats["tokens_gathered"] - first["tokens_gathered"]
     assert gathered > 0 and stats["cache_hits"] > 0.5 * gathered
@@ -298,7 +298,8 @@ def test_a_batch_whose_scratch_does_not_fit_either_decodes_on_the_per_request_pa
     query = torch.randn(3, HQ, D)
     check_steps_against_the_per_request_path(runtime, rows, table, query)
     assert runtime.batched is None and runtime.device_cache.shape is None
-    assert runtime.fetch_stats()["tokens_gathered"] == 0 and runtime.fetch_stats()["steps_without_device_cache"] == 1
+    stats = runtime.fetch_stats()  # the per-request path reads every selected token from the pool
+    assert stats["tokens_gathered"] > 0 and stats["cache_hits"] == 0 and stats["steps_without_device_cache"] == 1
 
 
 def test_start_up_says_how_large_the_device_cache_can_grow_and_warns_past_its_limit():

@@ -238,9 +238,30 @@ def _patch_engine_core() -> None:
         scheduler = self.scheduler
         if not hasattr(scheduler, "kv_offload_stats"):
             return {"enabled": False}
-        return {"enabled": True, **scheduler.kv_offload_stats()}
+        return {"enabled": True, **scheduler.kv_offload_stats(),
+                "decode": _sum_counters(self.model_executor.collective_rpc(worker_fetch_stats))}
 
     EngineCore.kv_offload_stats = kv_offload_stats
+
+
+def worker_fetch_stats(worker) -> dict | None:
+    """Run in each worker (``collective_rpc``): its offload runtime's decode counters, None before
+    any layer offloads."""
+    from vllm_kvoffload.runtime import current_runtime
+
+    runtime = current_runtime()
+    return runtime.fetch_stats() if runtime is not None else None
+
+
+def _sum_counters(per_worker: list[dict | None]) -> dict:
+    """The workers' decode counters added up (tensor-parallel ranks each hold some KV heads), with the
+    hit rate of the sums."""
+    stats = [s for s in per_worker if s is not None]
+    gathered = sum(s["tokens_gathered"] for s in stats)
+    hits = sum(s["cache_hits"] for s in stats)
+    return {"tokens_gathered": gathered, "cache_hits": hits, "cache_hit_rate": hits / gathered if gathered else None,
+            # every rank runs the same steps
+            "steps_without_device_cache": max((s["steps_without_device_cache"] for s in stats), default=0)}
 
 
 def _patch_api_server() -> None:

@@ -128,6 +128,7 @@ class OffloadRuntime:
         self.device_cache = DeviceCache(limit)
         self.fetch_counts: torch.Tensor | None = None  # with the pool: device int64 [cache hits, tokens gathered]
         self.uncached_steps = 0  # decode steps whose device cache did not fit (a scratch or the per-request path ran)
+        self.rows_gathered = 0  # (token, KV head, layer) rows the per-request path read from the pool
         self.plan_upload = HostToDevice()  # the per-step decode plan
         self.copy_upload = HostToDevice()  # the blocks going cold and their slots
         self.graph_policy = GraphPolicy()
@@ -369,10 +370,12 @@ class OffloadRuntime:
         return DecodeGraphs(key, first.kv_cache.device)
 
     def fetch_stats(self) -> dict:
-        """Tokens gathered for decode attention so far on the batched path, the share the device cache
-        served, and the steps that ran without the cache because it did not fit (in a scratch, or on the
-        per-request path)."""
+        """Cold tokens attended at decode so far, counted once per KV head and layer (on either path),
+        the share the device cache served (the batched path's; the per-request path reads every one
+        from the pool), and the steps that ran without the cache because it did not fit (in a scratch,
+        or on the per-request path). Syncs with the device: call it rarely."""
         hits, gathered = self.fetch_counts.tolist() if self.fetch_counts is not None else (0, 0)
+        gathered += self.rows_gathered
         return {"tokens_gathered": gathered, "cache_hits": hits,
                 "cache_hit_rate": hits / gathered if gathered else None,
                 "steps_without_device_cache": self.uncached_steps}
@@ -449,6 +452,7 @@ class OffloadRuntime:
                                                 block_size=self.block_size, topp=self.config.topp,
                                                 min_tokens=self.config.topp_min_tokens)
                 sk, sv = self.pool.gather(layer, row.cold_slots, idx)
+                self.rows_gathered += int(valid.sum())
                 sk, sv = sk.to(rk.device), sv.to(rk.device)
             output[r] = sparse_decode_attention(query[r], rk, rv, sk, sv, valid, impl.scale)
 

@@ -92,6 +92,9 @@ def test_low_budget_completes_with_bounded_device_blocks(tiny_llama):
     assert len(seen) == 4  # every prompt was long enough to offload
     assert stats["device_blocks_free"] == stats["device_blocks_total"]
     assert stats["host_blocks_free"] == stats["host_blocks_total"] and stats["requests"] == {}
+    # the workers' decode reads: on CPU every selected cold token comes from the host pool (no device cache)
+    decode = stats["decode"]
+    assert decode["tokens_gathered"] > 0 and decode["cache_hits"] == 0 and decode["cache_hit_rate"] == 0
 
 
 def peak_decoding(llm, prompt, n_requests, n_tokens):
