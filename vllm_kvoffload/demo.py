@@ -81,7 +81,7 @@ def main() -> None:
         print("  question: " + sample["prompt"].rsplit("\n", 1)[-1][:200])
         print("  answer:   " + answer.replace("\n", "\n            "))
         print(f"  codes found: {sum(found['hits'])} of {len(found['hits'])}")
-        print("block accounting:", json.dumps(_get(base + "/kv_offload/stats"), indent=1))
+        print("block accounting and decode reads:", json.dumps(_get(base + "/kv_offload/stats"), indent=1))
         if not args.once:
             print(f"serving on {base} (OpenAI API); Ctrl-C to stop", flush=True)
             proc.wait()
