@@ -293,6 +293,16 @@ def test_a_batch_whose_device_cache_does_not_fit_decodes_in_a_scratch_then_gets_
     assert stats["cache_hits"] > 0 and stats["steps_without_device_cache"] == 2  # the second step hit
 
 
+def test_an_lru_cache_that_does_not_fit_falls_back_to_the_one_selection_scratch():
+    """device_cache_factor 4 under a limit that holds one selection's cache but not four: the scratch
+    (one selection wide, in place), the same outputs."""
+    runtime, rows, table, _ = setup(0.2, device_cache_factor=4, device_cache_gb=full_cache_bytes(3) / 2**30)
+    for q in wandering_queries(2):
+        check_steps_against_the_per_request_path(runtime, rows, table, q)
+        assert runtime.device_cache.shape.shared and not runtime.device_cache.shape.lru
+    assert runtime.fetch_stats()["steps_without_device_cache"] == 2
+
+
 def test_a_batch_whose_scratch_does_not_fit_either_decodes_on_the_per_request_path():
     runtime, rows, table, _ = setup(0.2, device_cache_gb=1e-9)
     query = torch.randn(3, HQ, D)
