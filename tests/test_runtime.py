@@ -89,7 +89,7 @@ def wandering_queries(steps, seed=0):
     return [bases[(s * 3) % 4] + 0.05 * torch.randn(3, HQ, D, generator=g) for s in range(steps)]
 
 
-@pytest.mark.parametrize("settings", [{}, {"host_kv_dtype": "fp8"}, {"granularity": "block"}])
+@pytest.mark.parametrize("settings", [{}, {"host_kv_dtype": "fp8"}, {"granularity": "block"}, {"topp": 0.6}])
 def test_lru_device_cache_equals_the_per_request_path_and_hits_more(settings):
     """device_cache_factor 3: steps whose queries come back to earlier directions, each layer against
     the per-request reference (which reads the pool); the wider cache serves more of them."""
