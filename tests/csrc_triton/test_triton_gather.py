@@ -191,7 +191,8 @@ if not INTERPRET:
 def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
     """Six steps of the LRU device cache against its reference, every array bit for bit: a first step
     (fresh rows), then steps that keep about 60% of each selection (so evicted tokens come back), the
-    batch reordered, one request new (fresh) in a row another request had, and counts that change.
+    batch reordered, a new request (fresh) in the row another one had, then one in a row nobody has, and
+    counts that change.
     After each step every selected token's slot holds its pool row."""
     from vllm_kvoffload.ops.gather_lru_ref import EMPTY, gather_lru_ref
     from vllm_kvoffload.ops.triton_kernels import gather_lru
@@ -235,7 +236,9 @@ def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
         order = torch.randperm(B, generator=g)
         idx, cnt, rows, slots = idx[order], cnt[order].clone(), rows[order], slots[order]
         fresh = torch.zeros(B, dtype=torch.int32)
-        if B > 1 and step == 2:  # a new request in a row nobody has now: its old tokens must not hit
+        if step == 2:  # a new request in the row the last one had: that one's tokens must not hit
+            fresh[-1] = 1
+        if B > 1 and step == 4:  # a new request in a row nobody has now
             rows = rows.clone()
             rows[-1] = next(r for r in range(R) if r not in rows.tolist())
             fresh[-1] = 1
