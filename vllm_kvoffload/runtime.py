@@ -420,18 +420,18 @@ class OffloadRuntime:
                                                          granularity=cfg.granularity, block_size=self.block_size,
                                                          topp=cfg.topp, min_tokens=cfg.topp_min_tokens)
         fetch = (self.pool.kv, layer, b["cold_slots"], idx, counts, b["cache_rows"], b["cache_fresh"])
-        pos = None
-        if self.device_cache.shape.lru:
-            cache = self.device_cache.lru_layer(layer, idx.shape[0], idx.shape[2])
-            pos = cache[4]
-            with phase("fetch"):  # misses: into the least recently used slots
-                tk.gather_lru(*fetch, *cache, self.fetch_counts)
-        else:
-            cache = self.device_cache.layer(layer, parity)
-            with phase("fetch"):  # misses: zero-copy reads of the pinned host pool over PCIe, into the cache
-                tk.gather_inplace(*fetch, *cache, self.fetch_counts)
+        # misses: zero-copy reads of the pinned host pool over PCIe, into the cache
+        if self.device_cache.shape.lru:  # into the least recently used slots; pos: each selected token's slot
+            *state, pos, keys, values = self.device_cache.lru_layer(layer, idx.shape[0], idx.shape[2])
+            with phase("fetch"):
+                tk.gather_lru(*fetch, *state, pos, keys, values, self.fetch_counts)
+        else:  # into the slots of the tokens no longer selected; the selection fills slots [0, count)
+            *state, keys, values = self.device_cache.layer(layer, parity)
+            pos = None
+            with phase("fetch"):
+                tk.gather_inplace(*fetch, *state, keys, values, self.fetch_counts)
         with phase("attend"):  # selections from an fp8 pool stay fp8 in the cache; the attention widens them
-            tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], cache[-2], cache[-1], counts,
+            tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], keys, values, counts,
                              impl.scale, out=output, sel_rows=b["cache_rows"], sel_pos=pos)
 
     # ---- reference path: one request at a time, pure torch --------------------------------
