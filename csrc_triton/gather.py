@@ -186,18 +186,6 @@ def _search(sorted_ptr, n, x, mask, N_ITER):
 # it lists, per tile); the second gives the g-th miss of a (row, KV head) the g-th freed slot,
 # from the tiles' tallies, and reads the misses from the pool into their slots.
 INPLACE_MATCH_BLOCK = 512  # tokens per program of the first launch (a multiple of the second's)
-# The fills' programs are persistent: FILL_PROGRAMS_PER_SM per SM, each looping over (tile, request,
-# KV head) items. A read of pinned host memory stalls its program on PCIe, and a program per item
-# (thousands) does not read faster than a few per SM: on the H100 a scattered read of 32,768 rows
-# took 470 us with 33 programs and 828 with 4,096 (session 30, call c).
-FILL_PROGRAMS_PER_SM = None  # None: one program per item (before session 30)
-
-
-def fill_programs(items: int, programs: int | None, device: torch.device) -> int:
-    """The fill's grid: ``programs`` (or FILL_PROGRAMS_PER_SM per SM) but never more than its items."""
-    if programs is None and FILL_PROGRAMS_PER_SM is not None and device.type == "cuda":
-        programs = FILL_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(items, programs or items))
 
 
 @triton.jit
@@ -253,56 +241,53 @@ def _inplace_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pidx_ptr, ppos_ptr, pc
     tl.atomic_add(stat_ptr + 1, tl.sum(jm.to(tl.int64), 0))
 
 
-@triton.jit(do_not_specialize=['layer', 'K', 'KC', 'NT', 's_slb', 's_ib', 's_ih', 'NPID', 'B', 'P'])
+@triton.jit(do_not_specialize=['layer', 'K', 'KC', 'NT', 's_slb', 's_ib', 's_ih'])
 def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt_ptr, npos_ptr, ok_ptr, ov_ptr,
                   match_ptr, free_ptr, tally_ptr, layer, K, KC, NT, Hkv,
                   s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
-                  NPID, B, P, D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr,
+                  D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr,
                   NT_PAD: tl.constexpr):
-    # P persistent programs take the (tile, request, KV head) items p, p + P, ...; KV head slowest, so
-    # the items in flight together read one KV head's part of the pool
-    for w in range(tl.program_id(0), NPID * B * Hkv, P):
-        h = w // (NPID * B)
-        b = w // NPID - h * B
-        pid = w - (h * B + b) * NPID
-        r, n, pn, reuse, row = _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC)
-        j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-        jm = j < n
-        # (read from the first launch's scratch, never from npos, which this launch writes: a load that the
-        # compiler repeats in another layout must not see this launch's own stores)
-        pos = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)
-        miss = jm & (pos < 0)
-        # Reused rows: the g-th miss of the (row, KV head) takes its g-th freed slot, or where the count
-        # grew and the freed ones are taken, slot pn + (g - freed); fresh rows: slot j.
-        tiles = tl.arange(0, NT_PAD)
-        tally = tally_ptr + 2 * ((b * Hkv + h) * NT + tiles)
-        misses = tl.load(tally, mask=tiles < NT, other=0)  # (stale where not reused: then unused)
-        freed = tl.load(tally + 1, mask=tiles < NT, other=0)
-        tile = pid * BLOCK_T // BLOCK  # the first launch's tile of these tokens
-        g = tl.sum(tl.where(tiles < tile, misses, 0), 0) - pos - 1
-        ends = tl.cumsum(freed, 0)  # freed slots in the tiles up to each, inclusive
-        src_tile = tl.sum((ends[None, :] <= g[:, None]).to(tl.int32), 1)
-        start = tl.sum(tl.where(tiles[None, :] == src_tile[:, None], ends - freed, 0), 1)
-        slot_at = ((b * Hkv + h) * NT + src_tile).to(tl.int64) * BLOCK + g - start
-        reused_miss = miss & ((tl.zeros_like(pos) + reuse.to(tl.int32)) != 0)
-        n_freed = tl.sum(freed, 0)
-        freed_slot = tl.load(free_ptr + slot_at, mask=reused_miss & (g < n_freed), other=0)
-        reused_slot = tl.where(g < n_freed, freed_slot, pn + g - n_freed)
-        slot = tl.where(reused_miss, reused_slot, tl.where(miss, j, pos))
-        tl.store(npos_ptr + row + j, slot, mask=jm)
-        i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
-        blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
-        src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-        d = tl.arange(0, D)
-        k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
-        v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
-        dst = (row + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, KC, D] contiguous
-        tl.store(ok_ptr + dst, k, mask=miss[:, None])
-        tl.store(ov_ptr + dst, v, mask=miss[:, None])
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
+    r, n, pn, reuse, row = _inplace_row(rows_ptr, fresh_ptr, cnt_ptr, pcnt_ptr, b, h, Hkv, KC)
+    j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    jm = j < n
+    # (read from the first launch's scratch, never from npos, which this launch writes: a load that the
+    # compiler repeats in another layout must not see this launch's own stores)
+    pos = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)
+    miss = jm & (pos < 0)
+    # Reused rows: the g-th miss of the (row, KV head) takes its g-th freed slot, or where the count
+    # grew and the freed ones are taken, slot pn + (g - freed); fresh rows: slot j.
+    tiles = tl.arange(0, NT_PAD)
+    tally = tally_ptr + 2 * ((b * Hkv + h) * NT + tiles)
+    misses = tl.load(tally, mask=tiles < NT, other=0)  # (stale where not reused: then unused)
+    freed = tl.load(tally + 1, mask=tiles < NT, other=0)
+    tile = pid * BLOCK_T // BLOCK  # the first launch's tile of these tokens
+    g = tl.sum(tl.where(tiles < tile, misses, 0), 0) - pos - 1
+    ends = tl.cumsum(freed, 0)  # freed slots in the tiles up to each, inclusive
+    src_tile = tl.sum((ends[None, :] <= g[:, None]).to(tl.int32), 1)
+    start = tl.sum(tl.where(tiles[None, :] == src_tile[:, None], ends - freed, 0), 1)
+    slot_at = ((b * Hkv + h) * NT + src_tile).to(tl.int64) * BLOCK + g - start
+    reused_miss = miss & ((tl.zeros_like(pos) + reuse.to(tl.int32)) != 0)
+    n_freed = tl.sum(freed, 0)
+    freed_slot = tl.load(free_ptr + slot_at, mask=reused_miss & (g < n_freed), other=0)
+    reused_slot = tl.where(g < n_freed, freed_slot, pn + g - n_freed)
+    slot = tl.where(reused_miss, reused_slot, tl.where(miss, j, pos))
+    tl.store(npos_ptr + row + j, slot, mask=jm)
+    i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
+    blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
+    src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
+    d = tl.arange(0, D)
+    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
+    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
+    dst = (row + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, KC, D] contiguous
+    tl.store(ok_ptr + dst, k, mask=miss[:, None])
+    tl.store(ov_ptr + dst, v, mask=miss[:, None])
 
 
 def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts,
-                   new_idx, new_pos, new_counts, cache_k, cache_v, stats, block_t=32, num_warps=4, programs=None):
+                   new_idx, new_pos, new_counts, cache_k, cache_v, stats, block_t=32, num_warps=4):
     """Same contract as ``gather_inplace_ref`` (the device cache in place). cache_k/cache_v
     [R, Hkv, KC, D] contiguous, in the pool's dtype; the index arrays [R, Hkv, KC] and
     counts [R, Hkv] contiguous int32; rows, fresh [B] int32; stats [2] int64. No host sync."""
@@ -330,12 +315,10 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
         K, KC, NT, max(1, KC.bit_length()), Hkv, idx.stride(0), idx.stride(1), BLOCK=block, num_warps=num_warps)
     kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
     st = kv.stride()
-    npid = cdiv(K, block_t)
-    P = fill_programs(npid * B * Hkv, programs, idx.device)
-    _inplace_fill[(P,)](
+    _inplace_fill[(cdiv(K, block_t), B, Hkv)](
         kv, cold_slots, idx, counts, rows, fresh, prev_counts, new_pos, ok, ov, match, free, tally,
         layer, K, KC, NT, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
-        npid, B, P, D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)), num_warps=num_warps)
+        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)), num_warps=num_warps)
 
 
 # ---- (d) the LRU device cache, wider than one selection (gather_lru_ref's docstring) -------
@@ -426,45 +409,43 @@ def _lru_victims(rows_ptr, fresh_ptr, token_at_ptr, used_at_ptr, clock_ptr, tall
     tl.store(clock_ptr + r * Hkv + h, now)
 
 
-@triton.jit(do_not_specialize=['layer', 'K', 'C', 'T', 'NT', 'KV', 's_slb', 's_ib', 's_ih', 'NPID', 'B', 'P'])
+@triton.jit(do_not_specialize=['layer', 'K', 'C', 'T', 'NT', 'KV', 's_slb', 's_ib', 's_ih'])
 def _lru_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
               ok_ptr, ov_ptr, match_ptr, tally_ptr, victims_ptr, layer, K, C, T, NT, KV, Hkv,
               s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
-              NPID, B, P, D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr,
-              NT_PAD: tl.constexpr):
-    for w in range(tl.program_id(0), NPID * B * Hkv, P):  # persistent programs, as _inplace_fill's
-        h = w // (NPID * B)
-        b = w // NPID - h * B
-        pid = w - (h * B + b) * NPID
-        r = tl.load(rows_ptr + b)
-        n = tl.load(cnt_ptr + b * Hkv + h)
-        now = tl.load(clock_ptr + r * Hkv + h)  # the victims launch advanced it to this step
-        j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-        jm = j < n
-        rank = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)  # miss rank + 1, or 0
-        miss = jm & (rank > 0)
-        tiles = tl.arange(0, NT_PAD)
-        tile = pid * BLOCK_T // BLOCK  # the match launch's tile of these tokens
-        before = tl.sum(tl.load(tally_ptr + (b * Hkv + h) * NT + tiles, mask=tiles < tile, other=0), 0)
-        slot = tl.load(victims_ptr + (b * Hkv + h).to(tl.int64) * KV + before + rank - 1, mask=miss, other=0)
-        i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
-        row = (r * Hkv + h).to(tl.int64)
-        tl.store(token_at_ptr + row * C + slot, i, mask=miss)
-        tl.store(used_at_ptr + row * C + slot, tl.zeros_like(slot) + now, mask=miss)
-        tl.store(slot_of_ptr + row * T + i, slot, mask=miss)
-        tl.store(pos_ptr + (b * Hkv + h).to(tl.int64) * K + j, slot, mask=miss)
-        blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
-        src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-        d = tl.arange(0, D)
-        k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
-        v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
-        dst = (row * C + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, C, D] contiguous
-        tl.store(ok_ptr + dst, k, mask=miss[:, None])
-        tl.store(ov_ptr + dst, v, mask=miss[:, None])
+              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, NT_PAD: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
+    r = tl.load(rows_ptr + b)
+    n = tl.load(cnt_ptr + b * Hkv + h)
+    now = tl.load(clock_ptr + r * Hkv + h)  # the victims launch advanced it to this step
+    j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    jm = j < n
+    rank = tl.load(match_ptr + (b * Hkv + h).to(tl.int64) * NT * BLOCK + j, mask=jm, other=0)  # miss rank + 1, or 0
+    miss = jm & (rank > 0)
+    tiles = tl.arange(0, NT_PAD)
+    tile = pid * BLOCK_T // BLOCK  # the match launch's tile of these tokens
+    before = tl.sum(tl.load(tally_ptr + (b * Hkv + h) * NT + tiles, mask=tiles < tile, other=0), 0)
+    slot = tl.load(victims_ptr + (b * Hkv + h).to(tl.int64) * KV + before + rank - 1, mask=miss, other=0)
+    i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
+    row = (r * Hkv + h).to(tl.int64)
+    tl.store(token_at_ptr + row * C + slot, i, mask=miss)
+    tl.store(used_at_ptr + row * C + slot, tl.zeros_like(slot) + now, mask=miss)
+    tl.store(slot_of_ptr + row * T + i, slot, mask=miss)
+    tl.store(pos_ptr + (b * Hkv + h).to(tl.int64) * K + j, slot, mask=miss)
+    blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
+    src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
+    d = tl.arange(0, D)
+    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
+    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
+    dst = (row * C + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, C, D] contiguous
+    tl.store(ok_ptr + dst, k, mask=miss[:, None])
+    tl.store(ov_ptr + dst, v, mask=miss[:, None])
 
 
 def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos,
-               cache_k, cache_v, stats, block_t=32, num_warps=4, programs=None):
+               cache_k, cache_v, stats, block_t=32, num_warps=4):
     """Same contract as ``gather_lru_ref`` (the LRU device cache). cache_k/cache_v [R, Hkv, C, D]
     contiguous, in the pool's dtype; token_at/used_at [R, Hkv, C], slot_of [R, Hkv, T], clock [R, Hkv]
     and pos [B, Hkv, K] contiguous int32; rows, fresh [B] int32; stats [2] int64. No host sync."""
@@ -499,10 +480,8 @@ def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, to
         num_warps=num_warps)
     kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
     st = kv.stride()
-    npid = cdiv(K, block_t)
-    P = fill_programs(npid * B * Hkv, programs, idx.device)
-    _lru_fill[(P,)](
+    _lru_fill[(cdiv(K, block_t), B, Hkv)](
         kv, cold_slots, idx, counts, rows, slot_of, token_at, used_at, clock, pos, ok, ov, match, tally, victims,
         layer, K, C, T, NT, KV, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0),
-        idx.stride(1), npid, B, P, D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
+        idx.stride(1), D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
         num_warps=num_warps)

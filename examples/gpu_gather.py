@@ -86,9 +86,6 @@ def main():
     p.add_argument("--tiles", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--hit-rates", type=float, nargs="+", default=[1.0, 0.9, 0.3])
-    p.add_argument("--fill-programs", type=int, nargs="+", default=[0],
-                   help="the fill's persistent programs (0: one per tile of each request and KV head, "
-                        "the grid before session 30); each is timed")
     p.add_argument("--layers", type=int, default=1,
                    help="layers in the pool (the engine's: 32); one layer's rows spread over the whole of a "
                         "slot-major pool, and lie together in a head-major or layer-major one")
@@ -148,11 +145,10 @@ def main():
             stats_old = torch.zeros(2, dtype=torch.int64, device=dev)
             run_old = lambda: old.gather_cached(host, layer, slots[order], idx[order], counts[order], prev_row,  # noqa: E731
                                                 prev_idx, counts, pk, pv, stats_old, out_k=ok_, out_v=ov_)
-        for tile, warps, programs in itertools.product(a.tiles, a.warps, a.fill_programs):
+        for tile, warps in itertools.product(a.tiles, a.warps):
             stats.zero_()
             run = lambda: gather.gather_inplace(*step, arrays[0][0], arrays[1][0], cnts[0], arrays[0][1],  # noqa: E731
-                                                arrays[1][1], cnts[1], *cache, stats, block_t=tile, num_warps=warps,
-                                                programs=programs or None)
+                                                arrays[1][1], cnts[1], *cache, stats, block_t=tile, num_warps=warps)
             run()
             hits, gathered = stats.tolist()
             pos = arrays[1][1][rows_[order].long()][..., :COUNT].long()  # [B, HKV, COUNT] slots, batch order
@@ -165,7 +161,7 @@ def main():
                 print(f"    mismatched rows: {int(bad.sum())} of {bad.numel()}, first at {bad.nonzero()[0].tolist()}")
             failed += not ok
             row = dict(pool, layers=a.layers, contiguous_slots=a.contiguous_slots, kind="gather_inplace", tile=tile, warps=warps,
-                       fill_programs=programs, exact=ok, hits=hits)
+                       exact=ok, hits=hits)
             if old is not None:
                 t, t_old = timeit_pair(run, run_old, a.reps, flush)
                 row["baseline_gather_cached_us"] = t_old * 1e6
@@ -173,25 +169,24 @@ def main():
                 t = timeit(run, a.reps, flush)
             row["time_us"] = t * 1e6
             rows.append(row)
-            print(f"  tile={tile:<4} warps={warps:<2} programs={programs or 'per tile':<8} {t * 1e6:8.1f} us"
+            print(f"  tile={tile:<4} warps={warps:<2} {t * 1e6:8.1f} us"
                   + (f"  (baseline gather_cached, 32 x 4: {row['baseline_gather_cached_us']:.1f} us)" if old else "")
                   + f"  {'ok' if ok else 'MISMATCH'} hits {hits}/{planted}", flush=True)
     print(f"\n{torch.cuda.get_device_name()}: gather_inplace per layer (us), {B} requests x {HKV} KV heads x "
           f"{COUNT} tokens, D={D}, fp8 pool of {a.layers} layers; {failed} mismatches")
-    print(f"{'hit rate':<10}{'pool':<34}{'copy':>8}{'default (32, 4)':>16}{'best':>8}{'misses GB/s':>12}  best (tile, warps, programs)"
+    print(f"{'hit rate':<10}{'pool':<34}{'copy':>8}{'default (32, 4)':>16}{'best':>8}{'misses GB/s':>12}  best (tile, warps)"
           + ("  baseline" if old else ""))
     for rate, layout, memory in itertools.product(a.hit_rates, a.layouts, a.host_memory):
         key = (rate, layout, memory)
         same_pool = [r for r in rows if (r["hit_rate"], r["layout"], r["host_memory"]) == key]
         rs = [r for r in same_pool if r["kind"] == "gather_inplace"]
         copy = next(r for r in same_pool if r["kind"].startswith("device"))
-        d = next((r for r in rs if (r["tile"], r["warps"], r["fill_programs"]) == (32, 4, a.fill_programs[0])), None)
+        d = next((r for r in rs if (r["tile"], r["warps"]) == (32, 4)), None)
         best = min(rs, key=lambda r: r["time_us"])
         miss_bytes = (B * HKV * COUNT - best["hits"]) * 2 * D  # K and V rows of one byte per element
         base = f"  {min(r['baseline_gather_cached_us'] for r in rs):.1f}" if old else ""
         print(f"{rate:<10.0%}{layout + ' ' + memory:<34}{copy['time_us']:>8.1f}{(d['time_us'] if d else float('nan')):>16.1f}"
-              f"{best['time_us']:>8.1f}{miss_bytes / best['time_us'] / 1e3:>12.1f}  ({best['tile']}, {best['warps']}, "
-              f"{best['fill_programs'] or 'per tile'}){base}")
+              f"{best['time_us']:>8.1f}{miss_bytes / best['time_us'] / 1e3:>12.1f}  ({best['tile']}, {best['warps']}){base}")
     save_rows("gather.json", rows)
     sys.exit(1 if failed else 0)
 

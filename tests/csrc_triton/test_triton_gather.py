@@ -113,9 +113,8 @@ def next_selection(idx, cnt, max_cold, g, keep_share=0.6):
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
 @pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
-# 16 rows of 4 warps: values replicated across warps; 3 programs: each loops over many items
-@pytest.mark.parametrize("block_t,programs", [(16, None), (32, None), (32, 3)])
-def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t, programs):
+@pytest.mark.parametrize("block_t", [16, 32])  # 16 rows of 4 warps: values replicated across warps
+def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
     """Three steps of the in-place device cache against its reference, bit for bit: a first step
     (fresh rows: every token read into slot j), then two with about 60% of each selection kept,
     the batch reordered, one request new (fresh) and one (request, KV head) whose count changed.
@@ -146,7 +145,7 @@ def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t, pr
         args = lambda s: (s[1][0][1 - p], s[1][1][1 - p], s[2][1 - p], s[1][0][p], s[1][1][p], s[2][p],  # noqa: E731
                           s[0][0], s[0][1])
         common = (host, L - 1, slots.to(device), idx, cnt, rows.to(device), fresh.to(device))
-        gather_inplace(*common, *args(mine), stats, block_t=block_t, programs=programs)
+        gather_inplace(*common, *args(mine), stats, block_t=block_t)
         gather_inplace_ref(*common, *args(ref), ref_stats)
         for a, b_ in zip(args(mine)[3:], args(ref)[3:]):
             assert torch.equal(bits(a), bits(b_)), (seed, step)
@@ -189,8 +188,7 @@ if not INTERPRET:
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K,M", LRU_CASES)
 @pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
-@pytest.mark.parametrize("programs", [None, 3])  # the fill's programs: one per item, or 3 looping
-def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool, programs):
+def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
     """Six steps of the LRU device cache against its reference, every array bit for bit: a first step
     (fresh rows), then steps that keep about 60% of each selection (so evicted tokens come back), the
     batch reordered, a new request (fresh) in the row another one had, then one in a row nobody has, and
@@ -222,7 +220,7 @@ def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool, programs):
         for name, s, fn in (("mine", mine, gather_lru), ("ref", ref, gather_lru_ref)):
             pos[name] = torch.full((B, Hkv, K), -9, dtype=torch.int32, device=device)
             fn(*common, s["slot_of"], s["token_at"], s["used_at"], s["clock"], pos[name], s["cache_k"], s["cache_v"],
-               s["stats"], **({"programs": programs} if name == "mine" else {}))
+               s["stats"])
         for key in mine:
             assert torch.equal(bits(mine[key]), bits(ref[key])), (seed, step, key)
         want_k, want_v = (x.cpu() for x in gather_ref(host, L - 1, slots, idx, cnt))
