@@ -41,6 +41,7 @@ COLD = 32768 - 288  # cold tokens per request
 LAYOUTS = {  # the order the pool [slot, layer, 2, KV head, token, D] is stored in
     "head-major": None,  # HostPool.kv_tensor's (since session 26: [layer, head, slot, 2, ...])
     "head-major-kv-outer": (1, 2, 3, 0, 4, 5),  # session 25's: [layer, 2, head, slot, ...]
+    "head-major-kv-inner": (1, 3, 0, 4, 2, 5),  # [layer, head, slot, token, 2, D]: a token's K and V adjacent
     "layer-major": (1, 0, 2, 3, 4, 5),  # [layer, slot, 2, head, ...]
     "slot-major": (0, 1, 2, 3, 4, 5),   # before session 25: a slot holds its block of every layer
 }
@@ -91,7 +92,8 @@ def main():
                         "slot-major pool, and lie together in a head-major or layer-major one")
     p.add_argument("--layouts", nargs="+", default=["head-major"], choices=list(LAYOUTS),
                    help="pool layouts to time: HostPool's (head-major), session 25's (head-major-kv-outer: "
-                        "a token's K and V rows in different pages), layer-major, and slot-major (before session 25)")
+                        "a token's K and V rows in different pages), head-major-kv-inner (a token's K and V rows "
+                        "adjacent: one 256-byte read per fp8 miss), layer-major, and slot-major (before session 25)")
     p.add_argument("--contiguous-slots", action="store_true",
                    help="each request's host slots in one run (the engine's allocator at startup); default: random "
                         "slots (session 26: the K|V-adjacent pool was slower at 45%% hits with random slots only)")
