@@ -1,7 +1,8 @@
 """How often would a device cache hit on the trained model? Replays exact-topk's selections of
 held-out samples at 8K (teacher-forced answers, torch on CPU) through cache policies, per layer and
-KV head, and prints the hit rate, the rows read from the host per step, and how many distinct blocks the
-misses fall in (sparse misses cost about one address translation per page: session 26).
+KV head, and prints the hit rate, the rows read from the host per step, and how many distinct blocks and
+64 KiB regions the misses fall in (sparse misses cost about one address translation per 64 KiB region
+touched: session 30), against misses drawn at random.
 
 Selection, as the engine makes it: sinks (16 tokens) and the last `window` tokens stay dense; of the
 other (cold) tokens, the top ceil(budget x length) per KV head by softmax mass summed over the GQA
@@ -63,8 +64,9 @@ def forward(self, x, cos, sin, cache=None):
         steps = []
         for s in range(T - a0):
             k = math.ceil(args.budget * (a0 + s + 1))
-            steps.append((set(top[h, s, :k].tolist()), top[h, s, k:RUNNERS * k].tolist()))
-        sel.append(steps)  # per step: (the selection, the runners-up in order of mass)
+            cold_len = a0 + s - args.window - args.sink + 1  # cold tokens [sink, t - window]
+            steps.append((set(top[h, s, :k].tolist()), top[h, s, k:RUNNERS * k].tolist(), cold_len))
+        sel.append(steps)  # per step: (the selection, the runners-up in order of mass, the cold tokens)
     SELECTIONS.append(sel)
     return self.o_proj(out.transpose(1, 2).reshape(B, T, c.heads * c.head_dim))
 
@@ -80,18 +82,33 @@ def load(path):
 
 
 BLOCK = 16  # tokens per block; in an fp8 pool of head size 128 a block's K and V fill one 4 KiB page
+REGION = 256  # tokens per 64 KiB of a (request, KV head)'s rows in that pool (contiguous slots): on the
+# H100 a zero-copy read costs about one address translation per distinct 64 KiB region (session 30)
+
+
+def random_regions(cold_len, misses):
+    """Expected distinct REGION-token regions among `misses` distinct tokens drawn at random from the
+    cold tokens [0, cold_len) (hypergeometric: a region is missed when none of its tokens is drawn)."""
+    full, rest = divmod(cold_len, REGION)
+    def none_drawn(size):  # C(cold_len - size, misses) / C(cold_len, misses)
+        if cold_len - size < misses:
+            return 0.0
+        return math.exp(math.lgamma(cold_len - size + 1) - math.lgamma(cold_len - size - misses + 1)
+                        - math.lgamma(cold_len + 1) + math.lgamma(cold_len - misses + 1))
+    return full * (1 - none_drawn(REGION)) + (1 - none_drawn(rest) if rest else 0.0)
 
 
 def replay(steps, policy):
-    """(hits, selected, host rows read, distinct blocks among the misses) of one (layer, KV head)'s
+    """(hits, selected, host rows read, distinct blocks among the misses, distinct regions among the
+    misses, the regions as many misses drawn at random would touch) of one (layer, KV head)'s
     selections under a policy. Sparse misses cost about one address translation per page, not their
     bytes (docs/performance.md, session 26), so misses sharing a block cost about one."""
     kind, _, arg = policy.partition("-")
-    hits = selected = read = miss_blocks = 0
+    hits = selected = read = miss_blocks = miss_regions = random_miss_regions = 0
     lru = OrderedDict()
     prev = set()
     runners = []
-    for s, next_runners in steps:
+    for s, next_runners, cold_len in steps:
         if kind == "last":
             cached = prev
         elif kind == "runners":
@@ -102,6 +119,8 @@ def replay(steps, policy):
             cached = lru
         h = sum(1 for i in s if i in cached)
         miss_blocks += len({i // BLOCK for i in s if i not in cached})
+        miss_regions += len({(i - args.sink) // REGION for i in s if i not in cached})
+        random_miss_regions += random_regions(cold_len, len(s) - h)
         hits += h
         selected += len(s)
         read += len(s) - h
@@ -119,7 +138,7 @@ def replay(steps, policy):
             held = cached | s
             runners = next_runners[:round((float(arg) - 1) * len(s))]
             read += sum(1 for i in runners if i not in held)
-    return hits, selected, read, miss_blocks
+    return hits, selected, read, miss_blocks, miss_regions, random_miss_regions
 
 
 POLICIES = ["last", "lru-1.5", "lru-2", "lru-4", "lru-8", "ahead-1", "ahead-2", "runners-2", "runners-4"]
@@ -130,7 +149,7 @@ for task in args.tasks:
     gen = text2json if task == "text2json" else needle
     kw = {"max_entities": data.MAX_ENTITIES} if task == "text2json" else {}
     samples = gen.generate(args.samples, args.context, 0, data.count_bytes, **kw)
-    totals = {p: [0, 0, 0, 0] for p in POLICIES}
+    totals = {p: [0] * 6 for p in POLICIES}
     per_layer = {p: {} for p in POLICIES}
     steps_total = 0
     for n, s in enumerate(samples):
@@ -151,23 +170,26 @@ for task in args.tasks:
                     acc = per_layer[pol].setdefault(layer, [0, 0])
                     acc[0] += r[0]
                     acc[1] += r[1]
-                    for i in range(4):
+                    for i in range(6):
                         totals[pol][i] += r[i]
         print(f"{task} sample {n + 1}/{len(samples)}: {len(p)} prompt tokens, {len(ids) - len(p)} answer tokens",
               file=sys.stderr, flush=True)
     rows = {}
-    for pol, (h, sel, read, blocks) in totals.items():
+    for pol, (h, sel, read, blocks, regions, random_regions_) in totals.items():
         rows[pol] = {"hit_rate": h / sel, "host_rows_per_selected": read / sel,
                      "miss_blocks_per_miss": blocks / max(1, sel - h),
+                     "miss_regions_per_miss": regions / max(1, sel - h),
+                     "miss_regions_vs_random": regions / max(1e-9, random_regions_),
                      "hit_rate_per_layer": [round(a / b, 4) for _, (a, b) in sorted(per_layer[pol].items())]}
     report["tasks"][task] = {"samples": args.samples, "answer_steps": steps_total, "policies": rows}
 
-print("| task | policy | hit rate | host rows read per selected row | distinct blocks per miss | hit rate per layer |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| task | policy | hit rate | host rows read per selected row | distinct blocks per miss | "
+      "distinct 64 KiB regions per miss | regions against random misses | hit rate per layer |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for task, t in report["tasks"].items():
     for pol, r in t["policies"].items():
         print(f"| {task} | {pol} | {r['hit_rate']:.3f} | {r['host_rows_per_selected']:.3f} | "
-              f"{r['miss_blocks_per_miss']:.3f} | "
+              f"{r['miss_blocks_per_miss']:.3f} | {r['miss_regions_per_miss']:.3f} | {r['miss_regions_vs_random']:.3f} | "
               + " ".join(f"{x:.2f}" for x in r["hit_rate_per_layer"]) + " |")
 if args.out:
     json.dump(report, open(args.out, "w"), indent=1)
