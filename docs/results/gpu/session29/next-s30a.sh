@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# prepared in session 29 for the next GPU session (not yet run): (1) what the misses' fixed cost is: the
+# prepared in session 29, run in session 30 as call 30a: (1) what the misses' fixed cost is: the
 # in-place gather at miss rates from 0.1% to 55%, with the requests' slots contiguous and scattered, and
 # programs of 8 to 128 tokens with 1 to 8 warps (is the fill bound by its programs' latency?);
 # (2) the device cache's fallbacks against stock on the trained model (random weights cannot tell)
