@@ -13,6 +13,9 @@ a (request, KV head)'s span of G regions touch G x (1 - exp(-m / G)) of them: ne
 misses per region on, so a cache that halves the misses leaves the translations nearly as they were.
 
     python docs/results/gpu/session30/miss_cost_model.py   # writes docs/results/miss-cost-model.png
+
+It ends with what the model predicts for a 4-bit pool (not built): a row of 136 bytes per token and KV
+head, so fewer bytes per miss and fewer regions per (request, KV head).
 """
 
 from __future__ import annotations
@@ -192,6 +195,16 @@ def main():
         print(f"hits {h:.0%}: {heads * m:7.0f} misses touch {g_ / (heads * math.ceil(cold / REGION_TOKENS)):4.0%} of the "
               f"layer's regions: fill {fill:4.0f} us per layer, step {step:5.1f} ms, {8e3 / step / stock:.2f}x stock")
     print("measured at 128K (hits, ratio, session): " + ", ".join(f"({h:.1%}, {r:.2f}x, s{s_})" for h, r, s_ in measured))
+    # not built: a 4-bit pool, each token's K and V in 64 bytes each plus a 2-byte scale each (136 bytes),
+    # so a (request, KV head)'s rows span 136/256 of the regions and each miss reads 136 bytes
+    row4 = 136
+    print(f"\nthe same with a 4-bit pool ({row4} bytes per token and KV head: fewer bytes and regions; not built)")
+    for h in (0.45, 0.7, 0.9, 0.95, 0.99):
+        m = (1 - h) * sel
+        g_ = regions_touched(m, cold * row4 / ROW, heads)
+        fill = float(x[0] + max(heads * m * row4 / (x[1] * 1e3), g_ * x[2] / 1e3))
+        step = rest_ms + 32 * fill / 1e3
+        print(f"hits {h:.0%}: fill {fill:4.0f} us per layer, step {step:5.1f} ms, {8e3 / step / stock:.2f}x stock")
     return 0
 
 
