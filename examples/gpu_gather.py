@@ -82,6 +82,7 @@ def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False,
 
 
 def main():
+    global D  # --head-dim
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--tiles", type=int, nargs="+", default=[32, 64, 128])
@@ -100,8 +101,12 @@ def main():
     p.add_argument("--host-memory", nargs="+", default=["pinned"], choices=["pinned", "hugepages"],
                    help="the pool's pages: pinned (cudaHostAlloc, 4 KiB) and/or hugepages (transparent 2 MiB "
                         "pages locked with cudaHostRegister); each is timed")
+    p.add_argument("--head-dim", type=int, default=D,
+                   help="elements per K or V row of the fp8 pool, so bytes per row (default: %(default)s); 64 reads "
+                        "what a 4-bit pool of head size 128 would, less its scales: half the bytes and half the span")
     p.add_argument("--baseline", help="another checkout's root: time its gather_cached too, paired")
     a = p.parse_args()
+    D = a.head_dim
     gen, flush = sweep_setup("gpu_gather.py", "tests/csrc_triton/test_triton_gather.py")
     from vllm_kvoffload.ops.triton_kernels import load, load_from
     gather = load("gather")
