@@ -9,7 +9,12 @@ With ``--prev-layer``, also a selection predicted one layer early: layer l >= 1 
 query projection applied to layer l-1's input (normed by layer l's input norm), as a fetch started
 during layer l-1 would (InfiniGen's idea, without its partial weights); the recall of the layer's
 own selection is reported too.
-Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03] [--stale 0 1 ...] [--prev-layer]"""
+With ``--cold-dtypes fp8 int4-g128 ...``, also the selection read from a host pool of that precision:
+the selected cold tokens' keys and values rounded as the pool would store them (fp8 e4m3, as
+``--kv-offload-host-kv-dtype fp8`` stores them; int4-gG: symmetric 4-bit with one scale per G
+dimensions of each token and KV head, not built), the selection itself and the sinks and window exact.
+Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03] [--stale 0 1 ...] [--prev-layer]
+       [--cold-dtypes fp8 int4-g128 int4-g32]"""
 import argparse, json, math, torch, torch.nn.functional as F
 from vllm_kvoffload.training import data
 from vllm_kvoffload.training import model as M
@@ -26,14 +31,28 @@ ap.add_argument("--stale", type=int, nargs="+", default=[0],
                 help="selections made by the query this many positions back (0: the position's own)")
 ap.add_argument("--prev-layer", action="store_true",
                 help="also select with a query predicted from the layer before (layer 0: its own)")
+ap.add_argument("--cold-dtypes", nargs="+", default=[],
+                help="also attend to the selection as a pool of this precision stores it: fp8, int4-gG")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 torch.set_num_threads(2)
 
-MODE = {"sparse": False, "stale": 0, "prev_layer": False}
+MODE = {"sparse": False, "stale": 0, "prev_layer": False, "cold_dtype": None}
 PREV = {"resid": None}     # the last layer's input (residual stream), for --prev-layer
 RECALL = []  # per (layer >= 1, sample): shares of the own selection in the predicted one, in last
              # step's own, and in the two together
+
+
+def pool_round(x, dtype):
+    """x [Hkv, T, D] as a host pool of ``dtype`` would return it: fp8 e4m3 (values as stored, unscaled), or
+    int4-gG: per token and KV head, each group of G dimensions scaled by its absolute maximum / 7 and
+    rounded to the integers -7..7."""
+    if dtype == "fp8":
+        return x.to(torch.float8_e4m3fn).float()
+    g = int(dtype.split("-g")[1])
+    xs = x.unflatten(-1, (-1, g))
+    scale = xs.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 7
+    return ((xs / scale).round().clamp(-7, 7) * scale).flatten(-2)
 
 
 def layer_forward(self, x, cos, sin, cache=None):
@@ -74,8 +93,15 @@ def forward(self, x, cos, sin, cache=None):
                            (own[:, 1:] & own[:, :-1]).sum().item() / n_own,  # hits of a cache of last step's selection
                            (own[:, 1:] & (own[:, :-1] | sel[:, 1:])).sum().item() / n_own))  # ... with the prediction prefetched
         allowed = (hot.unsqueeze(0) | (sel & cold.unsqueeze(0))).repeat_interleave(rep, 0)
-        p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
-        out = out.clone(); out[0, :, a0:] = p @ vv[0]
+        dt = MODE["cold_dtype"]
+        if dt is None:
+            p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
+            out = out.clone(); out[0, :, a0:] = p @ vv[0]
+        else:  # the selected cold tokens as the pool returns them; sinks and window exact
+            kq, vq = (pool_round(t[0], dt).repeat_interleave(rep, 0) for t in (k, v))
+            logits = torch.where(hot, logits, (q[0, :, a0:] @ kq.transpose(-1, -2)) / c.head_dim ** 0.5)
+            p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
+            out = out.clone(); out[0, :, a0:] = (p * hot) @ vv[0] + (p * ~hot) @ vq
     return self.o_proj(out.transpose(1, 2).reshape(B, T, c.heads * c.head_dim))
 M.Attention.forward = forward
 
@@ -99,6 +125,8 @@ for spec in args.models:
     modes = {"full": 0, **{"sparse" if st == 0 else f"sparse-stale{st}": st for st in args.stale}}  # mode -> stale
     if args.prev_layer:
         modes["sparse-prev-layer"] = 0
+    for dt in args.cold_dtypes:
+        modes[f"sparse-{dt}"] = 0
     agg = {mode: {"wrong": {}, "tokens": {}, "quote_margins": []} for mode in modes}
     for s in samples:
         p = data.encode_prompt(s["prompt"]); gold = list(s["gold"].encode()); ids = p + gold
@@ -106,6 +134,7 @@ for spec in args.models:
             if isinstance(mod, M.Attention): mod.answer_from = len(p)
         for mode, st in modes.items():
             MODE["sparse"], MODE["stale"], MODE["prev_layer"] = mode != "full", st, mode == "sparse-prev-layer"
+            MODE["cold_dtype"] = next((dt for dt in args.cold_dtypes if mode == f"sparse-{dt}"), None)
             PREV["resid"] = None
             with torch.no_grad(): lg = m(torch.tensor([ids]))[0, len(p) - 1:-1]   # predicts gold
             tgt = torch.tensor(gold)
