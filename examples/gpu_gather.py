@@ -15,7 +15,11 @@ head-major-kv-outer layer-major slot-major``: a pool of 8 layers (16 GiB) in the
 then spread over 256 MiB, 2 x 128 MiB (K and V apart, session 25's pool), 2 GiB and 16 GiB of
 pinned memory.
 
-    python examples/gpu_gather.py [--layers 8 --layouts head-major layer-major slot-major] [--baseline ROOT]
+``--head-dim 64``: rows of 64 fp8 elements, half the bytes and half the span (what a 4-bit pool of head
+size 128 would read, less its scales; session 30).
+
+    python examples/gpu_gather.py [--layers 8 --layouts head-major layer-major slot-major] [--head-dim 64]
+        [--baseline ROOT]
     # OUT=dir also writes $OUT/gather.json
 """
 

@@ -90,6 +90,7 @@ def random_regions(cold_len, misses):
     """Expected distinct REGION-token regions among `misses` distinct tokens drawn at random from the
     cold tokens [0, cold_len) (hypergeometric: a region is missed when none of its tokens is drawn)."""
     full, rest = divmod(cold_len, REGION)
+
     def none_drawn(size):  # C(cold_len - size, misses) / C(cold_len, misses)
         if cold_len - size < misses:
             return 0.0
@@ -101,8 +102,9 @@ def random_regions(cold_len, misses):
 def replay(steps, policy):
     """(hits, selected, host rows read, distinct blocks among the misses, distinct regions among the
     misses, the regions as many misses drawn at random would touch) of one (layer, KV head)'s
-    selections under a policy. Sparse misses cost about one address translation per page, not their
-    bytes (docs/performance.md, session 26), so misses sharing a block cost about one."""
+    selections under a policy. Session 26 counted sparse misses as an address translation per 4 KiB
+    page (a block); session 30 measured one per 64 KiB region touched, or the bytes where misses are
+    dense, so the regions are what the misses cost on that machine."""
     kind, _, arg = policy.partition("-")
     hits = selected = read = miss_blocks = miss_regions = random_miss_regions = 0
     lru = OrderedDict()
