@@ -17,8 +17,8 @@ and ``summaries[layer][slot]`` is the scorer's compact summary of that block,
 kept in the device tier. Slots are assigned by the scheduler's
 ``HostSlotAllocator``; this class only stores and reads.
 
-``kv`` holds the model's dtype, or fp8 (``host_dtype``, ``ops/offload_ref.to_host``); reads
-return the model's dtype (``dtype``). Summaries are always made from the exact keys.
+``kv`` holds the model's dtype, or fp8, or 4-bit rows (``host_dtype``, ``ops/offload_ref.to_host``;
+4-bit: work in progress, not selectable yet); reads return the model's dtype (``dtype``). Summaries are always made from the exact keys.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.host_memory import HostMemory, host_empty
-from vllm_kvoffload.ops.offload_ref import to_host
+from vllm_kvoffload.ops.int4_ref import INT4, row_bytes
+from vllm_kvoffload.ops.offload_ref import from_host, to_host
 from vllm_kvoffload.scorers.base import Scorer
 
 
@@ -47,8 +48,12 @@ class HostPool:
         self.block_size = block_size
 
     @staticmethod
-    def kv_shape(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int) -> tuple:
-        return num_slots, num_layers, 2, num_kv_heads, block_size, head_dim
+    def kv_shape(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int,
+                 dtype: torch.dtype | None = None) -> tuple:
+        """The pool's logical shape; its last dimension is a row: head_dim elements, or the bytes of a
+        packed 4-bit row where ``dtype`` is ``int4_ref.INT4``."""
+        row = row_bytes(head_dim) if dtype == INT4 else head_dim
+        return num_slots, num_layers, 2, num_kv_heads, block_size, row
 
     @staticmethod
     def kv_tensor(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int,
@@ -56,7 +61,7 @@ class HostPool:
         """The pool [slot, layer, 2, kv_head, token, dim], stored [layer, kv_head, slot, 2, token, dim]:
         ``kv[:, layer, :, head]`` is contiguous. Empty, not zeros (pinned memory is faulted in when
         it is locked; pageable memory as slots fill). ``memory``: 4 KiB or 2 MiB pages (host_memory.py)."""
-        S, L, two, H, BS, D = HostPool.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim)
+        S, L, two, H, BS, D = HostPool.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim, dtype)
         return host_empty((L, H, S, two, BS, D), dtype, pin, memory).permute(2, 0, 3, 1, 4, 5)
 
     @property
@@ -102,9 +107,9 @@ class HostPool:
         token_idx = token_idx.cpu()  # the pool is host memory: its indices are computed on the host
         heads = torch.arange(token_idx.shape[0])[:, None]
         idx = (slots.cpu()[token_idx // self.block_size], heads, token_idx % self.block_size)
-        return self.kv[:, layer, 0][idx].to(self.dtype), self.kv[:, layer, 1][idx].to(self.dtype)
+        return from_host(self.kv[:, layer, 0][idx], self.dtype), from_host(self.kv[:, layer, 1][idx], self.dtype)
 
     def read_blocks(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole blocks back, [n, kv_heads, block_size, dim] each (tests, oracle)."""
         s = slots.cpu()
-        return self.kv[s, layer, 0].to(self.dtype), self.kv[s, layer, 1].to(self.dtype)
+        return from_host(self.kv[s, layer, 0], self.dtype), from_host(self.kv[s, layer, 1], self.dtype)

@@ -66,6 +66,35 @@ def test_store_blocks_all_layers(device, layers, Hkv, BS, D, n, pool):
         assert host[slots.cpu().long()].abs().max() == 448.0, f"seed {seed}"  # saturated, not NaN
 
 
+@pytest.mark.parametrize("layers,Hkv,BS,D,n", [(3, 3, 16, 64, 5), (2, 8, 16, 128, 3)])
+def test_store_blocks_all_layers_int4(device, layers, Hkv, BS, D, n):
+    """A 4-bit pool (work in progress): the kernel packs each row as ``int4_ref.pack_int4_ref`` does, bit
+    for bit (the same division, ties to even, scale max|x| / 7), rows of every magnitude, an all-zero
+    row, and slots it was not given left as they were."""
+    from vllm_kvoffload.ops.int4_ref import INT4, row_bytes
+
+    seed = torch.seed() % 2**31
+    torch.manual_seed(seed)
+    nb, slots_total = 2 * n + 3, 2 * n + 1
+    caches = [flash_kv5(nb, Hkv, BS, D, device) for _ in range(layers)]
+    for phys, _ in caches:
+        phys.mul_(torch.exp2(torch.randint(-8, 10, phys.shape[:-1], device=device))[..., None].to(phys.dtype))
+    caches[0][0][:, 0, 0, :D] = 0  # each block's first token, first head: an all-zero key row
+    kv5s = [kv5 for _, kv5 in caches]
+    shape = (slots_total, layers, 2, Hkv, BS, row_bytes(D))
+    host = torch.full(shape, 0xAB, dtype=INT4, pin_memory=device.type == "cuda")
+    want = host.clone()
+    blocks = torch.randperm(nb)[:n].to(device, torch.int32)
+    slots = torch.randperm(slots_total)[:n].to(device, torch.int32)
+    offload = load("offload")
+    offload.store_blocks_all_layers_uva(kv5s, blocks, host, slots, table=offload.layer_pointer_table(kv5s))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    store_blocks_all_layers_ref(kv5s, blocks, want, slots)
+    assert torch.equal(host, want), f"seed {seed}"
+    assert (host[slots.cpu().long()] != 0xAB).any() and (host == 0xAB).any(), f"seed {seed}"
+
+
 def test_layer_pointer_table_refuses_mixed_layouts(device):
     offload = load("offload")
     _, a = flash_kv5(5, 2, 16, 64, device)

@@ -1,19 +1,29 @@
 """Reference of csrc_triton/offload.py: whole device blocks into host-pool slots.
 kv5 [2, num_blocks, block_size, Hkv, D] (device cache view); host_kv
-[num_slots, num_layers, 2, Hkv, block_size, D] in the model's dtype or fp8 (``to_host``);
+[num_slots, num_layers, 2, Hkv, block_size, D] in the model's dtype or fp8, or 4-bit rows of
+D/2 + 4 bytes (``to_host``);
 blocks and slots [n]."""
 
 import torch
 
+from vllm_kvoffload.ops.int4_ref import INT4, pack_int4_ref, unpack_int4_ref
 from vllm_kvoffload.ops.quantize_ref import FP8, FP8_MAX
 
 
 def to_host(x: torch.Tensor, host_dtype: torch.dtype) -> torch.Tensor:
     """K/V as the host pool stores them: unchanged, or rounded to fp8 e4m3 (nearest even),
-    saturating at +-448 (torch's own cast would give NaN past it)."""
+    saturating at +-448 (torch's own cast would give NaN past it), or packed as 4-bit rows
+    (``int4_ref``: uint8, D/2 + 4 bytes per row)."""
     if host_dtype == FP8:
         return x.float().clamp(-FP8_MAX, FP8_MAX).to(host_dtype)
+    if host_dtype == INT4:
+        return pack_int4_ref(x)
     return x.to(host_dtype)
+
+
+def from_host(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Pool rows back in ``dtype`` (4-bit rows unpacked)."""
+    return unpack_int4_ref(x, dtype) if x.dtype == INT4 else x.to(dtype)
 
 
 def store_blocks_ref(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Tensor, layer: int,
