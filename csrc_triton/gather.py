@@ -40,7 +40,7 @@ import triton.language as tl
 from ._common import cdiv, device_buffer, interpreting, next_pow2, row_align
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
-       torch.float8_e4m3fn: tl.float8e4nv}
+       torch.float8_e4m3fn: tl.float8e4nv, torch.uint8: tl.uint8}
 
 
 @triton.jit(do_not_specialize=['layer', 'K', 's_slb', 's_ib', 's_ih', 's_ob', 's_oh'])  # per-step sizes: no recompiles
@@ -52,7 +52,7 @@ def _gather_rows(
     s_ib, s_ih,                           # idx [B, Hkv, K]
     s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D], same strides
     D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,  # D: elements of a row (int32 words: _words)
-    FROM_INT: tl.constexpr, DTYPE: tl.constexpr,
+    FROM_INT: tl.constexpr, DTYPE: tl.constexpr, D_PAD: tl.constexpr,  # D_PAD: next_pow2(D) (4-bit rows: 17 words)
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1)
@@ -62,29 +62,31 @@ def _gather_rows(
     else:
         kv_ptr = kv_arg
     j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    d = tl.arange(0, D)
+    d = tl.arange(0, D_PAD)
+    dm = (d < D)[None, :]
     cnt = tl.load(cnt_ptr + b * Hkv + h)
     jm = j < cnt
     i = tl.load(idx_ptr + b * s_ib + h * s_ih + j, mask=jm, other=0)
     slot = tl.load(slots_ptr + b * s_slb + i // BS, mask=jm, other=0).to(tl.int64)
     src = slot * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-    k = tl.load(kv_ptr + src[:, None] + d[None, :], mask=jm[:, None], other=0.0)
-    v = tl.load(kv_ptr + s_kv + src[:, None] + d[None, :], mask=jm[:, None], other=0.0)
+    k = tl.load(kv_ptr + src[:, None] + d[None, :], mask=jm[:, None] & dm, other=0.0)
+    v = tl.load(kv_ptr + s_kv + src[:, None] + d[None, :], mask=jm[:, None] & dm, other=0.0)
     dst = b.to(tl.int64) * s_ob + h * s_oh + j.to(tl.int64)[:, None] * s_ot + d[None, :]
-    om = (j < K)[:, None]
+    om = (j < K)[:, None] & dm
     tl.store(ok_ptr + dst, k.to(ok_ptr.dtype.element_ty), mask=om)
     tl.store(ov_ptr + dst, v.to(ov_ptr.dtype.element_ty), mask=om)
 
 
 def _words(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
     """The tensors viewed as int32 words along their last dim (rows copied without conversion),
-    or None where a row is not a whole number of words or a power of two of them."""
+    or None where a row is not a whole number of words (the kernels pad a row's words to a power of
+    two: a 4-bit row of head size 128 is 17 words)."""
     size = tensors[0].element_size()
     row_bytes = tensors[0].shape[-1] * size
     words = row_bytes // 4
     same_rows = all(t.dtype == tensors[0].dtype and t.stride(-1) == 1 for t in tensors)
     aligned = all(row_align(t) * size % 4 == 0 for t in tensors)  # every row starts on a word
-    if not (same_rows and aligned and row_bytes % 4 == 0 and words & (words - 1) == 0):
+    if not (same_rows and aligned and row_bytes % 4 == 0 and words > 0):
         return None
     return [t.view(torch.int32) for t in tensors]
 
@@ -118,6 +120,7 @@ def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
         st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
         ok.stride(0), ok.stride(1), ok.stride(2),
         D=kv.shape[-1], BS=BS, BLOCK_T=block_t, FROM_INT=mode == "int", DTYPE=_TL.get(kv.dtype, tl.int32),
+        D_PAD=next_pow2(kv.shape[-1]),
         num_warps=num_warps,
     )
     return out_k, out_v
@@ -246,7 +249,7 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
                   match_ptr, free_ptr, tally_ptr, layer, K, KC, NT, Hkv,
                   s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
                   D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr,
-                  NT_PAD: tl.constexpr):
+                  NT_PAD: tl.constexpr, D_PAD: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
@@ -278,12 +281,13 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
     blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
     src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-    d = tl.arange(0, D)
-    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
-    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
+    d = tl.arange(0, D_PAD)
+    dm = miss[:, None] & (d < D)[None, :]
+    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=dm)
+    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=dm)
     dst = (row + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, KC, D] contiguous
-    tl.store(ok_ptr + dst, k, mask=miss[:, None])
-    tl.store(ov_ptr + dst, v, mask=miss[:, None])
+    tl.store(ok_ptr + dst, k, mask=dm)
+    tl.store(ov_ptr + dst, v, mask=dm)
 
 
 def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts,
@@ -318,7 +322,8 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
     _inplace_fill[(cdiv(K, block_t), B, Hkv)](
         kv, cold_slots, idx, counts, rows, fresh, prev_counts, new_pos, ok, ov, match, free, tally,
         layer, K, KC, NT, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
-        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)), num_warps=num_warps)
+        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
+        D_PAD=next_pow2(kv.shape[-1]), num_warps=num_warps)
 
 
 # ---- (d) the LRU device cache, wider than one selection (gather_lru_ref's docstring) -------
@@ -413,7 +418,8 @@ def _lru_victims(rows_ptr, fresh_ptr, token_at_ptr, used_at_ptr, clock_ptr, tall
 def _lru_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
               ok_ptr, ov_ptr, match_ptr, tally_ptr, victims_ptr, layer, K, C, T, NT, KV, Hkv,
               s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
-              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, NT_PAD: tl.constexpr):
+              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, NT_PAD: tl.constexpr,
+              D_PAD: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
@@ -436,12 +442,13 @@ def _lru_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, slot_of_ptr, token_
     tl.store(pos_ptr + (b * Hkv + h).to(tl.int64) * K + j, slot, mask=miss)
     blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
     src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-    d = tl.arange(0, D)
-    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
-    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
+    d = tl.arange(0, D_PAD)
+    dm = miss[:, None] & (d < D)[None, :]
+    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=dm)
+    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=dm)
     dst = (row * C + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, C, D] contiguous
-    tl.store(ok_ptr + dst, k, mask=miss[:, None])
-    tl.store(ov_ptr + dst, v, mask=miss[:, None])
+    tl.store(ok_ptr + dst, k, mask=dm)
+    tl.store(ov_ptr + dst, v, mask=dm)
 
 
 def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos,
@@ -484,4 +491,5 @@ def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, to
         kv, cold_slots, idx, counts, rows, slot_of, token_at, used_at, clock, pos, ok, ov, match, tally, victims,
         layer, K, C, T, NT, KV, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0),
         idx.stride(1), D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
+        D_PAD=next_pow2(kv.shape[-1]),
         num_warps=num_warps)

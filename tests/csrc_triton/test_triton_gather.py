@@ -6,6 +6,7 @@ from conftest import CUDA, INTERPRET
 triton = pytest.importorskip("triton")
 
 from vllm_kvoffload.host_pool import HostPool  # noqa: E402
+from vllm_kvoffload.ops.int4_ref import INT4, row_bytes  # noqa: E402
 from vllm_kvoffload.ops.gather_ref import gather_ref  # noqa: E402
 from vllm_kvoffload.ops.triton_kernels import gather_copy_engine, gather_uva  # noqa: E402
 
@@ -21,7 +22,10 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bf
     g = torch.Generator().manual_seed(seed)
     nblk = -(-max_cold // bs)
     S = B * nblk + 3
-    values = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
+    if pool_dtype == INT4:  # packed 4-bit rows: the gathers move them as bytes, whatever they hold
+        values = torch.randint(0, 256, (S, L, 2, Hkv, bs, row_bytes(D)), generator=g, dtype=torch.uint8)
+    else:
+        values = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
     if as_host_pool:
         host = HostPool.kv_tensor(S, L, Hkv, bs, D, pool_dtype, pin=CUDA, memory=memory)
         host.copy_(values)
@@ -42,7 +46,15 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bf
 # pool dtype and output dtype: an fp8 pool widened to bf16, or kept fp8 (the engine's device cache);
 # where the two agree the zero-copy kernels move rows as 32-bit words
 POOLS = {"bf16": (torch.bfloat16, torch.bfloat16), "fp8": (torch.float8_e4m3fn, torch.bfloat16),
-         "fp8-kept": (torch.float8_e4m3fn, torch.float8_e4m3fn)}
+         "fp8-kept": (torch.float8_e4m3fn, torch.float8_e4m3fn),
+         "int4-rows": (INT4, INT4)}  # work in progress: D/2 + 4 bytes per row, kept packed in the device cache
+
+
+def poisoned(shape, dtype, device):
+    """A buffer whose every element differs from what a kernel writes: NaN, or 0xAB bytes for packed rows."""
+    if dtype == INT4:
+        return torch.full(shape, 0xAB, dtype=dtype, device=device)
+    return torch.full(shape, float("nan")).to(dtype).to(device)
 
 
 def bits(x: torch.Tensor) -> torch.Tensor:
@@ -60,8 +72,8 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool, as_host_pool)
     host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype, as_host_pool)
     assert host.is_contiguous() != as_host_pool
     layer = L - 1
-    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=out_dtype, device=device)
-    ov = torch.full_like(ok, float("nan"))
+    ok = poisoned((B, Hkv, K, host.shape[-1]), out_dtype, device)
+    ov = poisoned((B, Hkv, K, host.shape[-1]), out_dtype, device)
     if path == "copy-engine":
         _, _, stream = gather_copy_engine(host, layer, slots, idx, cnt, out_k=ok, out_v=ov)
         if stream is not None:
@@ -112,7 +124,7 @@ def next_selection(idx, cnt, max_cold, g, keep_share=0.6):
 
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
-@pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
+@pytest.mark.parametrize("pool", ["bf16", "fp8-kept", "int4-rows"])
 @pytest.mark.parametrize("block_t", [16, 32])  # 16 rows of 4 warps: values replicated across warps
 def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
     """Three steps of the in-place device cache against its reference, bit for bit: a first step
@@ -133,7 +145,7 @@ def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
     fresh = torch.ones(B, dtype=torch.int32)
 
     def state():
-        cache = [torch.full((R, Hkv, KC, D), float("nan")).to(pool_dtype).to(device) for _ in range(2)]
+        cache = [poisoned((R, Hkv, KC, host.shape[-1]), pool_dtype, device) for _ in range(2)]
         index = [[torch.zeros(R, Hkv, KC, dtype=torch.int32, device=device) for _ in range(2)] for _ in range(2)]
         counts = [torch.zeros(R, Hkv, dtype=torch.int32, device=device) for _ in range(2)]
         return cache, index, counts
@@ -187,7 +199,7 @@ if not INTERPRET:
 
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K,M", LRU_CASES)
-@pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
+@pytest.mark.parametrize("pool", ["bf16", "fp8-kept", "int4-rows"])
 def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
     """Six steps of the LRU device cache against its reference, every array bit for bit: a first step
     (fresh rows), then steps that keep about 60% of each selection (so evicted tokens come back), the
@@ -210,8 +222,8 @@ def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
         i32 = dict(dtype=torch.int32, device=device)
         return dict(slot_of=torch.zeros(R, Hkv, T, **i32), token_at=torch.full((R, Hkv, C), -1, **i32),
                     used_at=torch.full((R, Hkv, C), EMPTY, **i32), clock=torch.zeros(R, Hkv, **i32),
-                    cache_k=torch.full((R, Hkv, C, D), float("nan")).to(pool_dtype).to(device),
-                    cache_v=torch.full((R, Hkv, C, D), float("nan")).to(pool_dtype).to(device),
+                    cache_k=poisoned((R, Hkv, C, host.shape[-1]), pool_dtype, device),
+                    cache_v=poisoned((R, Hkv, C, host.shape[-1]), pool_dtype, device),
                     stats=torch.zeros(2, dtype=torch.int64, device=device))
     mine, ref = state(), state()
     for step in range(6):
