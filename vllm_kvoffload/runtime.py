@@ -161,7 +161,7 @@ class OffloadRuntime:
         would not fit: such a batch would decode without the cache (``device_cache.py``)."""
         first = next(iter(self.layers.values()))
         width = self._selection_width(self.config.budget_tokens(max_model_len), max_model_len)
-        row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, first.impl.head_size,
+        row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, self.pool.kv.shape[-1],
                                                self.pool.kv.dtype, len(self.layer_index),
                                                **self._lru_geometry(max_model_len)))
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
@@ -183,12 +183,13 @@ class OffloadRuntime:
                                   self.block_size, kv_cache.dtype)
             scorer = create_scorer(self.config.scorer, geometry)
             host_dtype = self.config.host_dtype(kv_cache.dtype)
+            self.config.check_head_size(impl.head_size)
             try:
                 self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
                                      impl.head_size, kv_cache.dtype, scorer, kv_cache.device, host_dtype=host_dtype)
             except (RuntimeError, MemoryError) as e:  # torch's allocators (pinned: cudaHostAlloc) raise these
                 shape = HostPool.kv_shape(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
-                                          impl.head_size)
+                                          impl.head_size, host_dtype)
                 gib = math.prod(shape) * host_dtype.itemsize / 2**30
                 kind = "pinned host" if kv_cache.device.type == "cuda" else "host"
                 raise KVOffloadConfigError(
@@ -198,9 +199,9 @@ class OffloadRuntime:
                     "--kv-offload-host-gb (pinned memory is bounded by the machine's RAM and its "
                     "locked-memory limit)") from e
             self.fetch_counts = torch.zeros(2, dtype=torch.int64, device=kv_cache.device)
+            stored = "4-bit rows" if self.config.host_kv_dtype == "int4" else self.pool.kv.dtype
             logger.info("kv_offload: host pool of %d blocks (%.2f GiB, %s), scorer %s", num_slots,
-                        self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, self.pool.kv.dtype,
-                        scorer.name)
+                        self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, stored, scorer.name)
         return self.pool
 
     # ---- the plan (before vLLM touches the step's blocks) ---------------------
@@ -323,7 +324,7 @@ class OffloadRuntime:
         if any_cold:
             first = next(iter(self.layers.values()))
             cache_plan = self.device_cache.plan(
-                [r.req_id for r in rows], first.impl.num_kv_heads, k, first.impl.head_size,
+                [r.req_id for r in rows], first.impl.num_kv_heads, k, self.pool.kv.shape[-1],  # pool rows, packed or not
                 self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache,
                 **self._lru_geometry(cold.shape[1] * bs))
             if cache_plan is None or self.device_cache.shape.shared:  # this batch's cache does not fit
