@@ -23,8 +23,8 @@ import triton.language as tl
 from ._common import interpreting, next_pow2
 from .quantize import FP8_MAX
 
-INT4_QMAX: tl.constexpr = 7.0  # ops/int4_ref.py's QMAX and SCALE_MIN
-INT4_SCALE_MIN: tl.constexpr = 1e-12
+INT4_QMAX = tl.constexpr(7.0)  # ops/int4_ref.py's QMAX and SCALE_MIN
+INT4_SCALE_MIN = tl.constexpr(1e-12)
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
