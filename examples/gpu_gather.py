@@ -38,7 +38,7 @@ from gpu_kernels import save_rows, sweep_setup, timeit, timeit_pair  # noqa: E40
 from vllm_kvoffload.host_memory import host_empty, huge_page_bytes  # noqa: E402
 from vllm_kvoffload.host_pool import HostPool  # noqa: E402
 
-B, HKV, K, COUNT, D, BS = 32, 8, 1024, 983, 128, 16
+B, HKV, K, COUNT, HEAD_DIM, BS = 32, 8, 1024, 983, 128, 16
 COLD = 32768 - 288  # cold tokens per request
 
 
@@ -51,7 +51,7 @@ LAYOUTS = {  # the order the pool [slot, layer, 2, KV head, token, D] is stored 
 }
 
 
-def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False, memory="pinned"):
+def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False, memory="pinned", D=HEAD_DIM):
     """A pinned fp8 pool of ``layers`` layers stored in ``layout`` (in 4 KiB or 2 MiB pages: ``memory``),
     filled at its middle layer,
     the last step's selection, and this step's (both ascending) keeping ``hit_rate`` of it."""
@@ -86,7 +86,6 @@ def inputs(gen, hit_rate, layers=1, layout="head-major", contiguous_slots=False,
 
 
 def main():
-    global D  # --head-dim
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--tiles", type=int, nargs="+", default=[32, 64, 128])
@@ -105,7 +104,7 @@ def main():
     p.add_argument("--host-memory", nargs="+", default=["pinned"], choices=["pinned", "hugepages"],
                    help="the pool's pages: pinned (cudaHostAlloc, 4 KiB) and/or hugepages (transparent 2 MiB "
                         "pages locked with cudaHostRegister); each is timed")
-    p.add_argument("--head-dim", type=int, default=D,
+    p.add_argument("--head-dim", type=int, default=HEAD_DIM,
                    help="elements per K or V row of the fp8 pool, so bytes per row (default: %(default)s); 64 reads "
                         "what a 4-bit pool of head size 128 would, less its scales: half the bytes and half the span")
     p.add_argument("--baseline", help="another checkout's root: time its gather_cached too, paired")
@@ -120,7 +119,7 @@ def main():
     for rate, layout, memory in itertools.product(a.hit_rates, a.layouts, a.host_memory):
         host = step = None  # the last pool goes before the next is pinned
         host, layer, slots, prev_idx, idx, counts, planted, misses = inputs(gen, rate, a.layers, layout,
-                                                                            a.contiguous_slots, memory)
+                                                                            a.contiguous_slots, memory, D)
         pool = dict(hit_rate=rate, layout=layout, host_memory=memory)
         ref_k, ref_v = gather.gather_uva(host, layer, slots, idx, counts)
         order = torch.randperm(B, device=dev, generator=gen)  # this step's batch order

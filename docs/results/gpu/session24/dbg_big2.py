@@ -1,6 +1,6 @@
 import sys, torch
 sys.path.insert(0, "examples")
-from gpu_gather import inputs, B, HKV, K, COUNT, D
+from gpu_gather import inputs, B, HKV, K, COUNT, HEAD_DIM as D
 from vllm_kvoffload.ops.triton_kernels import load
 g = load("gather")
 gen = torch.Generator(device="cuda").manual_seed(0)
