@@ -18,7 +18,8 @@ K block then the V block, every (request, head) its own contiguous part of the p
   devscale 4-bit rows of 64 bytes on the host, their scales in device memory
   rows64   rows of 64 bytes and no scales (the lower bound)
 Each layout reads the same missed tokens (a fresh random set per repetition, so no translation is warm),
-K and V rows of each, into a device buffer.
+K and V rows of each, into a device buffer. Layouts read the sets one after another, so six other sets lie
+between two layouts' reads of one set; a layout's own addresses also differ (its strides).
 
     python docs/results/gpu/session31/row_layout_probe.py   # OUT=dir writes $OUT/row_layout_probe.json
 """
@@ -36,9 +37,9 @@ import triton.language as tl
 SEQS, TOKENS, BS = 64, 130_000, 16
 SELECTED = int(0.03 * TOKENS)  # the 3% budget's cold selection per (request, head)
 REPS = 7
-# name: (data words of a row, words of a (block, K or V) unit, scales apart)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1, check() only
 SPLIT_CODE = {False: 0, True: 1, "device": 2}
+# name: (data words of a row, words of a (block, K or V) unit, where the scales are: none, in the block, device)
 LAYOUTS = {"rows128": (32, 32 * BS, False), "rows68": (17, 17 * BS, False),
            "split": (16, 17 * BS, True), "devscale": (16, 16 * BS, "device"), "rows64": (16, 16 * BS, False)}
 
