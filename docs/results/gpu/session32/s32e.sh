@@ -10,14 +10,14 @@ source .gpu/setup.sh || exit 1
 mkdir -p /root/ev
 A="python -m vllm_kvoffload.evaluation.accuracy --samples 64"
 if [ "${PART:-table}" = table ]; then
-  /usr/bin/time -f "table wall %e s" $A --model .gpu/m24 --parallel 14 --gpu-memory-utilization 0.06 \
+  t0=$SECONDS; $A --model .gpu/m24 --parallel 14 --gpu-memory-utilization 0.06 \
     --timeout 500 --append --out /root/ev/acc24.json > $OUT/e-table.log 2>&1
-  echo table rc=$?
+  echo table rc=$? wall $((SECONDS-t0)) s
 else
   for m in m24b:.gpu/m24b m19a:vllm_kvoffload/models/kvoffload-tiny; do
-    /usr/bin/time -f "${m%%:*} wall %e s" $A --model ${m#*:} --scorers exact-topk --budgets 0.03 --parallel 2 \
+    t0=$SECONDS; $A --model ${m#*:} --scorers exact-topk --budgets 0.03 --parallel 2 \
       --gpu-memory-utilization 0.3 --timeout 160 --append --out /root/ev/acc-${m%%:*}.json > $OUT/e-${m%%:*}.log 2>&1
-    echo ${m%%:*} rc=$?
+    echo ${m%%:*} rc=$? wall $((SECONDS-t0)) s
   done
 fi
 cp /root/ev/*.json /root/ev/*.md /root/ev/*.png $OUT/ 2>/dev/null
