@@ -18,7 +18,8 @@ K block then the V block, every (request, head) its own contiguous part of the p
   devscale 4-bit rows of 64 bytes on the host, their scales in device memory
   rows64   rows of 64 bytes and no scales (the lower bound)
 Each layout reads the same missed tokens (a fresh random set per repetition, so no translation is warm),
-K and V rows of each, into a device buffer.
+K and V rows of each, into a device buffer. Layouts read the sets one after another, so six other sets lie
+between two layouts' reads of one set; a layout's own addresses also differ (its strides).
 
     python docs/results/gpu/session31/row_layout_probe.py   # OUT=dir writes $OUT/row_layout_probe.json
 """
@@ -36,18 +37,19 @@ import triton.language as tl
 SEQS, TOKENS, BS = 64, 130_000, 16
 SELECTED = int(0.03 * TOKENS)  # the 3% budget's cold selection per (request, head)
 REPS = 7
-# name: (data words of a row, words of a (block, K or V) unit, scales apart)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1, check() only
 SPLIT_CODE = {False: 0, True: 1, "device": 2}
+# name: (data words of a row, words of a (block, K or V) unit, where the scales are: none, in the block, device)
 LAYOUTS = {"rows128": (32, 32 * BS, False), "rows68": (17, 17 * BS, False),
            "split": (16, 17 * BS, True), "devscale": (16, 16 * BS, "device"), "rows64": (16, 16 * BS, False)}
 
 
 @triton.jit
-def _read(src, scales, tok_ptr, dst, n, SEQ_WORDS, BLK_WORDS, TOKENS: tl.constexpr, BS: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
-          SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+def _read(src, scales, tok_ptr, dst, n, SEQ_WORDS, BLK_WORDS, BLOCKS, TOKENS: tl.constexpr, BS: tl.constexpr,
+          W: tl.constexpr, W_PAD: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
     """For each (seq, token) entry: its K and V rows (W words each) and, where SPLIT, their scales
-    (SPLIT == 2: from the device array ``scales`` [seq, block, K or V, token]), into dst[i, kv, :W_PAD + 1]."""
+    (1: after the block's rows; 2: from the device array ``scales`` [seq, BLOCKS, K or V, BS]), into
+    dst[i, kv, :W_PAD + 1]."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     e = tl.load(tok_ptr + i, mask=m, other=0)  # seq * TOKENS + token
@@ -56,17 +58,15 @@ def _read(src, scales, tok_ptr, dst, n, SEQ_WORDS, BLK_WORDS, TOKENS: tl.constex
     wm = m[:, None] & (w < W)[None, :]
     for kv in tl.static_range(2):
         unit = seq.to(tl.int64) * SEQ_WORDS + ((t // BS) * 2 + kv).to(tl.int64) * BLK_WORDS
-        row = unit + (t % BS) * W
-        x = tl.load(src + row[:, None] + w[None, :], mask=wm, other=0)
-        out = dst + (i.to(tl.int64) * 2 + kv)[:, None] * (W_PAD + 1)
-        tl.store(out + w[None, :], x, mask=wm)
-        if SPLIT == 2:
-            blocks = (TOKENS + BS - 1) // BS + 1
-            s = tl.load(scales + ((seq * blocks + t // BS) * 2 + kv).to(tl.int64) * BS + t % BS, mask=m, other=0)
-            tl.store(dst + (i.to(tl.int64) * 2 + kv) * (W_PAD + 1) + W_PAD, s, mask=m)
-        elif SPLIT == 1:
-            s = tl.load(src + unit + BS * W + t % BS, mask=m, other=0)
-            tl.store(dst + (i.to(tl.int64) * 2 + kv) * (W_PAD + 1) + W_PAD, s, mask=m)
+        out = dst + (i.to(tl.int64) * 2 + kv) * (W_PAD + 1)
+        x = tl.load(src + (unit + (t % BS) * W)[:, None] + w[None, :], mask=wm, other=0)
+        tl.store(out[:, None] + w[None, :], x, mask=wm)
+        if SPLIT != 0:
+            if SPLIT == 2:
+                at = scales + ((seq * BLOCKS + t // BS) * 2 + kv).to(tl.int64) * BS + t % BS
+            else:
+                at = src + unit + BS * W + t % BS
+            tl.store(out + W_PAD, tl.load(at, mask=m, other=0), mask=m)
 
 
 def miss_set(gen, miss_rate):
@@ -76,18 +76,29 @@ def miss_set(gen, miss_rate):
     return (tok + torch.arange(SEQS)[:, None] * TOKENS).flatten().to(torch.int32)
 
 
-def timed(pool, scales, sets, layout):
+def blocks_per_seq():
+    """Blocks of a (request, KV head), a partial last one included: the pool and the scales are sized by it."""
+    return TOKENS // BS + 1
+
+
+def launch(pool, scales, toks, dst, layout):
     W, blk, split = LAYOUTS[layout]
-    seq_words = (TOKENS // BS + 1) * 2 * blk
-    assert seq_words * SEQS <= pool.numel()
-    W_PAD = triton.next_power_of_2(W)
+    _read[(triton.cdiv(toks.numel(), 32),)](
+        pool, scales, toks, dst, toks.numel(), blocks_per_seq() * 2 * blk, blk, blocks_per_seq(), TOKENS=TOKENS,
+        BS=BS, W=W, W_PAD=triton.next_power_of_2(W), SPLIT=SPLIT_CODE[split], BLOCK=32, num_warps=4)
+
+
+def output(toks, layout):
+    return torch.zeros(toks.numel(), 2, triton.next_power_of_2(LAYOUTS[layout][0]) + 1, dtype=torch.int32, device=DEV)
+
+
+def timed(pool, scales, sets, layout):
     ts = []
     for toks in sets:
-        dst = torch.empty(toks.numel(), 2, W_PAD + 1, dtype=torch.int32, device="cuda")
+        dst = output(toks, layout)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        _read[(triton.cdiv(toks.numel(), 32),)](pool, scales, toks, dst, toks.numel(), seq_words, blk, TOKENS=TOKENS, BS=BS, W=W,
-                                                W_PAD=W_PAD, SPLIT=SPLIT_CODE[split], BLOCK=32, num_warps=4)
+        launch(pool, scales, toks, dst, layout)
         b.record()
         torch.cuda.synchronize()
         ts.append(a.elapsed_time(b) * 1e3)
@@ -97,30 +108,27 @@ def timed(pool, scales, sets, layout):
 def check(pool, scales, layout):
     """The kernel reads the words the layout says (one set, checked on the host)."""
     W, blk, split = LAYOUTS[layout]
-    seq_words = (TOKENS // BS + 1) * 2 * blk
     toks = miss_set(torch.Generator().manual_seed(1), 0.01)
-    W_PAD = triton.next_power_of_2(W)
-    dst = torch.zeros(toks.numel(), 2, W_PAD + 1, dtype=torch.int32, device=DEV)
-    _read[(triton.cdiv(toks.numel(), 32),)](pool, scales, toks.to(DEV), dst, toks.numel(), seq_words, blk, TOKENS=TOKENS, BS=BS, W=W,
-                                            W_PAD=W_PAD, SPLIT=SPLIT_CODE[split], BLOCK=32, num_warps=4)
+    dst = output(toks, layout)
+    launch(pool, scales, toks.to(DEV), dst, layout)
     got = dst.cpu()
     seq, t = toks.long() // TOKENS, toks.long() % TOKENS
     for kv in range(2):
-        unit = seq * seq_words + ((t // BS) * 2 + kv) * blk
+        unit = seq * blocks_per_seq() * 2 * blk + ((t // BS) * 2 + kv) * blk
         rows = pool[(unit + (t % BS) * W)[:, None] + torch.arange(W)]
         assert torch.equal(got[:, kv, :W], rows), layout
         if split == "device":
-            blocks = (TOKENS + BS - 1) // BS + 1
-            assert torch.equal(got[:, kv, W_PAD], scales.cpu()[((seq * blocks + t // BS) * 2 + kv) * BS + t % BS]), layout
+            at = ((seq * blocks_per_seq() + t // BS) * 2 + kv) * BS + t % BS
+            assert torch.equal(got[:, kv, -1], scales.cpu()[at]), layout
         elif split:
-            assert torch.equal(got[:, kv, W_PAD], pool[unit + BS * W + t % BS]), layout
+            assert torch.equal(got[:, kv, -1], pool[unit + BS * W + t % BS]), layout
 
 
 def main():
-    words = SEQS * (TOKENS // BS + 1) * 2 * 32 * BS
+    words = SEQS * blocks_per_seq() * 2 * max(blk for _, blk, _ in LAYOUTS.values())
     pool = torch.empty(words, dtype=torch.int32, pin_memory=True)
     pool.copy_(torch.randint(-2**31, 2**31 - 1, (words,), dtype=torch.int32))
-    scales = torch.randint(-2**31, 2**31 - 1, (SEQS * (TOKENS // BS + 2) * 2 * BS,), dtype=torch.int32, device=DEV)
+    scales = torch.randint(-2**31, 2**31 - 1, (SEQS * blocks_per_seq() * 2 * BS,), dtype=torch.int32, device=DEV)
     for layout in LAYOUTS:
         check(pool, scales, layout)
     gen = torch.Generator().manual_seed(0)
