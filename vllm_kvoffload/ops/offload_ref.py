@@ -27,16 +27,22 @@ def from_host(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def store_blocks_ref(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Tensor, layer: int,
-                     slots: torch.Tensor) -> None:
+                     slots: torch.Tensor, scales: torch.Tensor | None = None) -> None:
+    """``scales``: a 4-bit pool's scales kept apart [S, L, 2, Hkv, bs] fp32 (host rows: the nibbles)."""
     tiles = kv5[:, blocks.long()].permute(1, 0, 3, 2, 4)  # [n, 2, Hkv, bs, D]
-    host_kv[slots.cpu().long(), layer] = to_host(tiles, host_kv.dtype).to(host_kv.device)
+    rows = to_host(tiles, host_kv.dtype)
+    s = slots.cpu().long()
+    if scales is not None:
+        scales[s.to(scales.device), layer] = rows[..., -4:].contiguous().view(torch.float32)[..., 0].to(scales.device)
+        rows = rows[..., :-4]
+    host_kv[s, layer] = rows.to(host_kv.device)
 
 
 def store_blocks_all_layers_ref(kv5s: list[torch.Tensor], blocks: torch.Tensor, host_kv: torch.Tensor,
-                                slots: torch.Tensor) -> None:
+                                slots: torch.Tensor, scales: torch.Tensor | None = None) -> None:
     """Every layer at once: kv5s[layer] -> host_kv[:, layer]."""
     for layer, kv5 in enumerate(kv5s):
-        store_blocks_ref(kv5, blocks, host_kv, layer, slots)
+        store_blocks_ref(kv5, blocks, host_kv, layer, slots, scales)
 
 
 def keys_all_layers_ref(kv5s: list[torch.Tensor], blocks: torch.Tensor, layer0: int, num_layers: int) -> torch.Tensor:
