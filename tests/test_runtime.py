@@ -128,10 +128,11 @@ def test_batched_path_matches_per_row_path_with_an_fp8_pool(budget):
 def test_batched_path_matches_per_row_path_with_an_int4_pool(budget):
     """A 4-bit pool (``ops/int4_ref.py``): the device cache keeps the packed rows and the attention unpacks
     them; the per-row path unpacks them as it reads the pool: the same values either way."""
-    from vllm_kvoffload.ops.int4_ref import INT4, row_bytes
+    from vllm_kvoffload.ops.int4_ref import INT4, nibble_bytes, row_bytes
 
     runtime = check_batched_path_against_per_row_path(budget, "exact-topk", host_kv_dtype="int4")
-    assert runtime.pool.kv.dtype == INT4 and runtime.pool.kv.shape[-1] == row_bytes(D)
+    assert runtime.pool.kv.dtype == INT4 and runtime.pool.kv.shape[-1] == nibble_bytes(D)
+    assert runtime.pool.scales is not None and runtime.pool.scales.shape == runtime.pool.kv.shape[:5]
     assert runtime.device_cache.shape.dtype == INT4 and runtime.device_cache.shape.head_size == row_bytes(D)
 
 

@@ -154,14 +154,15 @@ def _patch_platform() -> None:
 def _host_blocks(cfg: KVOffloadConfig, page_bytes: int, num_layers: int, dtype: torch.dtype,
                  head_size: int) -> int:
     """Host slots in ``host_gb``: one slot holds a device page (``page_bytes`` of ``dtype``) of
-    every offloaded layer, in the host pool's element type (4-bit: D/2 + 4 bytes per D elements)."""
+    every offloaded layer, in the host pool's element type (4-bit: D/2 bytes per D elements on the host;
+    their scales, 4 bytes per row, in device memory, are not counted here)."""
     if cfg.host_blocks:
         return cfg.host_blocks
     cfg.check_head_size(head_size)
     if cfg.host_kv_dtype == "int4":
-        from vllm_kvoffload.ops.int4_ref import row_bytes
+        from vllm_kvoffload.ops.int4_ref import nibble_bytes
 
-        page_bytes = page_bytes * row_bytes(head_size) // (head_size * dtype.itemsize)
+        page_bytes = page_bytes * nibble_bytes(head_size) // (head_size * dtype.itemsize)
     else:
         page_bytes = page_bytes * cfg.host_dtype(dtype).itemsize // dtype.itemsize
     blocks = int(cfg.host_gb * 2**30) // max(1, page_bytes * num_layers)

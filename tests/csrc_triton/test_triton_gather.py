@@ -26,7 +26,12 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bf
         values = torch.randint(0, 256, (S, L, 2, Hkv, bs, row_bytes(D)), generator=g, dtype=torch.uint8)
     else:
         values = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
-    if as_host_pool:
+    if as_host_pool and pool_dtype == INT4:  # packed rows in HostPool's layout (its own rows: split_scales)
+        from vllm_kvoffload.host_memory import host_empty
+
+        host = host_empty((L, Hkv, S, 2, bs, values.shape[-1]), INT4, CUDA, memory).permute(2, 0, 3, 1, 4, 5)
+        host.copy_(values)
+    elif as_host_pool:
         host = HostPool.kv_tensor(S, L, Hkv, bs, D, pool_dtype, pin=CUDA, memory=memory)
         host.copy_(values)
     else:

@@ -21,9 +21,26 @@ SCALE_MIN = 1e-12  # an all-zero row gets this scale and packs to zeros
 
 
 def row_bytes(head_dim: int) -> int:
-    """Bytes of one packed row of ``head_dim`` elements."""
+    """Bytes of one packed row of ``head_dim`` elements (as the device cache keeps it)."""
     assert head_dim % 8 == 0, f"4-bit rows need a head size that is a multiple of 8, got {head_dim}"
     return head_dim // 2 + 4
+
+
+def nibble_bytes(head_dim: int) -> int:
+    """Bytes of the nibbles alone: the host pool's row, whose scale lives in device memory (HostPool.scales).
+    A 64-byte row at a 64-byte offset reads as one 64-byte unit over PCIe, where a 68-byte row spans two
+    (session 31, docs/performance.md)."""
+    return row_bytes(head_dim) - 4
+
+
+def split_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed rows [..., D/2 + 4] -> (nibbles [..., D/2] uint8, scales [...] fp32)."""
+    return rows[..., :-4], rows[..., -4:].contiguous().view(torch.float32)[..., 0]
+
+
+def join_rows(nibbles: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``split_rows``: (nibbles, scales) -> packed rows [..., D/2 + 4]."""
+    return torch.cat([nibbles, scales.to(nibbles.device)[..., None].contiguous().view(torch.uint8)], -1)
 
 
 def pack_int4_ref(x: torch.Tensor) -> torch.Tensor:
