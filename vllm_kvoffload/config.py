@@ -55,8 +55,10 @@ class KVOffloadConfig(BaseModel):
     default scale of 1): half the host memory, so twice the requests per GiB, and half the
     PCIe bytes; attention then reads the fetched cold tokens rounded to fp8 (3 mantissa bits).
     ``int4``: 4 bits per element with one fp32 scale per token and KV head (``ops/int4_ref.py``;
-    head sizes that are multiples of 8): about a quarter of bf16's host memory and PCIe bytes, and
-    half of fp8's address translations per miss (docs/performance.md, session 30).
+    head sizes that are multiples of 8): a quarter of bf16's host memory and PCIe bytes, and
+    half of fp8's address translations per miss (docs/performance.md, session 30). The scales live
+    in device memory (4 bytes per token, KV head, K or V and layer: a 64 GiB pool of head size 128
+    needs 4 GiB of them), so that a host row is one 64-byte read unit (session 31).
     Scoring is unaffected: the scorers summarize the exact keys before they are stored."""
 
     device_cache: bool = True

@@ -1,8 +1,10 @@
 """4-bit K/V rows for the host pool, pure torch (the reference of the offload kernel's INT4 path).
 
-Work in progress on branch ``int4-pool``. The pool does not use it yet: nothing outside the tests
-calls it. Session 30 measured why it is wanted: rows of half the bytes and half the span gather in
-52-60% of the time (docs/performance.md, "Session 30").
+Work in progress on branch ``int4-pool`` (``host_kv_dtype="int4"``). Session 30 measured why it is
+wanted: rows of half the bytes and half the span gather in 52-60% of the time (docs/performance.md,
+"Session 30"). Session 31 found a 68-byte row reads as two 64-byte units, so the host pool keeps the
+nibbles alone (``nibble_bytes``) and the scales in device memory (``HostPool.scales``); the gathers
+join them into the packed rows below, which the device cache and the attention use.
 
 Each (token, KV head) row of D elements becomes D/2 + 4 bytes. The scale is max|x| / 7 (fp32), and
 q = round(x / scale), which lies in -7..7. Byte j holds q[j] + 8 in its low nibble and q[j + D/2] + 8
