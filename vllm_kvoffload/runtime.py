@@ -192,6 +192,8 @@ class OffloadRuntime:
                                           impl.head_size, host_dtype)
                 gib = math.prod(shape) * host_dtype.itemsize / 2**30
                 kind = "pinned host" if kv_cache.device.type == "cuda" else "host"
+                if self.config.host_kv_dtype == "int4":  # HostPool.scales: 4 bytes per row, on the device
+                    kind += f" memory and {math.prod(shape[:5]) * 4 / 2**30:.1f} GiB of device"
                 raise KVOffloadConfigError(
                     f"kv_offload could not allocate its host pool: {num_slots} blocks, {gib:.1f} GiB of {kind} memory "
                     f"(host_gb={self.config.host_gb}, host_blocks={self.config.host_blocks}): "
