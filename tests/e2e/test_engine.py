@@ -132,12 +132,13 @@ def test_offload_admits_more_concurrent_long_requests(tiny_llama, monkeypatch):
 def test_fp8_and_int4_host_pools_hold_more_blocks_and_decode(tiny_llama, capfd, monkeypatch):
     """host_kv_dtype=fp8: the same host_gb holds 4x the blocks of this float32 model, the worker's
     pool is fp8 (and says so in its start-up log), and every request decodes to the end (outputs may
-    differ from stock's: cold K/V are rounded). int4 (work in progress): 4 D / (D/2 + 4) times the
-    blocks, 4-bit rows, every request to the end. The engines run in this process, one after the
+    differ from stock's: cold K/V are rounded). int4 (work in progress): 4 D / (D/2) = 8 times the
+    blocks (host_gb counts the nibbles; the scales are in device memory), 4-bit rows, every request
+    to the end. The engines run in this process, one after the
     other: each must get a runtime of its own, not the last one's layers and pool."""
     import torch
 
-    from vllm_kvoffload.ops.int4_ref import INT4, row_bytes
+    from vllm_kvoffload.ops.int4_ref import INT4, nibble_bytes
     from vllm_kvoffload.runtime import current_runtime
     from vllm_kvoffload.stats import engine_stats
 
@@ -161,7 +162,7 @@ def test_fp8_and_int4_host_pools_hold_more_blocks_and_decode(tiny_llama, capfd, 
     assert len({id(r) for r in runtimes}) == 3
     assert 4 * totals["auto"] <= totals["fp8"] < 4 * (totals["auto"] + 1), totals  # (both are floors)
     D = runtimes[0].pool.kv.shape[-1]
-    ratio = 4 * D / row_bytes(D)
+    ratio = 4 * D / nibble_bytes(D)
     assert ratio * totals["auto"] - 1 <= totals["int4"] < ratio * (totals["auto"] + 1), totals
 
 
