@@ -80,8 +80,8 @@ class HostPool:
     def _rows(self, layer: int, kv: int, idx: tuple) -> torch.Tensor:
         """Pool rows at ``idx`` (indices into [slot, kv_head, token]) of one layer, in the model's dtype."""
         rows = self.kv[:, layer, kv][idx]
-        if self.scales is not None:
-            rows = join_rows(rows, self.scales[:, layer, kv].cpu()[idx])
+        if self.scales is not None:  # indexed where they live: only the rows read cross to the host
+            rows = join_rows(rows, self.scales[:, layer, kv][tuple(i.to(self.scales.device) for i in idx)].cpu())
         return from_host(rows, self.dtype)
 
     def store(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
