@@ -127,6 +127,16 @@ def trained_prompts(model: str) -> str:
     return str(path)
 
 
+# vLLM's start-up errors when engines that start together count each other's memory in its profiling:
+# no memory left for the KV cache (call 28a), or free memory that rose while it profiled (call 32c1)
+NEIGHBOUR_ERRORS = ("No available memory", "Error in memory profiling")
+
+
+def failed_on_a_neighbour(error: str | None) -> bool:
+    """Whether a child engine failed only because another engine started beside it."""
+    return any(e in (error or "") for e in NEIGHBOUR_ERRORS)
+
+
 def correctness(args) -> dict:
     from vllm_kvoffload.tiny_model import build_tiny_model
 
@@ -153,9 +163,7 @@ def correctness(args) -> dict:
         with ThreadPoolExecutor(args.parallel) as pool:  # each child is its own process and engine
             runs = dict(zip(jobs, pool.map(greedy, jobs.values())))
         for key, r in runs.items():
-            # engines that start together can count each other's memory in vLLM's profiling (call 28a):
-            # one that found no memory for its KV cache runs again, alone
-            if "No available memory" in (r.get("error") or ""):
+            if failed_on_a_neighbour(r.get("error")):  # run again, alone
                 runs[key] = greedy(jobs[key]) | {"retried_alone": True}
         for key, r in runs.items():
             if "rows" in r and "rows" in stock:
