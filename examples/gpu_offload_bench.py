@@ -180,6 +180,21 @@ def correctness(args) -> dict:
     return report
 
 
+def correctness_table(report: dict) -> str:
+    """One line per model and variant: identical greedy tokens per prompt, the largest logprob difference
+    on them, the device cache's hits, or the child's error (what the GPU scripts used to print)."""
+    lines = ["| model | variant | identical tokens per prompt | largest logprob difference | cache hits | error |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model, entry in report.items():
+        for variant, r in entry.items():
+            if isinstance(r, dict):
+                hits = (r.get("fetch") or {}).get("cache_hit_rate")
+                lines.append(f"| {model} | {variant} | {r.get('identical_prefix', '')} | "
+                             f"{r.get('max_logprob_diff_on_prefix', '')} | {'' if hits is None else f'{hits:.1%}'} | "
+                             f"{(r.get('error') or '')[:200]} |")
+    return "\n".join(lines)
+
+
 # ---- throughput and profile: dummy Llama-3.1-8B at 32K, steady decode steps ----------------
 class SteadyEngine:
     """An in-process engine (the parent sets VLLM_ENABLE_V1_MULTIPROCESSING=0, so the offload
@@ -527,6 +542,8 @@ def main() -> None:
     report = {"correctness": correctness, "throughput": throughput, "profile": profile_steps}[args.cmd](args)
     (OUT / f"{args.cmd}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1)[-6000:])
+    if args.cmd == "correctness":
+        print(correctness_table(report))
 
 
 if __name__ == "__main__":

@@ -23,3 +23,16 @@ def test_start_up_races_with_a_neighbour_are_retried_and_nothing_else():
     assert all(bench.failed_on_a_neighbour(e) for e in seen)
     for other in (None, "", "exit 1: CUDA error: an illegal memory access was encountered", "timeout after 600 s"):
         assert not bench.failed_on_a_neighbour(other)
+
+
+def test_correctness_table_has_a_line_per_variant_with_its_figures_or_error():
+    bench = load_script()
+    report = {"trained": {"tokens_per_prompt": 256, "stock_error": None,
+                          "stock_again": {"identical_prefix": [256, 256], "max_logprob_diff_on_prefix": 0.0},
+                          "budget_3pct": {"identical_prefix": [256, 218], "max_logprob_diff_on_prefix": 0.63,
+                                          "fetch": {"cache_hit_rate": 0.4716}},
+                          "exact-topk-fp8/full_budget": {"error": "exit 1: Error in memory profiling", "log_tail": ""}}}
+    lines = bench.correctness_table(report).splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[3] == "| trained | budget_3pct | [256, 218] | 0.63 | 47.2% |  |"
+    assert lines[4].startswith("| trained | exact-topk-fp8/full_budget |  |  |  | exit 1: Error in memory profiling")
