@@ -1,20 +1,9 @@
-"""examples/gpu_offload_bench.py: which child-engine failures the correctness command retries alone."""
-
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+"""examples/gpu_offload_bench.py: which child-engine failures the correctness command retries alone, and
+the table it prints."""
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_offload_bench", ROOT / "examples" / "gpu_offload_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_start_up_races_with_a_neighbour_are_retried_and_nothing_else():
-    bench = load_script()
+def test_start_up_races_with_a_neighbour_are_retried_and_nothing_else(load_example):
+    bench = load_example("gpu_offload_bench")
     seen = [  # the two errors engines started side by side gave on the H100 (calls 28a and 32c1)
         "exit 1: ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
         "exit 1: Error in memory profiling. Initial free memory 54.54 GiB, current free memory 54.54 GiB. "
@@ -25,8 +14,8 @@ def test_start_up_races_with_a_neighbour_are_retried_and_nothing_else():
         assert not bench.failed_on_a_neighbour(other)
 
 
-def test_correctness_table_has_a_line_per_variant_with_its_figures_or_error():
-    bench = load_script()
+def test_correctness_table_has_a_line_per_variant_with_its_figures_or_error(load_example):
+    bench = load_example("gpu_offload_bench")
     report = {"trained": {"tokens_per_prompt": 256, "stock_error": None,
                           "stock_again": {"identical_prefix": [256, 256], "max_logprob_diff_on_prefix": 0.0},
                           "budget_3pct": {"identical_prefix": [256, 218], "max_logprob_diff_on_prefix": 0.63,
