@@ -134,6 +134,16 @@ def trained_prompts(model: str) -> str:
     return str(path)
 
 
+# vLLM's start-up errors when engines that start together count each other's memory in its profiling:
+# no memory left for the KV cache (call 28a), or free memory that rose while it profiled (call 32c1)
+NEIGHBOUR_ERRORS = ("No available memory", "Error in memory profiling")
+
+
+def failed_on_a_neighbour(error: str | None) -> bool:
+    """Whether a child engine failed only because another engine started beside it."""
+    return any(e in (error or "") for e in NEIGHBOUR_ERRORS)
+
+
 def correctness(args) -> dict:
     from vllm_kvoffload.tiny_model import build_tiny_model
 
@@ -160,9 +170,7 @@ def correctness(args) -> dict:
         with ThreadPoolExecutor(args.parallel) as pool:  # each child is its own process and engine
             runs = dict(zip(jobs, pool.map(greedy, jobs.values())))
         for key, r in runs.items():
-            # engines that start together can count each other's memory in vLLM's profiling (call 28a):
-            # one that found no memory for its KV cache runs again, alone
-            if "No available memory" in (r.get("error") or ""):
+            if failed_on_a_neighbour(r.get("error")):  # run again, alone
                 runs[key] = greedy(jobs[key]) | {"retried_alone": True}
         for key, r in runs.items():
             if "rows" in r and "rows" in stock:
@@ -177,6 +185,21 @@ def correctness(args) -> dict:
                 entry[key]["against_" + key.removesuffix("_lru")] = compare_rows(twin, r)
         report[arch] = entry
     return report
+
+
+def correctness_table(report: dict) -> str:
+    """One line per model and variant: identical greedy tokens per prompt, the largest logprob difference
+    on them, the device cache's hits, or the child's error (what the GPU scripts used to print)."""
+    lines = ["| model | variant | identical tokens per prompt | largest logprob difference | cache hits | error |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model, entry in report.items():
+        for variant, r in entry.items():
+            if isinstance(r, dict):
+                hits = (r.get("fetch") or {}).get("cache_hit_rate")
+                lines.append(f"| {model} | {variant} | {r.get('identical_prefix', '')} | "
+                             f"{r.get('max_logprob_diff_on_prefix', '')} | {'' if hits is None else f'{hits:.1%}'} | "
+                             f"{(r.get('error') or '')[:200]} |")
+    return "\n".join(lines)
 
 
 # ---- throughput and profile: dummy Llama-3.1-8B at 32K, steady decode steps ----------------
@@ -526,6 +549,8 @@ def main() -> None:
     report = {"correctness": correctness, "throughput": throughput, "profile": profile_steps}[args.cmd](args)
     (OUT / f"{args.cmd}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1)[-6000:])
+    if args.cmd == "correctness":
+        print(correctness_table(report))
 
 
 if __name__ == "__main__":

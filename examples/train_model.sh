@@ -3,7 +3,8 @@
 #
 #   examples/train_model.sh OUT [more flags for vllm_kvoffload.training.train]
 #
-# One GPU; on an H100 the 16,000 steps take about 23 minutes. OUT/run gets checkpoint.pt, log.jsonl and
+# One GPU; on an H100 the 16,000 steps take about 23 minutes (with --compile about 15.5, predicted from the
+# step times of docs/training.md, session 33; not run to the end). OUT/run gets checkpoint.pt, log.jsonl and
 # run.json; OUT/model the Hugging Face folder that vLLM serves (vllm serve OUT/model --kv-offload=exact-topk);
 # OUT/loss.png the loss curve. Flags after OUT come after the recipe's, so they win (argparse keeps the last):
 # --session-limit S stops after S seconds, and the same command with --resume OUT/run/state.pt continues.

@@ -1,21 +1,11 @@
 """examples/plot_throughput.py: both figures are written from a throughput.json, and the
 ratio-against-hits figure takes only offload runs that report a hit rate, from session 24 on."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("matplotlib")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("plot_throughput", ROOT / "examples" / "plot_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def result(config, tok_s, hit=None, ratio=None, context=130000):
@@ -40,14 +30,14 @@ def data():
     ]}
 
 
-def test_hit_points_take_offload_runs_with_hits_from_session_24():
-    points = load_script().hit_points(data())
+def test_hit_points_take_offload_runs_with_hits_from_session_24(load_example):
+    points = load_example("plot_throughput").hit_points(data())
     assert points == {130000: [(0.46, 1.28, 26, "abc")], 32768: [(0.8, 1.22, 26, "def")]}
 
 
-def test_both_figures_are_written(tmp_path, monkeypatch):
+def test_both_figures_are_written(tmp_path, monkeypatch, load_example):
     (tmp_path / "throughput.json").write_text(json.dumps(data()))
     monkeypatch.setattr("sys.argv", ["plot_throughput.py", "--results", str(tmp_path)])
-    load_script().main()
+    load_example("plot_throughput").main()
     for name in ("throughput.png", "throughput-vs-hits.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

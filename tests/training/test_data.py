@@ -14,6 +14,8 @@ def test_batches_are_seeded_and_weighted_on_answers(step, progress):
     c = data.make_batch(0, step + 1, progress, 8192, 0.1)
     assert a.ids.equal(b.ids) and not a.ids.equal(c.ids)
     assert int((a.ids != data.PAD).sum()) >= 8192 - a.ids.shape[0]  # counted in real tokens
+    longest = int((a.weights > 0).sum(1).max())  # the longest row's targets; the rest is unweighted padding
+    assert a.ids.shape[1] % data.ALIGN == 0 and a.ids.shape[1] - data.ALIGN < longest <= a.ids.shape[1]
     lo, hi = data.phase(progress)[0]
     assert lo <= a.context <= hi
     for row in range(a.ids.shape[0]):

@@ -162,3 +162,39 @@ def test_curriculum_from_skips_the_early_phases(tmp_path):
     assert early[0] <= data.CURRICULUM[0][1][1], early  # step 0 of 2: progress 0
     with pytest.raises(SystemExit, match="--curriculum-from 1.0"):
         train.main(["--out", "x", "--curriculum-from", "1.0"])
+
+
+def test_batch_workers_run_torch_on_one_thread():
+    """Worker processes that build batches run torch single-threaded (their OpenMP teams starved the
+    training loop's process on the GPU machine, call 33t); the loop's own process keeps its threads."""
+    import torch
+
+    pf = train.Prefetcher(1)
+    try:
+        assert pf.pool.submit(torch.get_num_threads).result() == 1
+    finally:
+        pf.close()
+
+
+def test_compiled_step_equals_the_eager_step(tmp_path):
+    """--compile changes the training forward's code, not its function: from the same weights, on the
+    same batch, one compiled optimizer step gives the eager step's loss and weights up to rounding."""
+    import torch
+
+    from vllm_kvoffload.training import data
+    from vllm_kvoffload.training.model import LlamaLM, ModelConfig
+
+    cfg = ModelConfig(vocab_size=data.VOCAB_SIZE, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16,
+                      intermediate=128)
+    b = data.make_batch(0, 3, 0.5, 4096, 0.02)
+    results = []
+    for forward_of in (lambda m: m, train.compiled):
+        torch.manual_seed(0)
+        model = LlamaLM(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loss = train.optimizer_step(forward_of(model), model, opt, b.ids, b.targets, b.weights)[0]
+        results.append((loss.item(), [p.detach().clone() for p in model.parameters()]))
+    (eager_loss, eager_w), (comp_loss, comp_w) = results
+    assert abs(eager_loss - comp_loss) < 1e-4 * eager_loss
+    assert all(torch.allclose(a, c, atol=1e-5) for a, c in zip(eager_w, comp_w))
+    assert any(not torch.equal(a, p) for a, p in zip(eager_w, LlamaLM(cfg).parameters()))  # the step moved them

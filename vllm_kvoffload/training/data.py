@@ -205,6 +205,11 @@ def _occurrences(text: bytes, sub: bytes) -> list[int]:
     return at
 
 
+# A batch's length is a multiple of ALIGN: torch.compile specializes its graph on length % 8 (a
+# second compilation mid-run otherwise), and aligned rows suit the tensor cores.
+ALIGN = 8
+
+
 @dataclass
 class Batch:
     ids: torch.Tensor  # [B, T] int64 inputs
@@ -249,7 +254,7 @@ def make_batch(seed: int, step: int, progress: float | None, batch_tokens: int, 
         prompt_lens.append(len(p))
         wts.append([prompt_weight] * (len(p) - 1) + answer_w)  # weight of predicting token t+1
         j, tokens = j + 1, tokens + len(seqs[-1])
-    T = max(len(s) for s in seqs) - 1
+    T = -(-(max(len(s) for s in seqs) - 1) // ALIGN) * ALIGN  # trailing pads: weight 0, seen by no real token
     ids = torch.full((len(seqs), T), PAD, dtype=torch.long)
     targets = torch.full((len(seqs), T), PAD, dtype=torch.long)
     weights = torch.zeros(len(seqs), T)

@@ -104,14 +104,12 @@ class Attention(nn.Module):
                 past = cache["k"].shape[2]
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
-        rep = c.heads // c.kv_heads
+        # enable_gqa: each group of heads // kv_heads query heads reads one KV head, without copies
         if past == 0:
-            out = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1),
-                                                 v.repeat_interleave(rep, 1), is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:  # new token i sees all past tokens and new tokens <= i
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            out = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1),
-                                                 v.repeat_interleave(rep, 1), attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, c.heads * c.head_dim))
 
 

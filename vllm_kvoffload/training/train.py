@@ -66,6 +66,13 @@ def evaluate(model: LlamaLM, n: int, context: int, seed: int = 0, progress: bool
     return {"context": context, "n": n, **summarize(records), "records": records}
 
 
+def _single_threaded_worker() -> None:
+    """A batch-building process runs torch on one thread: with torch's default (one thread per core)
+    each of the workers' small tensor ops wakes a full OpenMP team, and the teams' spinning starves the
+    training loop's process of CPU (call 33t: 72 ms a step where the same batches built up front took 25-35)."""
+    torch.set_num_threads(1)
+
+
 class Prefetcher:
     """Builds the next batches while the GPU trains on this one.
 
@@ -74,7 +81,8 @@ class Prefetcher:
     A batch depends only on its arguments, so where it was built does not change the run."""
 
     def __init__(self, workers: int):
-        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_single_threaded_worker)
                      if workers else ThreadPoolExecutor(1))
         self.depth = max(1, workers)
         self.queued: dict[int, Future] = {}
@@ -101,6 +109,29 @@ class Prefetcher:
 # on an H100 shared with run 19a, "mha_graph.execute(...).is_good()" after a 10.6K-token batch; cause
 # not known). Runs up to 19 let torch choose the backend.
 TRAIN_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def optimizer_step(forward, model: LlamaLM, opt: torch.optim.Optimizer, ids: torch.Tensor, tgt: torch.Tensor,
+                   w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training step on a batch: ``forward`` is ``model`` or its compiled form. Returns the
+    weighted loss, the logits [B, T, V], the per-token loss [B, T] and the gradient norm (before clipping)."""
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=ids.device.type == "cuda"), \
+            sdpa_kernel(TRAIN_ATTENTION):
+        logits = forward(ids)
+    nll = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), tgt.view(-1), reduction="none").view_as(w)
+    loss = (nll * w).sum() / w.sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss, logits, nll, gnorm
+
+
+def compiled(model: LlamaLM):
+    """The model's training forward compiled by Inductor, with dynamic batch and context sizes (one graph
+    serves the curriculum's varying shapes). Eager and compiled steps compute the same function; they
+    differ by rounding."""
+    return torch.compile(model, dynamic=True)
 
 
 def train(args) -> dict:
@@ -138,7 +169,7 @@ def train(args) -> dict:
 
     t0 = time.time()
     progress, stopped = 0.0, False
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    forward = compiled(model) if args.compile else model
     workers = args.data_workers if args.data_workers is not None else (4 if dev.type == "cuda" else 0)
     prefetch = Prefetcher(workers)
     mix = data.parse_mix(args.mix) if args.mix else None
@@ -176,14 +207,7 @@ def train(args) -> dict:
                 g["lr"] = lr
             ids, tgt, w, ans = (x.to(dev, non_blocking=True)
                                 for x in (batch.ids, batch.targets, batch.weights, batch.answer))
-            with amp, sdpa_kernel(TRAIN_ATTENTION):
-                logits = model(ids)
-            nll = F.cross_entropy(logits.float().view(-1, cfg.vocab_size), tgt.view(-1), reduction="none").view_as(w)
-            loss = (nll * w).sum() / w.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loss, logits, nll, gnorm = optimizer_step(forward, model, opt, ids, tgt, w)
             pred = logits.argmax(-1)  # answer metrics below cover every answer token, whatever its weight
             warming = copy_from is None
             if warming:  # the gate: this batch's copies are right, or the warm-up's share is spent
@@ -269,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
                     help=f"share in [0, 1) of the batches from curriculum progress {data.DRILL_FROM} on that are "
                          f"binding drills: Text2JSON at {data.DRILL_CONTEXT[0]}-{data.DRILL_CONTEXT[1]} tokens with "
                          f"{data.DRILL_ENTITIES[0]}-{data.DRILL_ENTITIES[1]} entities (default 0)")
+    ap.add_argument("--compile", action="store_true",
+                    help="compile the training forward with torch.compile (Inductor; dynamic shapes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--log-every", type=int, default=10)
