@@ -166,7 +166,7 @@ def test_curriculum_from_skips_the_early_phases(tmp_path):
 
 def test_batch_workers_run_torch_on_one_thread():
     """Worker processes that build batches run torch single-threaded (their OpenMP teams starved the
-    training loop's process on the GPU machine, call 33t); the loop's own process keeps its threads."""
+    training loop's process on the GPU machine, call 33t1)."""
     import torch
 
     pf = train.Prefetcher(1)
@@ -176,7 +176,7 @@ def test_batch_workers_run_torch_on_one_thread():
         pf.close()
 
 
-def test_compiled_step_equals_the_eager_step(tmp_path):
+def test_compiled_step_equals_the_eager_step():
     """--compile changes the training forward's code, not its function: from the same weights, on the
     same batch, one compiled optimizer step gives the eager step's loss and weights up to rounding."""
     import torch

@@ -69,7 +69,7 @@ def evaluate(model: LlamaLM, n: int, context: int, seed: int = 0, progress: bool
 def _single_threaded_worker() -> None:
     """A batch-building process runs torch on one thread: with torch's default (one thread per core)
     each of the workers' small tensor ops wakes a full OpenMP team, and the teams' spinning starves the
-    training loop's process of CPU (call 33t: 72 ms a step where the same batches built up front took 25-35)."""
+    training loop's process of CPU (call 33t1: 72 ms a step where the same batches built up front took 25-35)."""
     torch.set_num_threads(1)
 
 
