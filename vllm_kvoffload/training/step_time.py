@@ -18,7 +18,7 @@ import torch
 
 from vllm_kvoffload.training import data
 from vllm_kvoffload.training.model import LlamaLM, ModelConfig
-from vllm_kvoffload.training.train import compiled, optimizer_step
+from vllm_kvoffload.training.train import compiled, determinism, optimizer_step
 
 VARIANTS = ("eager", "compile")
 # (curriculum progress at the middle of a phase, the phase's share of the curriculum): data.CURRICULUM's phases
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-tokens", type=int, default=65536)
     ap.add_argument("--mix", default="text2json=0.6,needle=0.3,copy=0.1")
     ap.add_argument("--drill", type=float, default=0.4)
+    ap.add_argument("--deterministic", action="store_true", help="time train.py --deterministic's steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
     d = ModelConfig()
@@ -85,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
                       kv_heads=args.kv_heads, head_dim=args.head_dim, intermediate=args.intermediate)
     phase_batches = [_batches(args, p, args.batches) for p, _ in PHASES]
     contexts = [sum(b.ids.shape[1] for b in bs) / len(bs) for bs in phase_batches]
-    results = {v: time_variant(v, cfg, phase_batches, dev, args.warm) for v in variants}
+    with determinism(args.deterministic):
+        results = {v: time_variant(v, cfg, phase_batches, dev, args.warm) for v in variants}
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-    print(f"training step time on {name}, {args.batch_tokens} tokens per batch, model {cfg}")
+    print(f"training step time on {name}, {args.batch_tokens} tokens per batch"
+          f"{', deterministic algorithms' if args.deterministic else ''}, model {cfg}")
     ref = results[variants[0]][0]
     print("| variant | first loss | " + " | ".join(f"progress {p} (~{c:.0f} tok) ms" for (p, _), c in
                                                    zip(PHASES, contexts)) + f" | {args.steps} steps, min |")

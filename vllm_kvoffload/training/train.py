@@ -24,8 +24,10 @@ A run longer than one sitting: ``--session-limit S`` (or ``--session-steps N``) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import time
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -132,6 +134,26 @@ def compiled(model: LlamaLM):
     serves the curriculum's varying shapes). Eager and compiled steps compute the same function; they
     differ by rounding."""
     return torch.compile(model, dynamic=True)
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool):
+    """With ``enabled``, torch's deterministic algorithms for the block's duration: flash attention then
+    runs its deterministic backward (the only nondeterministic kernel of a step here), and cuBLAS a fixed
+    workspace. So two runs of one command on one kind of GPU give the same weights; the previous settings
+    come back on exit. The cuBLAS setting must be in place before the process's first cuBLAS call."""
+    if not enabled:
+        yield
+        return
+    was, env = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = env or ":4096:8"
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+        if env is None:
+            del os.environ["CUBLAS_WORKSPACE_CONFIG"]
 
 
 def train(args) -> dict:
@@ -295,6 +317,9 @@ def parser() -> argparse.ArgumentParser:
                          f"{data.DRILL_ENTITIES[0]}-{data.DRILL_ENTITIES[1]} entities (default 0)")
     ap.add_argument("--compile", action="store_true",
                     help="compile the training forward with torch.compile (Inductor; dynamic shapes)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="deterministic algorithms (flash attention's backward included): two runs of the same "
+                         "command on the same kind of GPU end with the same weights; slower")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--log-every", type=int, default=10)
@@ -340,7 +365,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--init and --resume: give one (--resume continues a run, --init starts one from weights)")
     if args.resume and not Path(args.resume).is_file():
         raise SystemExit(f"--resume {args.resume}: no such file (a state.pt written by --session-limit)")
-    print(json.dumps(train(args), indent=1))
+    with determinism(args.deterministic):
+        summary = train(args)
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
