@@ -139,9 +139,9 @@ def compiled(model: LlamaLM):
 @contextlib.contextmanager
 def determinism(enabled: bool):
     """With ``enabled``, torch's deterministic algorithms for the block's duration: flash attention then
-    runs its deterministic backward (the only nondeterministic kernel of a step here), and cuBLAS a fixed
-    workspace. So two runs of one command on one kind of GPU give the same weights; the previous settings
-    come back on exit. The cuBLAS setting must be in place before the process's first cuBLAS call."""
+    runs its deterministic backward (its default backward is what makes runs of one command differ), and
+    cuBLAS a fixed workspace. Two runs of one command on one kind of GPU should then end with the same
+    weights (next-s34d.sh checks it on the GPU); the previous settings come back on exit. The cuBLAS setting must be in place before the process's first cuBLAS call."""
     if not enabled:
         yield
         return
@@ -156,12 +156,25 @@ def determinism(enabled: bool):
             del os.environ["CUBLAS_WORKSPACE_CONFIG"]
 
 
+SHAPE_ARGS = ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate")  # the model's shape flags
+
+
+def add_shape_args(ap: argparse.ArgumentParser) -> None:
+    """--hidden, --layers, ... with ModelConfig's defaults (train.py's and step_time.py's)."""
+    d = ModelConfig()
+    for name in SHAPE_ARGS:
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+
+
+def model_config(args) -> ModelConfig:
+    """The ModelConfig of parsed shape flags, over the training tokenizer's vocabulary."""
+    return ModelConfig(vocab_size=data.VOCAB_SIZE, **{name: getattr(args, name) for name in SHAPE_ARGS})
+
+
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = ModelConfig(vocab_size=data.VOCAB_SIZE, hidden=args.hidden, layers=args.layers,
-                      heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
-                      intermediate=args.intermediate)
+    cfg = model_config(args)
     model = LlamaLM(cfg).to(dev)
     if args.init:  # start from a trained model's weights, with a fresh optimizer and schedule
         init = torch.load(args.init, map_location=dev)
@@ -325,9 +338,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--eval-samples", type=int, default=16, help="held-out samples per task (0: skip)")
     ap.add_argument("--eval-context", type=int, default=8192)
-    d = ModelConfig()
-    for name in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate"):
-        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    add_shape_args(ap)
     return ap
 
 
