@@ -104,7 +104,8 @@ class Attention(nn.Module):
                 past = cache["k"].shape[2]
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
-        # enable_gqa: each group of heads // kv_heads query heads reads one KV head, without copies
+        # enable_gqa: each group of heads // kv_heads query heads reads one KV head, without copies. Flash
+        # attention serves it in training (bf16, causal); with fp32 or a mask SDPA's math backend does.
         if past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:  # new token i sees all past tokens and new tokens <= i

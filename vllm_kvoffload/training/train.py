@@ -24,8 +24,10 @@ A run longer than one sitting: ``--session-limit S`` (or ``--session-steps N``) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import time
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -69,7 +71,7 @@ def evaluate(model: LlamaLM, n: int, context: int, seed: int = 0, progress: bool
 def _single_threaded_worker() -> None:
     """A batch-building process runs torch on one thread: with torch's default (one thread per core)
     each of the workers' small tensor ops wakes a full OpenMP team, and the teams' spinning starves the
-    training loop's process of CPU (call 33t: 72 ms a step where the same batches built up front took 25-35)."""
+    training loop's process of CPU (call 33t1: 72 ms a step where the same batches built up front took 25-35)."""
     torch.set_num_threads(1)
 
 
@@ -134,12 +136,45 @@ def compiled(model: LlamaLM):
     return torch.compile(model, dynamic=True)
 
 
+@contextlib.contextmanager
+def determinism(enabled: bool):
+    """With ``enabled``, torch's deterministic algorithms for the block's duration: flash attention then
+    runs its deterministic backward (its default backward is what makes runs of one command differ), and
+    cuBLAS a fixed workspace. Two runs of one command on one kind of GPU should then end with the same
+    weights (next-s34d.sh checks it on the GPU); the previous settings come back on exit. The cuBLAS setting must be in place before the process's first cuBLAS call."""
+    if not enabled:
+        yield
+        return
+    was, env = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = env or ":4096:8"
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+        if env is None:
+            del os.environ["CUBLAS_WORKSPACE_CONFIG"]
+
+
+SHAPE_ARGS = ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate")  # the model's shape flags
+
+
+def add_shape_args(ap: argparse.ArgumentParser) -> None:
+    """--hidden, --layers, ... with ModelConfig's defaults (train.py's and step_time.py's)."""
+    d = ModelConfig()
+    for name in SHAPE_ARGS:
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+
+
+def model_config(args) -> ModelConfig:
+    """The ModelConfig of parsed shape flags, over the training tokenizer's vocabulary."""
+    return ModelConfig(vocab_size=data.VOCAB_SIZE, **{name: getattr(args, name) for name in SHAPE_ARGS})
+
+
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = ModelConfig(vocab_size=data.VOCAB_SIZE, hidden=args.hidden, layers=args.layers,
-                      heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
-                      intermediate=args.intermediate)
+    cfg = model_config(args)
     model = LlamaLM(cfg).to(dev)
     if args.init:  # start from a trained model's weights, with a fresh optimizer and schedule
         init = torch.load(args.init, map_location=dev)
@@ -295,14 +330,15 @@ def parser() -> argparse.ArgumentParser:
                          f"{data.DRILL_ENTITIES[0]}-{data.DRILL_ENTITIES[1]} entities (default 0)")
     ap.add_argument("--compile", action="store_true",
                     help="compile the training forward with torch.compile (Inductor; dynamic shapes)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="deterministic algorithms (flash attention's backward included): two runs of the same "
+                         "command on the same kind of GPU end with the same weights; slower")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="default: cuda if available")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--eval-samples", type=int, default=16, help="held-out samples per task (0: skip)")
     ap.add_argument("--eval-context", type=int, default=8192)
-    d = ModelConfig()
-    for name in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate"):
-        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    add_shape_args(ap)
     return ap
 
 
@@ -340,7 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--init and --resume: give one (--resume continues a run, --init starts one from weights)")
     if args.resume and not Path(args.resume).is_file():
         raise SystemExit(f"--resume {args.resume}: no such file (a state.pt written by --session-limit)")
-    print(json.dumps(train(args), indent=1))
+    with determinism(args.deterministic):
+        summary = train(args)
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

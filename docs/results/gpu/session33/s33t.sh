@@ -4,10 +4,12 @@
 # step (--batch-tokens 32768; 25-50 ms compiled), same 16,000 steps. Predicted 8.7 min. Torch only.
 # A call trains for at most LIMIT seconds; the next call on the same warm machine resumes from state.pt.
 # The checkpoint comes back in parts of 15 MiB (join: cat run26-ckpt.part-* > checkpoint.pt).
-RUN=${RUN:-26}; SEED=${SEED:-0}; D=/root/t$RUN
-T="--out $D --steps 16000 --batch-tokens 32768 --lr 2e-3 --prompt-weight 0.02 \
+# For session 34 (not run yet): RUN=28 BATCH=65536 is run 24's command compiled (about 15.5 min predicted, in two
+# calls); EXTRA=--deterministic adds the flag (the defaults are the commands as run).
+RUN=${RUN:-26}; SEED=${SEED:-0}; BATCH=${BATCH:-32768}; EXTRA=${EXTRA:-}; D=/root/t$RUN
+T="--out $D --steps 16000 --batch-tokens $BATCH --lr 2e-3 --prompt-weight 0.02 \
   --mix text2json=0.6,needle=0.3,copy=0.1 --decision-weight 3 --drill 0.4 --seed $SEED --eval-samples 0 \
-  --log-every 10 --compile"
+  --log-every 10 --compile $EXTRA"
 R=""; [ -f $D/state.pt ] && R="--resume $D/state.pt"
 nvidia-smi --query-gpu=name --format=csv,noheader
 python -m vllm_kvoffload.training.train $T --session-limit ${LIMIT:-550} $R > $OUT/train.log 2>&1
