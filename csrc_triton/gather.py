@@ -40,7 +40,19 @@ import triton.language as tl
 from ._common import cdiv, device_buffer, interpreting, next_pow2, row_align
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32,
-       torch.float8_e4m3fn: tl.float8e4nv}
+       torch.float8_e4m3fn: tl.float8e4nv, torch.uint8: tl.uint8}
+
+
+@triton.jit
+def _pool_rows(kv_ptr, sc_ptr, src, sc_src, m, d, D: tl.constexpr, SCALES: tl.constexpr):
+    """Rows [BLOCK_T, D_PAD] of the pool at element offsets ``src`` (rows where ``m``; 0 elsewhere). With
+    SCALES (a 4-bit pool: host rows hold only the nibbles), column D is the token's scale word, read from
+    the device array at ``sc_src``, so the row comes out as the device cache keeps it (nibbles, scale)."""
+    x = tl.load(kv_ptr + src[:, None] + d[None, :], mask=m[:, None] & (d < D)[None, :], other=0.0)
+    if SCALES:
+        sc = tl.load(sc_ptr + sc_src, mask=m, other=0)
+        x = tl.where((d == D)[None, :], sc[:, None], x)
+    return x
 
 
 @triton.jit(do_not_specialize=['layer', 'K', 's_slb', 's_ib', 's_ih', 's_ob', 's_oh'])  # per-step sizes: no recompiles
@@ -50,9 +62,11 @@ def _gather_rows(
     s_slot, s_layer, s_kv, s_h, s_tok,    # host_kv [S, L, 2, Hkv, BS, D], D contiguous (any order)
     s_slb,                                # cold_slots [B, max_cold_blocks]
     s_ib, s_ih,                           # idx [B, Hkv, K]
-    s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D], same strides
-    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,  # D: elements of a row (int32 words: _words)
-    FROM_INT: tl.constexpr, DTYPE: tl.constexpr,
+    s_ob, s_oh, s_ot,                     # out_k and out_v [B, Hkv, K, D_OUT], same strides
+    sc_ptr, c_slot, c_layer, c_kv, c_h,   # SCALES: the 4-bit pool's scale words [S, L, 2, Hkv, BS] (device)
+    D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr,  # D: elements of a host row (int32 words: _words)
+    FROM_INT: tl.constexpr, DTYPE: tl.constexpr, D_PAD: tl.constexpr,  # D_PAD: next_pow2(D_OUT)
+    D_OUT: tl.constexpr, SCALES: tl.constexpr,  # D_OUT: D, or D + 1 (the scale word) with SCALES
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1)
@@ -62,37 +76,53 @@ def _gather_rows(
     else:
         kv_ptr = kv_arg
     j = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    d = tl.arange(0, D)
+    d = tl.arange(0, D_PAD)
     cnt = tl.load(cnt_ptr + b * Hkv + h)
     jm = j < cnt
     i = tl.load(idx_ptr + b * s_ib + h * s_ih + j, mask=jm, other=0)
     slot = tl.load(slots_ptr + b * s_slb + i // BS, mask=jm, other=0).to(tl.int64)
     src = slot * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-    k = tl.load(kv_ptr + src[:, None] + d[None, :], mask=jm[:, None], other=0.0)
-    v = tl.load(kv_ptr + s_kv + src[:, None] + d[None, :], mask=jm[:, None], other=0.0)
+    sc_src = slot * c_slot + layer.to(tl.int64) * c_layer + h.to(tl.int64) * c_h + i % BS
+    k = _pool_rows(kv_ptr, sc_ptr, src, sc_src, jm, d, D, SCALES)
+    v = _pool_rows(kv_ptr + s_kv, sc_ptr + c_kv, src, sc_src, jm, d, D, SCALES)
     dst = b.to(tl.int64) * s_ob + h * s_oh + j.to(tl.int64)[:, None] * s_ot + d[None, :]
-    om = (j < K)[:, None]
+    om = (j < K)[:, None] & (d < D_OUT)[None, :]
     tl.store(ok_ptr + dst, k.to(ok_ptr.dtype.element_ty), mask=om)
     tl.store(ov_ptr + dst, v.to(ov_ptr.dtype.element_ty), mask=om)
 
 
+def _scale_args(host_kv: torch.Tensor, scales: torch.Tensor | None, like: torch.Tensor) -> tuple:
+    """(pointer, 4 strides) of a 4-bit pool's device scale array as int32 words, or a dummy pointer
+    (``like``) and zeros where the pool keeps no scales apart."""
+    if scales is None:
+        return like, 0, 0, 0, 0
+    S, L, two, Hkv, BS, _ = host_kv.shape
+    assert host_kv.dtype == torch.uint8, "scales go with a 4-bit pool (uint8 rows of nibbles)"
+    assert scales.shape == (S, L, two, Hkv, BS) and scales.dtype == torch.float32 and scales.stride(-1) == 1
+    w = scales.view(torch.int32)
+    return (w, *w.stride()[:4])
+
+
 def _words(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
     """The tensors viewed as int32 words along their last dim (rows copied without conversion),
-    or None where a row is not a whole number of words or a power of two of them."""
+    or None where a row is not a whole number of words (the kernels pad a row's words to a power of
+    two: a 4-bit row of head size 128 is 17 words)."""
     size = tensors[0].element_size()
     row_bytes = tensors[0].shape[-1] * size
     words = row_bytes // 4
     same_rows = all(t.dtype == tensors[0].dtype and t.stride(-1) == 1 for t in tensors)
     aligned = all(row_align(t) * size % 4 == 0 for t in tensors)  # every row starts on a word
-    if not (same_rows and aligned and row_bytes % 4 == 0 and words & (words - 1) == 0):
+    if not (same_rows and aligned and row_bytes % 4 == 0 and words > 0):
         return None
     return [t.view(torch.int32) for t in tensors]
 
 
-def _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype):
-    """Shared checks of the zero-copy gathers; allocates the staging outputs [B, Hkv, K, D]."""
+def _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype, scales=None):
+    """Shared checks of the zero-copy gathers; allocates the staging outputs [B, Hkv, K, D] (with
+    ``scales``, a 4-bit pool's: rows of D + 4 bytes, the nibbles then the scale)."""
     B, Hkv, K = idx.shape
     S, L, two, Hkv2, BS, D = host_kv.shape
+    D = D if scales is None else D + 4
     assert two == 2 and Hkv2 == Hkv and host_kv.stride(-1) == 1 and counts.is_contiguous()
     if host_kv.device.type == "cpu" and not interpreting():
         assert host_kv.is_pinned(), "zero-copy reads need pinned (page-locked) host memory"
@@ -104,20 +134,24 @@ def _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype):
 
 
 def gather_uva(host_kv, layer, cold_slots, idx, counts, out_k=None, out_v=None,
-               mode="tensor", block_t=32, num_warps=4, out_dtype=None):
+               mode="tensor", block_t=32, num_warps=4, out_dtype=None, scales=None):
     """Same contract as ``gather_ref``; cold_slots/idx/counts/out on the device,
-    host_kv pinned on the host (or on the device, or CPU under the interpreter)."""
+    host_kv pinned on the host (or on the device, or CPU under the interpreter); ``scales``: a
+    4-bit pool's scale array on the device (its rows come out with their scales appended)."""
     B, Hkv, K = idx.shape
     BS = host_kv.shape[-2]
-    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype)
+    out_k, out_v = _checked_outputs(host_kv, idx, counts, out_k, out_v, out_dtype, scales)
     kv, ok, ov = _words(host_kv, out_k, out_v) or (host_kv, out_k, out_v)
+    assert scales is None or kv.dtype == torch.int32, "a 4-bit pool's rows move as whole words"
     arg = kv if mode == "tensor" else kv.data_ptr()
     st = kv.stride()
+    sc = _scale_args(host_kv, scales, idx)
     _gather_rows[(cdiv(K, block_t), B, Hkv)](
         arg, cold_slots, idx, counts, ok, ov, layer, K, Hkv,
         st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
-        ok.stride(0), ok.stride(1), ok.stride(2),
+        ok.stride(0), ok.stride(1), ok.stride(2), *sc,
         D=kv.shape[-1], BS=BS, BLOCK_T=block_t, FROM_INT=mode == "int", DTYPE=_TL.get(kv.dtype, tl.int32),
+        D_PAD=next_pow2(ok.shape[-1]), D_OUT=ok.shape[-1], SCALES=scales is not None,
         num_warps=num_warps,
     )
     return out_k, out_v
@@ -244,9 +278,9 @@ def _inplace_match(idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pidx_ptr, ppos_ptr, pc
 @triton.jit(do_not_specialize=['layer', 'K', 'KC', 'NT', 's_slb', 's_ib', 's_ih'])
 def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt_ptr, npos_ptr, ok_ptr, ov_ptr,
                   match_ptr, free_ptr, tally_ptr, layer, K, KC, NT, Hkv,
-                  s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
+                  s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih, sc_ptr, c_slot, c_layer, c_kv, c_h,
                   D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr,
-                  NT_PAD: tl.constexpr):
+                  NT_PAD: tl.constexpr, D_PAD: tl.constexpr, D_OUT: tl.constexpr, SCALES: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
@@ -278,16 +312,18 @@ def _inplace_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, fresh_ptr, pcnt
     i = tl.load(idx_ptr + b.to(tl.int64) * s_ib + h * s_ih + j, mask=miss, other=0)
     blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
     src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-    d = tl.arange(0, D)
-    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
-    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
-    dst = (row + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, KC, D] contiguous
-    tl.store(ok_ptr + dst, k, mask=miss[:, None])
-    tl.store(ov_ptr + dst, v, mask=miss[:, None])
+    sc_src = blk * c_slot + layer.to(tl.int64) * c_layer + h.to(tl.int64) * c_h + i % BS
+    d = tl.arange(0, D_PAD)
+    k = _pool_rows(kv_arg, sc_ptr, src, sc_src, miss, d, D, SCALES)
+    v = _pool_rows(kv_arg + s_kv, sc_ptr + c_kv, src, sc_src, miss, d, D, SCALES)
+    dm = miss[:, None] & (d < D_OUT)[None, :]
+    dst = (row + slot)[:, None] * D_OUT + d[None, :]  # cache rows [R, Hkv, KC, D_OUT] contiguous
+    tl.store(ok_ptr + dst, k, mask=dm)
+    tl.store(ov_ptr + dst, v, mask=dm)
 
 
 def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts,
-                   new_idx, new_pos, new_counts, cache_k, cache_v, stats, block_t=32, num_warps=4):
+                   new_idx, new_pos, new_counts, cache_k, cache_v, stats, block_t=32, num_warps=4, scales=None):
     """Same contract as ``gather_inplace_ref`` (the device cache in place). cache_k/cache_v
     [R, Hkv, KC, D] contiguous, in the pool's dtype; the index arrays [R, Hkv, KC] and
     counts [R, Hkv] contiguous int32; rows, fresh [B] int32; stats [2] int64. No host sync."""
@@ -295,6 +331,7 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
     R, Hkv2, KC, D = cache_k.shape
     BS = host_kv.shape[-2]
     assert Hkv2 == Hkv and K <= KC and cache_k.dtype == cache_v.dtype == host_kv.dtype, "the cache holds pool rows"
+    assert D == host_kv.shape[-1] + (0 if scales is None else 4), "a 4-bit pool's cache rows hold their scale"
     assert cache_k.is_contiguous() and cache_v.is_contiguous() and idx.stride(-1) == 1 and counts.is_contiguous()
     for t in (prev_idx, prev_pos, new_idx, new_pos):
         assert t.shape == (R, Hkv, KC) and t.is_contiguous() and t.dtype == torch.int32
@@ -314,11 +351,14 @@ def gather_inplace(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_id
         idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts, new_idx, new_counts, match, free, tally, stats,
         K, KC, NT, max(1, KC.bit_length()), Hkv, idx.stride(0), idx.stride(1), BLOCK=block, num_warps=num_warps)
     kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
+    assert scales is None or kv.dtype == torch.int32, "a 4-bit pool's rows move as whole words"
     st = kv.stride()
     _inplace_fill[(cdiv(K, block_t), B, Hkv)](
         kv, cold_slots, idx, counts, rows, fresh, prev_counts, new_pos, ok, ov, match, free, tally,
         layer, K, KC, NT, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0), idx.stride(1),
-        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)), num_warps=num_warps)
+        *_scale_args(host_kv, scales, idx),
+        D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
+        D_PAD=next_pow2(ok.shape[-1]), D_OUT=ok.shape[-1], SCALES=scales is not None, num_warps=num_warps)
 
 
 # ---- (d) the LRU device cache, wider than one selection (gather_lru_ref's docstring) -------
@@ -412,8 +452,9 @@ def _lru_victims(rows_ptr, fresh_ptr, token_at_ptr, used_at_ptr, clock_ptr, tall
 @triton.jit(do_not_specialize=['layer', 'K', 'C', 'T', 'NT', 'KV', 's_slb', 's_ib', 's_ih'])
 def _lru_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, slot_of_ptr, token_at_ptr, used_at_ptr, clock_ptr, pos_ptr,
               ok_ptr, ov_ptr, match_ptr, tally_ptr, victims_ptr, layer, K, C, T, NT, KV, Hkv,
-              s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih,
-              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, NT_PAD: tl.constexpr):
+              s_slot, s_layer, s_kv, s_h, s_tok, s_slb, s_ib, s_ih, sc_ptr, c_slot, c_layer, c_kv, c_h,
+              D: tl.constexpr, BS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK: tl.constexpr, NT_PAD: tl.constexpr,
+              D_PAD: tl.constexpr, D_OUT: tl.constexpr, SCALES: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)  # slowest: programs running together read one KV head's part of the pool
@@ -436,16 +477,18 @@ def _lru_fill(kv_arg, slots_ptr, idx_ptr, cnt_ptr, rows_ptr, slot_of_ptr, token_
     tl.store(pos_ptr + (b * Hkv + h).to(tl.int64) * K + j, slot, mask=miss)
     blk = tl.load(slots_ptr + b * s_slb + i // BS, mask=miss, other=0).to(tl.int64)
     src = blk * s_slot + layer.to(tl.int64) * s_layer + h.to(tl.int64) * s_h + (i % BS) * s_tok
-    d = tl.arange(0, D)
-    k = tl.load(kv_arg + src[:, None] + d[None, :], mask=miss[:, None])
-    v = tl.load(kv_arg + s_kv + src[:, None] + d[None, :], mask=miss[:, None])
-    dst = (row * C + slot)[:, None] * D + d[None, :]  # cache rows [R, Hkv, C, D] contiguous
-    tl.store(ok_ptr + dst, k, mask=miss[:, None])
-    tl.store(ov_ptr + dst, v, mask=miss[:, None])
+    sc_src = blk * c_slot + layer.to(tl.int64) * c_layer + h.to(tl.int64) * c_h + i % BS
+    d = tl.arange(0, D_PAD)
+    k = _pool_rows(kv_arg, sc_ptr, src, sc_src, miss, d, D, SCALES)
+    v = _pool_rows(kv_arg + s_kv, sc_ptr + c_kv, src, sc_src, miss, d, D, SCALES)
+    dm = miss[:, None] & (d < D_OUT)[None, :]
+    dst = (row * C + slot)[:, None] * D_OUT + d[None, :]  # cache rows [R, Hkv, C, D_OUT] contiguous
+    tl.store(ok_ptr + dst, k, mask=dm)
+    tl.store(ov_ptr + dst, v, mask=dm)
 
 
 def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos,
-               cache_k, cache_v, stats, block_t=32, num_warps=4):
+               cache_k, cache_v, stats, block_t=32, num_warps=4, scales=None):
     """Same contract as ``gather_lru_ref`` (the LRU device cache). cache_k/cache_v [R, Hkv, C, D]
     contiguous, in the pool's dtype; token_at/used_at [R, Hkv, C], slot_of [R, Hkv, T], clock [R, Hkv]
     and pos [B, Hkv, K] contiguous int32; rows, fresh [B] int32; stats [2] int64. No host sync."""
@@ -456,6 +499,7 @@ def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, to
     T = slot_of.shape[2]
     BS = host_kv.shape[-2]
     assert Hkv2 == Hkv and K <= C and cache_k.dtype == cache_v.dtype == host_kv.dtype, "the cache holds pool rows"
+    assert D == host_kv.shape[-1] + (0 if scales is None else 4), "a 4-bit pool's cache rows hold their scale"
     assert cache_k.is_contiguous() and cache_v.is_contiguous() and idx.stride(-1) == 1 and counts.is_contiguous()
     for t, shape in ((token_at, (R, Hkv, C)), (used_at, (R, Hkv, C)), (slot_of, (R, Hkv, T)), (clock, (R, Hkv)),
                      (pos, (B, Hkv, K))):
@@ -479,9 +523,11 @@ def gather_lru(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, to
         EMPTY=EMPTY, AGE_CLIP=AGE_CLIP, BINS=AGE_BINS, SCAN=LRU_SCAN_BLOCK, NT_PAD=max(2, next_pow2(NT)),
         num_warps=num_warps)
     kv, ok, ov = _words(host_kv, cache_k, cache_v) or (host_kv, cache_k, cache_v)
+    assert scales is None or kv.dtype == torch.int32, "a 4-bit pool's rows move as whole words"
     st = kv.stride()
     _lru_fill[(cdiv(K, block_t), B, Hkv)](
         kv, cold_slots, idx, counts, rows, slot_of, token_at, used_at, clock, pos, ok, ov, match, tally, victims,
         layer, K, C, T, NT, KV, Hkv, st[0], st[1], st[2], st[3], st[4], cold_slots.stride(0), idx.stride(0),
-        idx.stride(1), D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block, NT_PAD=max(2, next_pow2(NT)),
+        idx.stride(1), *_scale_args(host_kv, scales, idx), D=kv.shape[-1], BS=BS, BLOCK_T=block_t, BLOCK=block,
+        NT_PAD=max(2, next_pow2(NT)), D_PAD=next_pow2(ok.shape[-1]), D_OUT=ok.shape[-1], SCALES=scales is not None,
         num_warps=num_warps)

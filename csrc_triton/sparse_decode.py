@@ -23,7 +23,8 @@ Tile constraints: D in {64, 128} (any power of two >= 16); BLOCK_N a multiple of
 arbitrary (masked). Accumulation is fp32; probabilities enter the PV dot in
 the value dtype (bf16), as in FlashAttention. The selected tokens may be fp8
 (e4m3, an fp8 host pool's own values): they are widened to the query's dtype
-as they are loaded.
+as they are loaded. Or 4-bit rows (``ops/int4_ref.py``; work in progress, branch int4-pool):
+unpacked in two halves to the query's dtype, times each row's scale.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from vllm_kvoffload.ops.int4_ref import INT4, row_bytes
 
 from ._common import LOG2E, arrival_counters, cdiv, interpreting, mma, next_pow2, num_sms, row_align
 
@@ -69,6 +72,7 @@ def _sparse_decode_partial(
     HAS_ROWS: tl.constexpr,          # sel_k/sel_v rows by rows_ptr[b] (the in-place device cache), else b
     HAS_POS: tl.constexpr,           # selected token t of (b, h) at slot pos_ptr[(b * Hkv + h) * K_SEL + t] (the LRU
                                      # cache), else at slot t
+    INT4: tl.constexpr = False,      # sel_k/sel_v hold 4-bit rows (ops/int4_ref.py: D/2 bytes, then the fp32 scale)
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -103,23 +107,27 @@ def _sparse_decode_partial(
         hi = tl.minimum(lo + CHUNK, tl.minimum(n, K_SEL))
         sel_row = tl.load(rows_ptr + b) if HAS_ROWS else b
         base = sel_row.to(tl.int64) * s_sb + h * s_sh
-        # selections from an fp8 pool stay fp8 on the device: widened here to fp16 (exact, one
-        # conversion per pair of values; bf16 would need several), the query rounded to fp16
-        # (|q| < 65504), and the probabilities enter the PV dot in fp16
-        q_sel = q.to(tl.float16) if sk_ptr.dtype.element_ty == tl.float8e4nv else q
-        for start in range(lo, hi, BLOCK_N):
-            t = start + offs_n
-            tmask = t < hi
-            if HAS_VALID:
-                tmask = tmask & (tl.load(valid_ptr + b * s_vb + h * s_vh + t, mask=tmask, other=0) != 0)
-            if HAS_POS:
-                slot = tl.load(pos_ptr + (b * (Hq // G) + h).to(tl.int64) * K_SEL + t, mask=tmask, other=0)
-            else:
-                slot = t
-            row = tl.multiple_of(base + slot.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher derives it from the strides (row_align)
-            k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
-            v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
-            m_i, l_i, acc = _online_update(q_sel, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
+        valid_row = valid_ptr + b * s_vb + h * s_vh
+        pos_row = pos_ptr + (b * (Hq // G) + h).to(tl.int64) * K_SEL
+        if INT4:
+            q_row = q_ptr + b * s_qb + qh[:, None] * s_qh
+            m_i, l_i, acc = _int4_selected(q_row, gmask, sk_ptr, sv_ptr, valid_row, pos_row, base, lo, hi, s_st,
+                                           qk_scale, G_PAD, D, BLOCK_N, HAS_VALID, HAS_POS, F32, ROW_ALIGN)
+        else:
+            # selections from an fp8 pool stay fp8 on the device: widened here to fp16 (exact, one
+            # conversion per pair of values; bf16 would need several), the query rounded to fp16
+            # (|q| < 65504), and the probabilities enter the PV dot in fp16
+            q_sel = q.to(tl.float16) if sk_ptr.dtype.element_ty == tl.float8e4nv else q
+            for start in range(lo, hi, BLOCK_N):
+                t = start + offs_n
+                tmask = t < hi
+                if HAS_VALID:
+                    tmask = tmask & (tl.load(valid_row + t, mask=tmask, other=0) != 0)
+                slot = tl.load(pos_row + t, mask=tmask, other=0) if HAS_POS else t
+                row = tl.multiple_of(base + slot.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher derives it from the strides (row_align)
+                k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
+                v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
+                m_i, l_i, acc = _online_update(q_sel, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
 
     # partials [B, Hq, NC] and [B, Hq, NC, D], fp32 contiguous
     ws = (b * Hq + qh) * NC + c
@@ -137,6 +145,54 @@ def _sparse_decode_partial(
         tl.atomic_xchg(arrival, 0)  # ready for the next launch
         _merge(m_ptr, l_ptr, acc_ptr, out_ptr + b * s_ob, s_oh, (b * Hq + h * G) * NC, h * G, G, NC,
                G_MERGE, D, BLOCK_C)
+
+
+@triton.jit
+def _int4_half(rows_ptr, row, half, tmask, D: tl.constexpr, DTYPE: tl.constexpr):
+    """One tile of 4-bit rows (ops/int4_ref.py) back in DTYPE, as its two halves [BLOCK_N, D/2]:
+    elements [0, D/2) from the low nibbles, [D/2, D) from the high ones, times the row's scale."""
+    nib = tl.load(rows_ptr + row[:, None] + half[None, :], mask=tmask[:, None], other=0x88).to(tl.int32)
+    scale = tl.load((rows_ptr + row + D // 2).to(tl.pointer_type(tl.float32)), mask=tmask, other=0.0)
+    lo = (((nib & 15) - 8).to(tl.float32) * scale[:, None]).to(DTYPE)
+    hi = (((nib >> 4) - 8).to(tl.float32) * scale[:, None]).to(DTYPE)
+    return lo, hi
+
+
+@triton.jit
+def _int4_selected(q_row, gmask, sk_ptr, sv_ptr, valid_row, pos_row, base, lo, hi, s_st, qk_scale,
+                   G_PAD: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_VALID: tl.constexpr,
+                   HAS_POS: tl.constexpr, F32: tl.constexpr, ROW_ALIGN: tl.constexpr):
+    """The selected tokens [lo, hi) of one (request, KV head) from 4-bit rows: (m, l, acc [G_PAD, D]) as
+    ``_online_update`` leaves them. The rows are unpacked in halves, so q.k = q_lo.k_lo + q_hi.k_hi and
+    the output's halves are p.V_lo and p.V_hi; nothing is interleaved until the end."""
+    half = tl.arange(0, D // 2)
+    offs_n = tl.arange(0, BLOCK_N)
+    q_lo = tl.load(q_row + half[None, :], mask=gmask[:, None], other=0.0)
+    q_hi = tl.load(q_row + D // 2 + half[None, :], mask=gmask[:, None], other=0.0)
+    m_i = tl.full([G_PAD], NEG, tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc_lo = tl.zeros([G_PAD, D // 2], tl.float32)
+    acc_hi = tl.zeros([G_PAD, D // 2], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        t = start + offs_n
+        tmask = t < hi
+        if HAS_VALID:
+            tmask = tmask & (tl.load(valid_row + t, mask=tmask, other=0) != 0)
+        slot = tl.load(pos_row + t, mask=tmask, other=0) if HAS_POS else t
+        row = tl.multiple_of(base + slot.to(tl.int64) * s_st, ROW_ALIGN)
+        k_lo, k_hi = _int4_half(sk_ptr, row, half, tmask, D, q_lo.dtype)
+        v_lo, v_hi = _int4_half(sv_ptr, row, half, tmask, D, q_lo.dtype)
+        s = (mma(q_lo, tl.trans(k_lo), F32) + mma(q_hi, tl.trans(k_hi), F32)) * qk_scale  # log2 domain
+        s = tl.where(tmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc_lo = acc_lo * alpha[:, None] + mma(p.to(v_lo.dtype), v_lo, F32)
+        acc_hi = acc_hi * alpha[:, None] + mma(p.to(v_hi.dtype), v_hi, F32)
+        m_i = m_new
+    acc = tl.reshape(tl.permute(tl.join(acc_lo, acc_hi), (0, 2, 1)), (G_PAD, D))  # [lo | hi]
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -195,7 +251,9 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
     assert sel_pos is None or (sel_pos.shape[:2] == (B, Hkv) and sel_pos.is_contiguous() and sel_pos.dtype == torch.int32)
     assert Dk == D and Hq % Hkv == 0 and D == next_pow2(D) and BS == next_pow2(BS)
     assert query.stride(-1) == 1 and kv_cache.stride(-1) == 1 and sel_k.stride(-1) == 1
-    assert sel_k.stride() == sel_v.stride() and sel_k.dtype == sel_v.dtype in (query.dtype, torch.float8_e4m3fn)
+    assert sel_k.stride() == sel_v.stride() and sel_k.dtype == sel_v.dtype in (query.dtype, torch.float8_e4m3fn, INT4)
+    int4 = sel_k.dtype == INT4
+    assert not int4 or sel_k.shape[-1] == row_bytes(D), "4-bit selections: rows of D/2 + 4 bytes"
     G = Hq // Hkv
     G_PAD = max(16, next_pow2(G))
     block_n = block_n or min(64 if D >= 128 else 128, chunk or 128)
@@ -224,7 +282,7 @@ def sparse_decode(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_lens
         G=G, G_PAD=G_PAD, D=D, BS=BS, CHUNK=chunk, BLOCK_N=block_n,
         HAS_VALID=sel_valid is not None, F32=interpreting(),
         ROW_ALIGN=row_align(sel_k), G_MERGE=next_pow2(G), BLOCK_C=MERGE_BLOCK_C, HAS_ROWS=sel_rows is not None,
-        HAS_POS=sel_pos is not None,
+        HAS_POS=sel_pos is not None, INT4=int4,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
@@ -237,5 +295,6 @@ def bytes_touched(query, kv_cache, res_lens, sel_k, sel_lens) -> int:
     B, Hq, D = query.shape
     Hkv = kv_cache.shape[3]
     resident = int(res_lens.sum()) * Hkv * kv_cache.element_size()
-    selected = int(sel_lens.clamp_max(sel_k.shape[2]).sum()) * sel_k.element_size()
-    return 2 * (resident + selected) * D + 2 * query.numel() * query.element_size()
+    row = sel_k.shape[-1] * sel_k.element_size()  # D elements, or a 4-bit row's D/2 + 4 bytes
+    selected = int(sel_lens.clamp_max(sel_k.shape[2]).sum()) * row
+    return 2 * resident * D + 2 * selected + 2 * query.numel() * query.element_size()

@@ -113,6 +113,13 @@ VARIANTS = {  # name -> kv_offload settings ("" = stock)
                         "device_cache_factor": 4},
     "budget_3pct_lru": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4,
                         "device_cache_factor": 4},
+    # rounded pools: not stock's tokens by construction (cold K/V rounded), how close is what they measure
+    "full_budget_fp8": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
+                        "host_kv_dtype": "fp8"},
+    "full_budget_int4": {"scorer": "exact-topk", "budget": 1.0, "window_tokens": 64, "sink_tokens": 4,
+                         "host_kv_dtype": "int4"},
+    "budget_3pct_int4": {"scorer": "exact-topk", "budget": 0.03, "window_tokens": 64, "sink_tokens": 4,
+                         "host_kv_dtype": "int4"},
 }
 
 
@@ -508,7 +515,7 @@ def main() -> None:
         q.add_argument("--offload-gpu-util", type=float, default=0.45,
                        help="vLLM's share; the scorer's summaries live outside it")
         q.add_argument("--host-gb", type=float, default=64)
-        q.add_argument("--host-kv-dtype", choices=("auto", "fp8"), default="auto",
+        q.add_argument("--host-kv-dtype", choices=("auto", "fp8", "int4"), default="auto",
                        help="offloaded K/V in the model's dtype, or fp8 (twice the requests per GiB)")
         q.add_argument("--scorer", default="exact-topk")
         q.add_argument("--synthetic-miss-rates", type=float, nargs="+", metavar="RATE",

@@ -33,7 +33,7 @@ def test_device_cache_flag_turns_the_cache_off_and_on():
 def test_host_kv_dtype_flag():
     args = parse("--kv-offload", "exact-topk", "--kv-offload-host-kv-dtype", "fp8")
     assert flags_to_config(args, None)["kv_offload"]["host_kv_dtype"] == "fp8"
-    with pytest.raises(argparse.ArgumentError, match="host_kv_dtype: Input should be 'auto' or 'fp8' .got 'fp16'."):
+    with pytest.raises(argparse.ArgumentError, match="host_kv_dtype: Input should be 'auto', 'fp8' or 'int4' .got 'fp16'."):
         parse("--kv-offload", "exact-topk", "--kv-offload-host-kv-dtype", "fp16")
 
 

@@ -25,7 +25,7 @@ def test_defaults_are_stock():
         ({"scorer": "exact-topk", "topp": 1.5}, ["topp", "1.5"]),
         ({"scorer": "exact-topk", "topp_min_tokens": 0}, ["topp_min_tokens", "greater than or equal to 1", "0"]),
         ({"scorer": "exact-topk", "bugdet": 0.1}, ["bugdet", "unknown setting", "budget"]),
-        ({"scorer": "exact-topk", "host_kv_dtype": "int4"}, ["host_kv_dtype", "'auto' or 'fp8'", "'int4'"]),
+        ({"scorer": "exact-topk", "host_kv_dtype": "int2"}, ["host_kv_dtype", "'auto', 'fp8' or 'int4'", "'int2'"]),
         ({"scorer": "exact-topk", "device_cache_factor": 0}, ["device_cache_factor", "greater than or equal to 1"]),
         ({"scorer": "exact-topk", "device_cache_factor": 17}, ["device_cache_factor", "less than or equal to 16"]),
         ([1, 2], ["JSON object"]),

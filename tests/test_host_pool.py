@@ -77,6 +77,32 @@ def test_fp8_pool_stores_rounded_saturated_kv_and_reads_the_model_dtype():
     assert gk.dtype == dt and torch.equal(gk[1, 1], k[33 // 16, 1, 33 % 16])
 
 
+def test_int4_pool_stores_packed_rows_and_reads_the_model_dtype():
+    """A 4-bit pool (work in progress) holds D/2 bytes per token and KV head on the host and the row's
+    fp32 scale in ``scales`` (the device's memory); reads unpack to the model's dtype within half a step
+    of 4 bits; summaries come from the exact keys."""
+    from vllm_kvoffload.ops.int4_ref import INT4, pack_int4_ref, unpack_int4_ref
+
+    torch.manual_seed(0)
+    dt = torch.bfloat16
+    g = KVGeometry(num_kv_heads=2, num_q_heads=4, head_dim=16, block_size=16, dtype=dt)
+    pool = HostPool(10, 2, 2, 16, 16, dt, create_scorer("oracle", g), torch.device("cpu"), host_dtype=INT4)
+    assert pool.kv.dtype == torch.uint8 and pool.kv.shape[-1] == 16 // 2 and pool.cache_row == 16 // 2 + 4
+    assert pool.scales.shape == (10, 2, 2, 2, 16) and pool.scales.dtype == torch.float32
+    keys, values = (torch.randn(4, 2, 16, 16) * 5).to(dt), torch.randn(4, 2, 16, 16).to(dt)
+    slots = torch.tensor([7, 2, 5, 0])
+    pool.store(1, slots, keys, values)
+    k, v = pool.read_blocks(1, slots)
+    assert k.dtype == dt and torch.equal(k, unpack_int4_ref(pack_int4_ref(keys), dt))
+    assert torch.equal(pool.kv[slots, 1, 0], pack_int4_ref(keys)[..., :-4])  # the nibbles on the host
+    assert torch.equal(pool.scales[slots, 1, 1], values.float().abs().amax(-1) / 7)  # the scales apart
+    step = keys.float().abs().amax(-1, keepdim=True) / 7
+    assert ((k.float() - keys.float()).abs() <= step / 2 + 0.02 * keys.float().abs()).all()  # + bf16's rounding
+    assert torch.equal(pool.summaries[1][slots], keys)  # scoring sees the exact keys
+    gk, gv = pool.gather(1, slots, torch.tensor([[0, 17, 40], [3, 33, 63]]))
+    assert torch.equal(gk[1, 1], k[33 // 16, 1, 33 % 16]) and torch.equal(gv[0, 2], v[40 // 16, 0, 40 % 16])
+
+
 def test_pool_is_head_major():
     """The blocks of one (layer, KV head) lie together, a block's keys just before its values, behind
     the logical [slot, layer, 2, kv_head, token, dim] shape: a step's reads of one layer and head stay

@@ -89,7 +89,8 @@ def wandering_queries(steps, seed=0):
     return [bases[(s * 3) % 4] + 0.05 * torch.randn(3, HQ, D, generator=g) for s in range(steps)]
 
 
-@pytest.mark.parametrize("settings", [{}, {"host_kv_dtype": "fp8"}, {"granularity": "block"}, {"topp": 0.6}])
+@pytest.mark.parametrize("settings", [{}, {"host_kv_dtype": "fp8"}, {"host_kv_dtype": "int4"}, {"granularity": "block"},
+                                      {"topp": 0.6}])
 def test_lru_device_cache_equals_the_per_request_path_and_hits_more(settings):
     """device_cache_factor 3: steps whose queries come back to earlier directions, each layer against
     the per-request reference (which reads the pool); the wider cache serves more of them."""
@@ -121,6 +122,18 @@ def test_batched_path_matches_per_row_path_with_an_fp8_pool(budget):
     per-row path widens them as it reads the pool: the same values either way."""
     runtime = check_batched_path_against_per_row_path(budget, "exact-topk", host_kv_dtype="fp8")
     assert runtime.pool.kv.dtype == torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.1])
+def test_batched_path_matches_per_row_path_with_an_int4_pool(budget):
+    """A 4-bit pool (``ops/int4_ref.py``): the device cache keeps the packed rows and the attention unpacks
+    them; the per-row path unpacks them as it reads the pool: the same values either way."""
+    from vllm_kvoffload.ops.int4_ref import INT4, nibble_bytes, row_bytes
+
+    runtime = check_batched_path_against_per_row_path(budget, "exact-topk", host_kv_dtype="int4")
+    assert runtime.pool.kv.dtype == INT4 and runtime.pool.kv.shape[-1] == nibble_bytes(D)
+    assert runtime.pool.scales is not None and runtime.pool.scales.shape == runtime.pool.kv.shape[:5]
+    assert runtime.device_cache.shape.dtype == INT4 and runtime.device_cache.shape.head_size == row_bytes(D)
 
 
 def check_batched_path_against_per_row_path(budget, scorer, **settings):

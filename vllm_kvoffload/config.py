@@ -49,11 +49,16 @@ class KVOffloadConfig(BaseModel):
     host_gb: float = Field(default=4.0, gt=0)
     """Host-pool size in GiB when ``host_blocks`` is not given."""
 
-    host_kv_dtype: Literal["auto", "fp8"] = "auto"
+    host_kv_dtype: Literal["auto", "fp8", "int4"] = "auto"
     """Storage of the offloaded K/V in the host pool. ``auto``: the model's KV dtype (exact).
     ``fp8``: float8 e4m3, saturated at +-448 with no scale (as vLLM's fp8 KV cache with its
     default scale of 1): half the host memory, so twice the requests per GiB, and half the
     PCIe bytes; attention then reads the fetched cold tokens rounded to fp8 (3 mantissa bits).
+    ``int4``: 4 bits per element with one fp32 scale per token and KV head (``ops/int4_ref.py``;
+    head sizes that are multiples of 8): a quarter of bf16's host memory and PCIe bytes, and
+    half of fp8's address translations per miss (docs/performance.md, session 30). The scales live
+    in device memory (4 bytes per token, KV head, K or V and layer: a 64 GiB pool of head size 128
+    needs 4 GiB of them), so that a host row is one 64-byte read unit (session 31).
     Scoring is unaffected: the scorers summarize the exact keys before they are stored."""
 
     device_cache: bool = True
@@ -132,7 +137,18 @@ class KVOffloadConfig(BaseModel):
 
     def host_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         """The host pool's element type for a model whose KV cache has ``model_dtype``."""
+        if self.host_kv_dtype == "int4":
+            from vllm_kvoffload.ops.int4_ref import INT4
+
+            return INT4
         return torch.float8_e4m3fn if self.host_kv_dtype == "fp8" else model_dtype
+
+    def check_head_size(self, head_size: int) -> None:
+        """4-bit rows pack pairs of elements and keep a 4-byte scale: the head size must be a multiple of 8."""
+        if self.host_kv_dtype == "int4" and head_size % 8:
+            raise KVOffloadConfigError(
+                f"kv_offload: host_kv_dtype='int4' needs a head size that is a multiple of 8; this model's is "
+                f"{head_size}. Accepted: host_kv_dtype 'auto' or 'fp8' for this model")
 
     def sink_blocks(self, block_size: int) -> int:
         return -(-self.sink_tokens // block_size)

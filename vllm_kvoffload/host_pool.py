@@ -17,8 +17,8 @@ and ``summaries[layer][slot]`` is the scorer's compact summary of that block,
 kept in the device tier. Slots are assigned by the scheduler's
 ``HostSlotAllocator``; this class only stores and reads.
 
-``kv`` holds the model's dtype, or fp8 (``host_dtype``, ``ops/offload_ref.to_host``); reads
-return the model's dtype (``dtype``). Summaries are always made from the exact keys.
+``kv`` holds the model's dtype, or fp8, or 4-bit rows (``host_dtype``, ``ops/offload_ref.to_host``;
+4-bit: work in progress, not selectable yet); reads return the model's dtype (``dtype``). Summaries are always made from the exact keys.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.host_memory import HostMemory, host_empty
-from vllm_kvoffload.ops.offload_ref import to_host
+from vllm_kvoffload.ops.int4_ref import INT4, join_rows, nibble_bytes, split_rows
+from vllm_kvoffload.ops.offload_ref import from_host, to_host
 from vllm_kvoffload.scorers.base import Scorer
 
 
@@ -38,6 +39,10 @@ class HostPool:
         self.dtype = dtype  # the model's KV dtype: what reads return
         self.kv = self.kv_tensor(num_slots, num_layers, num_kv_heads, block_size, head_dim,
                                  host_dtype or dtype, pin, memory)
+        # A 4-bit pool keeps each row's fp32 scale here, in device memory [slot, layer, 2, kv_head, token]:
+        # the host row is then 64 bytes at head size 128, one PCIe read unit (int4_ref.nibble_bytes).
+        self.scales = (torch.empty(self.kv.shape[:5], dtype=torch.float32, device=device)
+                       if self.kv.dtype == INT4 else None)
         shape, summary_dtype = scorer.summary_spec()
         # one tensor for all layers (one write stores a block's summaries in every layer);
         # summaries[layer] is its view of one layer
@@ -47,8 +52,12 @@ class HostPool:
         self.block_size = block_size
 
     @staticmethod
-    def kv_shape(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int) -> tuple:
-        return num_slots, num_layers, 2, num_kv_heads, block_size, head_dim
+    def kv_shape(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int,
+                 dtype: torch.dtype | None = None) -> tuple:
+        """The pool's logical shape; its last dimension is a row: head_dim elements, or a 4-bit row's
+        nibble bytes where ``dtype`` is ``int4_ref.INT4`` (its scale is in ``scales``)."""
+        row = nibble_bytes(head_dim) if dtype == INT4 else head_dim
+        return num_slots, num_layers, 2, num_kv_heads, block_size, row
 
     @staticmethod
     def kv_tensor(num_slots: int, num_layers: int, num_kv_heads: int, block_size: int, head_dim: int,
@@ -56,19 +65,35 @@ class HostPool:
         """The pool [slot, layer, 2, kv_head, token, dim], stored [layer, kv_head, slot, 2, token, dim]:
         ``kv[:, layer, :, head]`` is contiguous. Empty, not zeros (pinned memory is faulted in when
         it is locked; pageable memory as slots fill). ``memory``: 4 KiB or 2 MiB pages (host_memory.py)."""
-        S, L, two, H, BS, D = HostPool.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim)
+        S, L, two, H, BS, D = HostPool.kv_shape(num_slots, num_layers, num_kv_heads, block_size, head_dim, dtype)
         return host_empty((L, H, S, two, BS, D), dtype, pin, memory).permute(2, 0, 3, 1, 4, 5)
 
     @property
     def num_slots(self) -> int:
         return self.kv.shape[0]
 
+    @property
+    def cache_row(self) -> int:
+        """The width of a row in the device cache: the pool's, or a 4-bit row with its scale appended."""
+        return self.kv.shape[-1] + (0 if self.scales is None else 4)
+
+    def _rows(self, layer: int, kv: int, idx: tuple) -> torch.Tensor:
+        """Pool rows at ``idx`` (indices into [slot, kv_head, token]) of one layer, in the model's dtype."""
+        rows = self.kv[:, layer, kv][idx]
+        if self.scales is not None:  # indexed where they live: only the rows read cross to the host
+            rows = join_rows(rows, self.scales[:, layer, kv][tuple(i.to(self.scales.device) for i in idx)].cpu())
+        return from_host(rows, self.dtype)
+
     def store(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """keys/values: [n, kv_heads, block_size, dim] of the blocks going cold."""
         host_slots = slots.to(self.kv.device)
         # Blocking copies: the device blocks are reused by vLLM right after this step.
-        self.kv[host_slots, layer, 0] = to_host(keys, self.kv.dtype).to(self.kv.device)
-        self.kv[host_slots, layer, 1] = to_host(values, self.kv.dtype).to(self.kv.device)
+        for kv, x in enumerate((keys, values)):
+            rows = to_host(x, self.kv.dtype)
+            if self.scales is not None:
+                rows, scale = split_rows(rows)
+                self.scales[slots.to(self.scales.device), layer, kv] = scale.to(self.scales.device)
+            self.kv[host_slots, layer, kv] = rows.to(self.kv.device)
         self.summaries[layer][slots.to(self.summaries[layer].device)] = self.scorer.summarize(keys)
 
     def store_from_caches(self, kv5s: list[torch.Tensor], table: torch.Tensor, blocks: torch.Tensor,
@@ -82,7 +107,7 @@ class HostPool:
         from vllm_kvoffload.ops.triton_kernels import load
 
         offload = load("offload")
-        offload.store_blocks_all_layers_uva(kv5s, blocks, self.kv, slots, table=table)
+        offload.store_blocks_all_layers_uva(kv5s, blocks, self.kv, slots, table=table, scales=self.scales)
         n = blocks.numel()
         if n == 0:
             return
@@ -102,9 +127,9 @@ class HostPool:
         token_idx = token_idx.cpu()  # the pool is host memory: its indices are computed on the host
         heads = torch.arange(token_idx.shape[0])[:, None]
         idx = (slots.cpu()[token_idx // self.block_size], heads, token_idx % self.block_size)
-        return self.kv[:, layer, 0][idx].to(self.dtype), self.kv[:, layer, 1][idx].to(self.dtype)
+        return self._rows(layer, 0, idx), self._rows(layer, 1, idx)
 
     def read_blocks(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole blocks back, [n, kv_heads, block_size, dim] each (tests, oracle)."""
         s = slots.cpu()
-        return self.kv[s, layer, 0].to(self.dtype), self.kv[s, layer, 1].to(self.dtype)
+        return self._rows(layer, 0, (s,)), self._rows(layer, 1, (s,))

@@ -151,12 +151,20 @@ def _patch_platform() -> None:
 
 
 # ---- worker: layer specs, runtime, plan execution -------------------------------------
-def _host_blocks(cfg: KVOffloadConfig, page_bytes: int, num_layers: int, dtype: torch.dtype) -> int:
+def _host_blocks(cfg: KVOffloadConfig, page_bytes: int, num_layers: int, dtype: torch.dtype,
+                 head_size: int) -> int:
     """Host slots in ``host_gb``: one slot holds a device page (``page_bytes`` of ``dtype``) of
-    every offloaded layer, in the host pool's element type."""
+    every offloaded layer, in the host pool's element type (4-bit: D/2 bytes per D elements on the host;
+    their scales, 4 bytes per row, in device memory, are not counted here)."""
     if cfg.host_blocks:
         return cfg.host_blocks
-    page_bytes = page_bytes * cfg.host_dtype(dtype).itemsize // dtype.itemsize
+    cfg.check_head_size(head_size)
+    if cfg.host_kv_dtype == "int4":
+        from vllm_kvoffload.ops.int4_ref import nibble_bytes
+
+        page_bytes = page_bytes * nibble_bytes(head_size) // (head_size * dtype.itemsize)
+    else:
+        page_bytes = page_bytes * cfg.host_dtype(dtype).itemsize // dtype.itemsize
     blocks = int(cfg.host_gb * 2**30) // max(1, page_bytes * num_layers)
     if blocks < 1:
         raise KVOffloadConfigError(
@@ -187,7 +195,8 @@ def _patch_kv_cache_spec() -> None:
         runtime_for_layer(cfg, spec.block_size, self.layer_name, self)
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
         return OffloadAttentionSpec(**fields, sink_tokens=cfg.sink_tokens, window_tokens=cfg.window_tokens,
-                                    host_blocks=_host_blocks(cfg, spec.page_size_bytes, len(layers), spec.dtype))
+                                    host_blocks=_host_blocks(cfg, spec.page_size_bytes, len(layers), spec.dtype,
+                                                             spec.head_size))
 
     Attention.get_kv_cache_spec = get_kv_cache_spec
 

@@ -161,7 +161,7 @@ class OffloadRuntime:
         would not fit: such a batch would decode without the cache (``device_cache.py``)."""
         first = next(iter(self.layers.values()))
         width = self._selection_width(self.config.budget_tokens(max_model_len), max_model_len)
-        row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, first.impl.head_size,
+        row = DeviceCache.bytes_for(CacheShape(1, first.impl.num_kv_heads, width, self.pool.cache_row,
                                                self.pool.kv.dtype, len(self.layer_index),
                                                **self._lru_geometry(max_model_len)))
         free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
@@ -183,14 +183,17 @@ class OffloadRuntime:
                                   self.block_size, kv_cache.dtype)
             scorer = create_scorer(self.config.scorer, geometry)
             host_dtype = self.config.host_dtype(kv_cache.dtype)
+            self.config.check_head_size(impl.head_size)
             try:
                 self.pool = HostPool(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
                                      impl.head_size, kv_cache.dtype, scorer, kv_cache.device, host_dtype=host_dtype)
             except (RuntimeError, MemoryError) as e:  # torch's allocators (pinned: cudaHostAlloc) raise these
                 shape = HostPool.kv_shape(num_slots, len(self.layer_index), impl.num_kv_heads, self.block_size,
-                                          impl.head_size)
+                                          impl.head_size, host_dtype)
                 gib = math.prod(shape) * host_dtype.itemsize / 2**30
                 kind = "pinned host" if kv_cache.device.type == "cuda" else "host"
+                if self.config.host_kv_dtype == "int4":  # HostPool.scales: 4 bytes per row, on the device
+                    kind += f" memory and {math.prod(shape[:5]) * 4 / 2**30:.1f} GiB of device"
                 raise KVOffloadConfigError(
                     f"kv_offload could not allocate its host pool: {num_slots} blocks, {gib:.1f} GiB of {kind} memory "
                     f"(host_gb={self.config.host_gb}, host_blocks={self.config.host_blocks}): "
@@ -198,9 +201,12 @@ class OffloadRuntime:
                     "--kv-offload-host-gb (pinned memory is bounded by the machine's RAM and its "
                     "locked-memory limit)") from e
             self.fetch_counts = torch.zeros(2, dtype=torch.int64, device=kv_cache.device)
+            stored = self.pool.kv.dtype
+            if self.pool.scales is not None:
+                stored = (f"4-bit rows, their scales in {self.pool.scales.numel() * 4 / 2**30:.2f} GiB of device "
+                          "memory")
             logger.info("kv_offload: host pool of %d blocks (%.2f GiB, %s), scorer %s", num_slots,
-                        self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, self.pool.kv.dtype,
-                        scorer.name)
+                        self.pool.kv.numel() * self.pool.kv.element_size() / 2**30, stored, scorer.name)
         return self.pool
 
     # ---- the plan (before vLLM touches the step's blocks) ---------------------
@@ -323,7 +329,7 @@ class OffloadRuntime:
         if any_cold:
             first = next(iter(self.layers.values()))
             cache_plan = self.device_cache.plan(
-                [r.req_id for r in rows], first.impl.num_kv_heads, k, first.impl.head_size,
+                [r.req_id for r in rows], first.impl.num_kv_heads, k, self.pool.cache_row,  # pool rows, packed or not
                 self.pool.kv.dtype, len(self.layer_index), block_table.device, reuse=self.config.device_cache,
                 **self._lru_geometry(cold.shape[1] * bs))
             if cache_plan is None or self.device_cache.shape.shared:  # this batch's cache does not fit
@@ -424,12 +430,12 @@ class OffloadRuntime:
         if self.device_cache.shape.lru:  # into the least recently used slots; pos: each selected token's slot
             *state, pos, keys, values = self.device_cache.lru_layer(layer, idx.shape[0], idx.shape[2])
             with phase("fetch"):
-                tk.gather_lru(*fetch, *state, pos, keys, values, self.fetch_counts)
+                tk.gather_lru(*fetch, *state, pos, keys, values, self.fetch_counts, scales=self.pool.scales)
         else:  # into the slots of the tokens no longer selected; the selection fills slots [0, count)
             *state, keys, values = self.device_cache.layer(layer, parity)
             pos = None
             with phase("fetch"):
-                tk.gather_inplace(*fetch, *state, keys, values, self.fetch_counts)
+                tk.gather_inplace(*fetch, *state, keys, values, self.fetch_counts, scales=self.pool.scales)
         with phase("attend"):  # selections from an fp8 pool stay fp8 in the cache; the attention widens them
             tk.sparse_decode(query, impl.kv5(kv_cache), b["res_table"], b["res_lens"], keys, values, counts,
                              impl.scale, out=output, sel_rows=b["cache_rows"], sel_pos=pos)

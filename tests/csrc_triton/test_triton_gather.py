@@ -6,6 +6,7 @@ from conftest import CUDA, INTERPRET
 triton = pytest.importorskip("triton")
 
 from vllm_kvoffload.host_pool import HostPool  # noqa: E402
+from vllm_kvoffload.ops.int4_ref import INT4, row_bytes  # noqa: E402
 from vllm_kvoffload.ops.gather_ref import gather_ref  # noqa: E402
 from vllm_kvoffload.ops.triton_kernels import gather_copy_engine, gather_uva  # noqa: E402
 
@@ -21,8 +22,16 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bf
     g = torch.Generator().manual_seed(seed)
     nblk = -(-max_cold // bs)
     S = B * nblk + 3
-    values = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
-    if as_host_pool:
+    if pool_dtype == INT4:  # packed 4-bit rows: the gathers move them as bytes, whatever they hold
+        values = torch.randint(0, 256, (S, L, 2, Hkv, bs, row_bytes(D)), generator=g, dtype=torch.uint8)
+    else:
+        values = (3 * torch.randn(S, L, 2, Hkv, bs, D, generator=g)).to(pool_dtype)
+    if as_host_pool and pool_dtype == INT4:  # packed rows in HostPool's layout (its own rows: split_scales)
+        from vllm_kvoffload.host_memory import host_empty
+
+        host = host_empty((L, Hkv, S, 2, bs, values.shape[-1]), INT4, CUDA, memory).permute(2, 0, 3, 1, 4, 5)
+        host.copy_(values)
+    elif as_host_pool:
         host = HostPool.kv_tensor(S, L, Hkv, bs, D, pool_dtype, pin=CUDA, memory=memory)
         host.copy_(values)
     else:
@@ -42,7 +51,38 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bf
 # pool dtype and output dtype: an fp8 pool widened to bf16, or kept fp8 (the engine's device cache);
 # where the two agree the zero-copy kernels move rows as 32-bit words
 POOLS = {"bf16": (torch.bfloat16, torch.bfloat16), "fp8": (torch.float8_e4m3fn, torch.bfloat16),
-         "fp8-kept": (torch.float8_e4m3fn, torch.float8_e4m3fn)}
+         "fp8-kept": (torch.float8_e4m3fn, torch.float8_e4m3fn),
+         "int4-rows": (INT4, INT4),  # work in progress: D/2 + 4 bytes per row, kept packed in the device cache
+         "int4-scales": (INT4, INT4)}  # the same rows, their scales apart in device memory (split_scales)
+
+
+def split_scales(host, device):
+    """A pool of packed 4-bit rows [..., D/2 + 4] as (nibble rows [..., D/2] on the host, in the same
+    layout, pinned on GPU hosts; the rows' fp32 scales [S, L, 2, Hkv, BS] on the device)."""
+    from vllm_kvoffload.host_memory import host_empty
+
+    S, L, two, H, BS, W = host.shape
+    if host.is_contiguous():
+        nibbles = host_empty((S, L, two, H, BS, W - 4), host.dtype, CUDA, "pinned")
+    else:  # HostPool's head-major layout
+        nibbles = host_empty((L, H, S, two, BS, W - 4), host.dtype, CUDA, "pinned").permute(2, 0, 3, 1, 4, 5)
+    nibbles.copy_(host[..., :-4])
+    return nibbles, host[..., -4:].contiguous().view(torch.float32)[..., 0].to(device)
+
+
+def for_kernels(host, pool, device):
+    """(the pool the kernels read, its scales or None, its rows' width in the outputs)."""
+    if pool != "int4-scales":
+        return host, None, host.shape[-1]
+    nibbles, scales = split_scales(host, device)
+    return nibbles, scales, host.shape[-1]
+
+
+def poisoned(shape, dtype, device):
+    """A buffer whose every element differs from what a kernel writes: NaN, or 0xAB bytes for packed rows."""
+    if dtype == INT4:
+        return torch.full(shape, 0xAB, dtype=dtype, device=device)
+    return torch.full(shape, float("nan")).to(dtype).to(device)
 
 
 def bits(x: torch.Tensor) -> torch.Tensor:
@@ -59,17 +99,23 @@ def test_gather(device, B, Hkv, L, bs, D, max_cold, K, path, pool, as_host_pool)
     pool_dtype, out_dtype = POOLS[pool]
     host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype, as_host_pool)
     assert host.is_contiguous() != as_host_pool
+    if pool == "int4-scales" and path == "copy-engine":
+        pytest.skip("the copy engine does not take a 4-bit pool's scales apart (not built)")
+    src, scales, width = for_kernels(host, pool, device)
     layer = L - 1
-    ok = torch.full((B, Hkv, K, D), float("nan"), dtype=out_dtype, device=device)
-    ov = torch.full_like(ok, float("nan"))
+    ok = poisoned((B, Hkv, K, width), out_dtype, device)
+    ov = poisoned((B, Hkv, K, width), out_dtype, device)
     if path == "copy-engine":
         _, _, stream = gather_copy_engine(host, layer, slots, idx, cnt, out_k=ok, out_v=ov)
         if stream is not None:
             torch.cuda.current_stream().wait_stream(stream)
     else:
-        gather_uva(host, layer, slots.to(device), idx, cnt, out_k=ok, out_v=ov, mode=path[4:],
-                   block_t=16 if INTERPRET else 32)
-    rk, rv = gather_ref(host, layer, slots, idx, cnt, out_dtype=out_dtype)
+        gather_uva(src, layer, slots.to(device), idx, cnt, out_k=ok, out_v=ov, mode=path[4:],
+                   block_t=16 if INTERPRET else 32, scales=scales)
+    rk, rv = gather_ref(host, layer, slots, idx, cnt, out_dtype=out_dtype)  # (4-bit: the packed rows, scales in)
+    if scales is not None:  # the reference with the scales apart gives the packed rows too
+        for a, b_ in zip(gather_ref(src, layer, slots, idx, cnt, out_dtype=out_dtype, scales=scales), (rk, rv)):
+            assert torch.equal(bits(a), bits(b_)), seed
     assert rk.dtype == out_dtype and rk.float().abs().max() > 0, seed
     valid = (torch.arange(K, device=device)[None, None, :] < cnt[:, :, None])[..., None]
     for out, ref in ((ok, rk), (ov, rv)):
@@ -112,7 +158,7 @@ def next_selection(idx, cnt, max_cold, g, keep_share=0.6):
 
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K", CASES)
-@pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
+@pytest.mark.parametrize("pool", ["bf16", "fp8-kept", "int4-rows", "int4-scales"])
 @pytest.mark.parametrize("block_t", [16, 32])  # 16 rows of 4 warps: values replicated across warps
 def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
     """Three steps of the in-place device cache against its reference, bit for bit: a first step
@@ -126,6 +172,7 @@ def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
     seed = torch.seed() % 2**31
     pool_dtype, _ = POOLS[pool]
     host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype)
+    src, scales, width = for_kernels(host, pool, device)
     lens_ok = max_cold  # every cold index below max_cold is a valid token of the pool
     g = torch.Generator().manual_seed(seed + 1)
     R, KC = B + 2, K + 5
@@ -133,7 +180,7 @@ def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
     fresh = torch.ones(B, dtype=torch.int32)
 
     def state():
-        cache = [torch.full((R, Hkv, KC, D), float("nan")).to(pool_dtype).to(device) for _ in range(2)]
+        cache = [poisoned((R, Hkv, KC, width), pool_dtype, device) for _ in range(2)]
         index = [[torch.zeros(R, Hkv, KC, dtype=torch.int32, device=device) for _ in range(2)] for _ in range(2)]
         counts = [torch.zeros(R, Hkv, dtype=torch.int32, device=device) for _ in range(2)]
         return cache, index, counts
@@ -144,9 +191,9 @@ def test_gather_inplace(device, B, Hkv, L, bs, D, max_cold, K, pool, block_t):
         p = step % 2  # this step's parity: reads 1 - p, writes p
         args = lambda s: (s[1][0][1 - p], s[1][1][1 - p], s[2][1 - p], s[1][0][p], s[1][1][p], s[2][p],  # noqa: E731
                           s[0][0], s[0][1])
-        common = (host, L - 1, slots.to(device), idx, cnt, rows.to(device), fresh.to(device))
-        gather_inplace(*common, *args(mine), stats, block_t=block_t)
-        gather_inplace_ref(*common, *args(ref), ref_stats)
+        common = (src, L - 1, slots.to(device), idx, cnt, rows.to(device), fresh.to(device))
+        gather_inplace(*common, *args(mine), stats, block_t=block_t, scales=scales)
+        gather_inplace_ref(*common, *args(ref), ref_stats, scales)
         for a, b_ in zip(args(mine)[3:], args(ref)[3:]):
             assert torch.equal(bits(a), bits(b_)), (seed, step)
         assert stats.tolist() == ref_stats.tolist(), (seed, step)
@@ -187,7 +234,7 @@ if not INTERPRET:
 
 
 @pytest.mark.parametrize("B,Hkv,L,bs,D,max_cold,K,M", LRU_CASES)
-@pytest.mark.parametrize("pool", ["bf16", "fp8-kept"])
+@pytest.mark.parametrize("pool", ["bf16", "fp8-kept", "int4-rows", "int4-scales"])
 def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
     """Six steps of the LRU device cache against its reference, every array bit for bit: a first step
     (fresh rows), then steps that keep about 60% of each selection (so evicted tokens come back), the
@@ -200,6 +247,7 @@ def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
     seed = torch.seed() % 2**31
     pool_dtype, _ = POOLS[pool]
     host, slots, idx, cnt = make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype)
+    src, scales, width = for_kernels(host, pool, device)
     g = torch.Generator().manual_seed(seed + 1)
     R, C = B + 2, M * K + 3  # a width that is no multiple of the kernels' tiles
     T = slots.shape[1] * bs + 5
@@ -210,17 +258,17 @@ def test_gather_lru(device, B, Hkv, L, bs, D, max_cold, K, M, pool):
         i32 = dict(dtype=torch.int32, device=device)
         return dict(slot_of=torch.zeros(R, Hkv, T, **i32), token_at=torch.full((R, Hkv, C), -1, **i32),
                     used_at=torch.full((R, Hkv, C), EMPTY, **i32), clock=torch.zeros(R, Hkv, **i32),
-                    cache_k=torch.full((R, Hkv, C, D), float("nan")).to(pool_dtype).to(device),
-                    cache_v=torch.full((R, Hkv, C, D), float("nan")).to(pool_dtype).to(device),
+                    cache_k=poisoned((R, Hkv, C, width), pool_dtype, device),
+                    cache_v=poisoned((R, Hkv, C, width), pool_dtype, device),
                     stats=torch.zeros(2, dtype=torch.int64, device=device))
     mine, ref = state(), state()
     for step in range(6):
-        common = (host, L - 1, slots.to(device), idx, cnt, rows.to(device), fresh.to(device))
+        common = (src, L - 1, slots.to(device), idx, cnt, rows.to(device), fresh.to(device))
         pos = {}
         for name, s, fn in (("mine", mine, gather_lru), ("ref", ref, gather_lru_ref)):
             pos[name] = torch.full((B, Hkv, K), -9, dtype=torch.int32, device=device)
             fn(*common, s["slot_of"], s["token_at"], s["used_at"], s["clock"], pos[name], s["cache_k"], s["cache_v"],
-               s["stats"])
+               s["stats"], scales=scales)
         for key in mine:
             assert torch.equal(bits(mine[key]), bits(ref[key])), (seed, step, key)
         want_k, want_v = (x.cpu() for x in gather_ref(host, L - 1, slots, idx, cnt))

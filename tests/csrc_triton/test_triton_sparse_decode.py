@@ -132,3 +132,38 @@ def test_sparse_decode_reads_the_selection_through_its_slots(device, B, Hq, Hkv,
     ref = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5)
     assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
     assert torch.equal(sparse_decode_ref(q, kv, bt, rl, big_k, big_v, sl, D**-0.5, sel_rows=rows, sel_pos=pos), ref)
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_res,K,chunk", CASES[:3])
+@pytest.mark.parametrize("through_slots", [False, True])
+def test_sparse_decode_reads_4bit_selections(device, B, Hq, Hkv, D, bs, max_res, K, chunk, through_slots):
+    """4-bit selections (work in progress, ``ops/int4_ref.py``): the kernel unpacks each row's halves and
+    scale as it loads them and matches the reference on the same packed rows, directly and through the
+    LRU cache's rows and slots, with top-p's mask."""
+    from vllm_kvoffload.ops.int4_ref import pack_int4_ref, unpack_int4_ref
+
+    seed = torch.seed() % 2**31
+    (q, kv, bt, rl, sk, sv, sl), valid = make_inputs(B, Hq, Hkv, D, bs, max_res, K, device, seed, with_valid=True)
+    pk, pv = pack_int4_ref(sk.cpu()).to(device), pack_int4_ref(sv.cpu()).to(device)
+    kwargs = dict(chunk=chunk, block_n=32 if INTERPRET else None, sel_valid=valid)
+    ref = sparse_decode_ref(q, kv, bt, rl, pk, pv, sl, D**-0.5, sel_valid=valid)
+    unpacked = [unpack_int4_ref(x, torch.bfloat16) for x in (pk, pv)]
+    assert torch.equal(sparse_decode_ref(q, kv, bt, rl, *unpacked, sl, D**-0.5, sel_valid=valid), ref)
+    if through_slots:  # R rows of C slots, request b's tokens at slots pos[b, h] of row rows[b]
+        g = torch.Generator().manual_seed(seed)
+        R, C = B + 1, 2 * K + 3
+        rows = torch.randperm(R, generator=g)[:B].int().to(device)
+        pos = torch.stack([torch.stack([torch.randperm(C, generator=g)[:K] for _ in range(Hkv)]) for _ in range(B)])
+        big = [pack_int4_ref(torch.randn(R, Hkv, C, D, generator=g) * 5).to(device) for _ in range(2)]  # other tokens
+        for b in range(B):
+            for h in range(Hkv):
+                big[0][rows[b].long(), h, pos[b, h].long()] = pk[b, h]
+                big[1][rows[b].long(), h, pos[b, h].long()] = pv[b, h]
+        out = sparse_decode(q, kv, bt, rl, *big, sl, D**-0.5, out=torch.full_like(q, float("nan")),
+                            sel_rows=rows, sel_pos=pos.int().to(device), **kwargs)
+    else:
+        out = sparse_decode(q, kv, bt, rl, pk, pv, sl, D**-0.5, out=torch.full_like(q, float("nan")), **kwargs)
+    assert not out.isnan().any() and rel_err(out, ref) <= 1e-2, f"seed {seed}: {rel_err(out, ref)}"
+    exact = sparse_decode_ref(q, kv, bt, rl, sk, sv, sl, D**-0.5, sel_valid=valid)
+    if int(sl.sum()) > 0:
+        assert rel_err(exact, ref) > 1e-3, f"seed {seed}"  # four bits do round the selection

@@ -129,33 +129,41 @@ def test_offload_admits_more_concurrent_long_requests(tiny_llama, monkeypatch):
     assert ours > stock
 
 
-def test_fp8_host_pool_holds_more_blocks_and_decodes(tiny_llama, capfd, monkeypatch):
+def test_fp8_and_int4_host_pools_hold_more_blocks_and_decode(tiny_llama, capfd, monkeypatch):
     """host_kv_dtype=fp8: the same host_gb holds 4x the blocks of this float32 model, the worker's
     pool is fp8 (and says so in its start-up log), and every request decodes to the end (outputs may
-    differ from stock's: cold K/V are rounded). Both engines run in this process, one after the
-    other: the second must get a runtime of its own, not the first one's layers and pool."""
+    differ from stock's: cold K/V are rounded). int4 (work in progress): 4 D / (D/2) = 8 times the
+    blocks (host_gb counts the nibbles; the scales are in device memory), 4-bit rows, every request
+    to the end. The engines run in this process, one after the
+    other: each must get a runtime of its own, not the last one's layers and pool."""
     import torch
 
+    from vllm_kvoffload.ops.int4_ref import INT4, nibble_bytes
     from vllm_kvoffload.runtime import current_runtime
     from vllm_kvoffload.stats import engine_stats
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # to read the worker's runtime
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")  # (the suite's default is WARNING)
     totals, runtimes = {}, []
-    for dtype in ("auto", "fp8"):
+    pool_dtype = {"auto": torch.float32, "fp8": torch.float8_e4m3fn, "int4": INT4}
+    stored = {"auto": "float32", "fp8": "float8_e4m3fn", "int4": "4-bit rows"}
+    for dtype in ("auto", "fp8", "int4"):
         llm = make_llm(tiny_llama, offload(budget=1.0, host_gb=0.01, host_kv_dtype=dtype))
         out = greedy(llm, 16)
         totals[dtype] = engine_stats(llm)["host_blocks_total"]
         runtime = current_runtime()
         runtimes.append(runtime)
-        assert runtime.pool.kv.dtype == (torch.float8_e4m3fn if dtype == "fp8" else torch.float32)
+        assert runtime.pool.kv.dtype == pool_dtype[dtype]
         assert runtime.pool.num_slots == totals[dtype] and all(len(t) == 16 for t in out)
         release(llm)
         log = capfd.readouterr()
         pool_lines = [line for line in (log.out + log.err).splitlines() if "kv_offload: host pool of" in line]
-        assert pool_lines and ("float8_e4m3fn" in pool_lines[-1]) == (dtype == "fp8"), pool_lines
-    assert runtimes[0] is not runtimes[1]
+        assert pool_lines and stored[dtype] in pool_lines[-1], pool_lines
+    assert len({id(r) for r in runtimes}) == 3
     assert 4 * totals["auto"] <= totals["fp8"] < 4 * (totals["auto"] + 1), totals  # (both are floors)
+    D = runtimes[0].pool.kv.shape[-1]
+    ratio = 4 * D / nibble_bytes(D)
+    assert ratio * totals["auto"] - 1 <= totals["int4"] < ratio * (totals["auto"] + 1), totals
 
 
 def test_a_host_pool_the_machine_cannot_hold_fails_the_start(tiny_llama, capfd, monkeypatch):

@@ -49,8 +49,8 @@ def inplace_slots(idx: list[int], prev_idx: list[int], prev_pos: list[int], reus
 
 
 def gather_inplace_ref(host_kv, layer, cold_slots, idx, counts, rows, fresh, prev_idx, prev_pos, prev_counts,
-                       new_idx, new_pos, new_counts, cache_k, cache_v, stats) -> None:
-    fetched_k, fetched_v = gather_ref(host_kv, layer, cold_slots, idx, counts, cache_k.dtype)
+                       new_idx, new_pos, new_counts, cache_k, cache_v, stats, scales=None) -> None:
+    fetched_k, fetched_v = gather_ref(host_kv, layer, cold_slots, idx, counts, cache_k.dtype, scales)
     B, Hkv, _ = idx.shape
     hits = 0
     for b in range(B):

@@ -42,8 +42,8 @@ def lru_victims(ages: list[int], m: int) -> list[int]:
 
 
 def gather_lru_ref(host_kv, layer, cold_slots, idx, counts, rows, fresh, slot_of, token_at, used_at, clock, pos,
-                   cache_k, cache_v, stats) -> None:
-    fetched_k, fetched_v = gather_ref(host_kv, layer, cold_slots, idx, counts, cache_k.dtype)
+                   cache_k, cache_v, stats, scales=None) -> None:
+    fetched_k, fetched_v = gather_ref(host_kv, layer, cold_slots, idx, counts, cache_k.dtype, scales)
     B, Hkv, _ = idx.shape
     C = token_at.shape[2]
     hits = 0

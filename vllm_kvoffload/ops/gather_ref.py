@@ -8,7 +8,12 @@ reference of csrc_triton/gather.py (same math as ``HostPool.gather``, per reques
   counts      [B, Hkv] int               entries j < counts are real
   out_dtype                              the outputs' dtype (default host_kv's: an fp8 pool is
                                          widened to the model's dtype here)
-  -> sel_k, sel_v [B, Hkv, K, D] on idx's device; rows past counts are zero.
+  scales      [num_slots, num_layers, 2, Hkv, block_size] fp32 or None
+                                         a 4-bit pool's scales, kept apart on the device (host_kv
+                                         then holds rows of D nibble-pair bytes); each output row
+                                         gets its scale's 4 bytes appended, as the device cache
+                                         keeps 4-bit rows (``int4_ref.pack_int4_ref``)
+  -> sel_k, sel_v [B, Hkv, K, D] (D + 4 bytes with scales) on idx's device; rows past counts are zero.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import torch
 
 
-def gather_ref(host_kv, layer, cold_slots, idx, counts, out_dtype=None):
+def gather_ref(host_kv, layer, cold_slots, idx, counts, out_dtype=None, scales=None):
     B, Hkv, K = idx.shape
     bs, D = host_kv.shape[-2:]
     slots = cold_slots.cpu().long()
@@ -28,5 +33,8 @@ def gather_ref(host_kv, layer, cold_slots, idx, counts, out_dtype=None):
     out = []
     for kv in (0, 1):
         x = host_kv[:, layer, kv][slot, heads, i % bs].to(out_dtype or host_kv.dtype)  # [B, Hkv, K, D]
+        if scales is not None:
+            sc = scales[:, layer, kv].cpu()[slot, heads, i % bs]  # [B, Hkv, K] fp32
+            x = torch.cat([x, sc[..., None].contiguous().view(torch.uint8)], -1)
         out.append(torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype)).to(idx.device))
     return out[0], out[1]

@@ -9,7 +9,8 @@ Layouts (vLLM FlashAttention):
   res_lens     [B] int                               resident tokens; the rest of the listed
                                                      blocks (the unwritten tail) is ignored
   sel_k/sel_v  [B, Hkv, K, D]                        gathered cold tokens, per KV head (the
-                                                     query's dtype, or fp8 e4m3: widened)
+                                                     query's dtype, or fp8 e4m3: widened, or
+                                                     4-bit rows [.., D/2 + 4] uint8: unpacked)
   sel_lens     [B, Hkv] int                          entries j < sel_lens are real
   sel_valid    [B, Hkv, K] bool or None              optional extra mask (top-p)
   sel_rows     [B] int or None                       request b's row of sel_k/sel_v (then
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from vllm_kvoffload.ops.attention import sparse_decode_attention
+from vllm_kvoffload.ops.offload_ref import from_host
 
 
 def resident_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, res_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +50,7 @@ def sparse_decode_ref(query, kv_cache, block_table, res_lens, sel_k, sel_v, sel_
         if sel_valid is not None:
             valid = valid & sel_valid[b]
         r = b if sel_rows is None else int(sel_rows[b])
-        sk, sv = sel_k[r].to(query.dtype), sel_v[r].to(query.dtype)
+        sk, sv = from_host(sel_k[r], query.dtype), from_host(sel_v[r], query.dtype)
         if sel_pos is not None:  # [Hkv, Ksel, D]: each selected token's slot
             at = sel_pos[b].long().clamp(0, sk.shape[1] - 1)[:, :, None].expand(-1, -1, D)
             sk, sv = sk.gather(1, at), sv.gather(1, at)
