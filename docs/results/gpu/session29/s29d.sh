@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # session 29, call d: 128K decode throughput with selections that leave and come back (rate 0.2, jitter
 # 0.09: the trained model's replay), the device cache at 1 and 4 selections wide, against stock
+# (DTYPE: the host pool's element type, fp8 as run in session 29; session 34's call c: DTYPE=int4 FACTORS=1)
 source .gpu/setup.sh || exit 1
 python examples/gpu_offload_bench.py throughput --cuda-graphs --context 130000 --stock-requests 3 \
-  --offload-requests 8 --steps 16 --scorers qlandmark-scalar --host-kv-dtype fp8 --synthetic-miss-rates 0.2 \
+  --offload-requests 8 --steps 16 --scorers qlandmark-scalar --host-kv-dtype ${DTYPE:-fp8} --synthetic-miss-rates 0.2 \
   --synthetic-jitter 0.09 --device-cache-factors ${FACTORS:-1 4} ${EXTRA} > $OUT/bench.log 2>&1
 echo rc=$?
 grep '^{"budget' $OUT/bench.log
