@@ -58,6 +58,11 @@ def test_fp8_host_kv_is_one_setting_of_the_whole_table(tmp_path):
     fp8 = accuracy.traffic(model, "exact-topk", 0.03, 8192, "fp8")
     assert fp8["pcie_bytes_per_step"] * 2 == exact["pcie_bytes_per_step"] > 0
     assert fp8["device_bytes_per_token"] == exact["device_bytes_per_token"]  # the summaries are the same
+    int4 = accuracy.traffic(model, "exact-topk", 0.03, 8192, "int4")
+    assert int4["pcie_bytes_per_step"] * 4 == exact["pcie_bytes_per_step"]
+    cfg = json.loads((default_model_path() / "config.json").read_text())
+    scales = 2 * cfg["num_key_value_heads"] * cfg["num_hidden_layers"] * 4  # fp32, on the device
+    assert int4["device_bytes_per_token"] == exact["device_bytes_per_token"] + scales
     out = tmp_path / "accuracy.json"
     out.write_text(json.dumps({"context": 900, "samples_per_task": 1, "seed": 0, "configs": [], "calls": []}))
     with pytest.raises(SystemExit, match="another context/samples/seed/host K/V dtype"):

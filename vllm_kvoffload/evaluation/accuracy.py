@@ -95,8 +95,11 @@ def traffic(model: str, scorer: str, budget: float | None, context: int, host_kv
         return {"device_bytes_per_token": kv_token, "pcie_bytes_per_step": 0}
     geom = KVGeometry(hkv, hq, d, 16, dtype)
     summary = create_scorer(scorer, geom).summary_bytes_per_token() * layers
-    host_token = values * (torch.float8_e4m3fn.itemsize if host_kv_dtype == "fp8" else dtype.itemsize)
-    return {"device_bytes_per_token": round(summary), "pcie_bytes_per_step": round(budget * context) * host_token}
+    host_token = values * {"auto": dtype.itemsize, "fp8": 1, "int4": 0.5}[host_kv_dtype]
+    # a 4-bit pool keeps one fp32 scale per token, KV head, K or V and layer in device memory (HostPool.scales)
+    scales = 2 * hkv * layers * 4 if host_kv_dtype == "int4" else 0
+    return {"device_bytes_per_token": round(summary) + scales,
+            "pcie_bytes_per_step": round(round(budget * context) * host_token)}
 
 
 def _child(spec_path: str) -> None:
@@ -189,8 +192,8 @@ def parser() -> argparse.ArgumentParser:
                     help="per engine (default: 0.9 / --parallel on GPU)")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help=f"new tokens per request (default: {MAX_TOKENS})")
-    ap.add_argument("--host-kv-dtype", choices=("auto", "fp8"), default="auto",
-                    help="offloaded K/V in the model's dtype (exact), or fp8 (the setting of every offload row)")
+    ap.add_argument("--host-kv-dtype", choices=("auto", "fp8", "int4"), default="auto",
+                    help="offloaded K/V in the model's dtype (exact), fp8 or int4 (the setting of every offload row)")
     ap.add_argument("--append", action="store_true", help="keep --out's finished configurations; run the rest")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     ap.add_argument("--out", default="docs/results/accuracy.json")
