@@ -23,7 +23,7 @@ Tile constraints: D in {64, 128} (any power of two >= 16); BLOCK_N a multiple of
 arbitrary (masked). Accumulation is fp32; probabilities enter the PV dot in
 the value dtype (bf16), as in FlashAttention. The selected tokens may be fp8
 (e4m3, an fp8 host pool's own values): they are widened to the query's dtype
-as they are loaded. Or 4-bit rows (``ops/int4_ref.py``; work in progress, branch int4-pool):
+as they are loaded. Or 4-bit rows (``ops/int4_ref.py``, ``host_kv_dtype="int4"``):
 unpacked in two halves to the query's dtype, times each row's scale.
 """
 

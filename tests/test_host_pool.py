@@ -78,7 +78,7 @@ def test_fp8_pool_stores_rounded_saturated_kv_and_reads_the_model_dtype():
 
 
 def test_int4_pool_stores_packed_rows_and_reads_the_model_dtype():
-    """A 4-bit pool (work in progress) holds D/2 bytes per token and KV head on the host and the row's
+    """A 4-bit pool holds D/2 bytes per token and KV head on the host and the row's
     fp32 scale in ``scales`` (the device's memory); reads unpack to the model's dtype within half a step
     of 4 bits; summaries come from the exact keys."""
     from vllm_kvoffload.ops.int4_ref import INT4, pack_int4_ref, unpack_int4_ref

@@ -18,7 +18,7 @@ kept in the device tier. Slots are assigned by the scheduler's
 ``HostSlotAllocator``; this class only stores and reads.
 
 ``kv`` holds the model's dtype, or fp8, or 4-bit rows (``host_dtype``, ``ops/offload_ref.to_host``;
-4-bit: work in progress, not selectable yet); reads return the model's dtype (``dtype``). Summaries are always made from the exact keys.
+4-bit: ``host_kv_dtype="int4"``, with the scales in device memory, ``scales``); reads return the model's dtype (``dtype``). Summaries are always made from the exact keys.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def make_inputs(B, Hkv, L, bs, D, max_cold, K, device, seed, pool_dtype=torch.bf
 # where the two agree the zero-copy kernels move rows as 32-bit words
 POOLS = {"bf16": (torch.bfloat16, torch.bfloat16), "fp8": (torch.float8_e4m3fn, torch.bfloat16),
          "fp8-kept": (torch.float8_e4m3fn, torch.float8_e4m3fn),
-         "int4-rows": (INT4, INT4),  # work in progress: D/2 + 4 bytes per row, kept packed in the device cache
+         "int4-rows": (INT4, INT4),  # D/2 + 4 bytes per row, kept packed in the device cache
          "int4-scales": (INT4, INT4)}  # the same rows, their scales apart in device memory (split_scales)
 
 

@@ -69,7 +69,7 @@ def test_store_blocks_all_layers(device, layers, Hkv, BS, D, n, pool):
 @pytest.mark.parametrize("layers,Hkv,BS,D,n", [(3, 3, 16, 64, 5), (2, 8, 16, 128, 3)])
 @pytest.mark.parametrize("scales_apart", [False, True], ids=["rows", "scales-apart"])
 def test_store_blocks_all_layers_int4(device, layers, Hkv, BS, D, n, scales_apart):
-    """A 4-bit pool (work in progress): the kernel packs each row as ``int4_ref.pack_int4_ref`` does, bit
+    """A 4-bit pool: the kernel packs each row as ``int4_ref.pack_int4_ref`` does, bit
     for bit (the same division, ties to even, scale max|x| / 7), rows of every magnitude, an all-zero
     row, and slots it was not given left as they were. scales-apart: the scales go to a device array
     and the host rows hold the nibbles alone; joined again they are the packed rows."""

@@ -137,7 +137,7 @@ def test_sparse_decode_reads_the_selection_through_its_slots(device, B, Hq, Hkv,
 @pytest.mark.parametrize("B,Hq,Hkv,D,bs,max_res,K,chunk", CASES[:3])
 @pytest.mark.parametrize("through_slots", [False, True])
 def test_sparse_decode_reads_4bit_selections(device, B, Hq, Hkv, D, bs, max_res, K, chunk, through_slots):
-    """4-bit selections (work in progress, ``ops/int4_ref.py``): the kernel unpacks each row's halves and
+    """4-bit selections (``ops/int4_ref.py``): the kernel unpacks each row's halves and
     scale as it loads them and matches the reference on the same packed rows, directly and through the
     LRU cache's rows and slots, with top-p's mask."""
     from vllm_kvoffload.ops.int4_ref import pack_int4_ref, unpack_int4_ref

@@ -132,7 +132,7 @@ def test_offload_admits_more_concurrent_long_requests(tiny_llama, monkeypatch):
 def test_fp8_and_int4_host_pools_hold_more_blocks_and_decode(tiny_llama, capfd, monkeypatch):
     """host_kv_dtype=fp8: the same host_gb holds 4x the blocks of this float32 model, the worker's
     pool is fp8 (and says so in its start-up log), and every request decodes to the end (outputs may
-    differ from stock's: cold K/V are rounded). int4 (work in progress): 4 D / (D/2) = 8 times the
+    differ from stock's: cold K/V are rounded). int4: 4 D / (D/2) = 8 times the
     blocks (host_gb counts the nibbles; the scales are in device memory), 4-bit rows, every request
     to the end. The engines run in this process, one after the
     other: each must get a runtime of its own, not the last one's layers and pool."""

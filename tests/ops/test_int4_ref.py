@@ -1,4 +1,4 @@
-"""The 4-bit row format of the host pool (work in progress: ``ops/int4_ref.py``)."""
+"""The 4-bit row format of the host pool (``ops/int4_ref.py``)."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """4-bit K/V rows for the host pool, pure torch (the reference of the offload kernel's INT4 path).
 
-Work in progress on branch ``int4-pool`` (``host_kv_dtype="int4"``). Session 30 measured why it is
+The pool of ``host_kv_dtype="int4"`` (merged in session 34). Session 30 measured why it is
 wanted: rows of half the bytes and half the span gather in 52-60% of the time (docs/performance.md,
 "Session 30"). Session 31 found a 68-byte row reads as two 64-byte units, so the host pool keeps the
 nibbles alone (``nibble_bytes``) and the scales in device memory (``HostPool.scales``); the gathers
