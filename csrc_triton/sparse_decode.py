@@ -42,14 +42,20 @@ NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": exp2(NEG - m) == 0 and N
 
 
 @triton.jit
-def _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
-    # q [G_PAD, D], k/v [BLOCK_N, D], tmask [BLOCK_N]; m_i/l_i [G_PAD], acc [G_PAD, D]
-    s = mma(q, tl.trans(k), F32) * qk_scale  # log2 domain
+def _softmax_step(s, tmask, m_i, l_i):
+    """One tile's scores s [G_PAD, BLOCK_N] (log2 domain) into the running max and sum: (m_new, alpha,
+    p, l_new), where the accumulator must be scaled by alpha before p's values are added."""
     s = tl.where(tmask[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, alpha, p, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _online_update(q, k, v, tmask, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
+    # q [G_PAD, D], k/v [BLOCK_N, D], tmask [BLOCK_N]; m_i/l_i [G_PAD], acc [G_PAD, D]
+    m_new, alpha, p, l_i = _softmax_step(mma(q, tl.trans(k), F32) * qk_scale, tmask, m_i, l_i)
     acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, F32)
     return m_new, l_i, acc
 
@@ -119,12 +125,8 @@ def _sparse_decode_partial(
             # (|q| < 65504), and the probabilities enter the PV dot in fp16
             q_sel = q.to(tl.float16) if sk_ptr.dtype.element_ty == tl.float8e4nv else q
             for start in range(lo, hi, BLOCK_N):
-                t = start + offs_n
-                tmask = t < hi
-                if HAS_VALID:
-                    tmask = tmask & (tl.load(valid_row + t, mask=tmask, other=0) != 0)
-                slot = tl.load(pos_row + t, mask=tmask, other=0) if HAS_POS else t
-                row = tl.multiple_of(base + slot.to(tl.int64) * s_st, ROW_ALIGN)  # the dispatcher derives it from the strides (row_align)
+                tmask, row = _selected_tile(start + offs_n, hi, valid_row, pos_row, base, s_st, HAS_VALID, HAS_POS,
+                                            ROW_ALIGN)
                 k = tl.load(sk_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
                 v = tl.load(sv_ptr + row[:, None] + offs_d[None, :], mask=tmask[:, None], other=0.0).to(q_sel.dtype)
                 m_i, l_i, acc = _online_update(q_sel, k, v, tmask, m_i, l_i, acc, qk_scale, F32)
@@ -145,6 +147,19 @@ def _sparse_decode_partial(
         tl.atomic_xchg(arrival, 0)  # ready for the next launch
         _merge(m_ptr, l_ptr, acc_ptr, out_ptr + b * s_ob, s_oh, (b * Hq + h * G) * NC, h * G, G, NC,
                G_MERGE, D, BLOCK_C)
+
+
+@triton.jit
+def _selected_tile(t, hi, valid_row, pos_row, base, s_st, HAS_VALID: tl.constexpr, HAS_POS: tl.constexpr,
+                   ROW_ALIGN: tl.constexpr):
+    """Selection positions ``t`` (< ``hi``) of one (request, KV head): which are live (in range and, with
+    HAS_VALID, marked valid) and each one's row offset in the selected K/V (through its cache slot with
+    HAS_POS). Rows are ROW_ALIGN-aligned: the dispatcher derives it from the strides (row_align)."""
+    tmask = t < hi
+    if HAS_VALID:
+        tmask = tmask & (tl.load(valid_row + t, mask=tmask, other=0) != 0)
+    slot = tl.load(pos_row + t, mask=tmask, other=0) if HAS_POS else t
+    return tmask, tl.multiple_of(base + slot.to(tl.int64) * s_st, ROW_ALIGN)
 
 
 @triton.jit
@@ -174,23 +189,13 @@ def _int4_selected(q_row, gmask, sk_ptr, sv_ptr, valid_row, pos_row, base, lo, h
     acc_lo = tl.zeros([G_PAD, D // 2], tl.float32)
     acc_hi = tl.zeros([G_PAD, D // 2], tl.float32)
     for start in range(lo, hi, BLOCK_N):
-        t = start + offs_n
-        tmask = t < hi
-        if HAS_VALID:
-            tmask = tmask & (tl.load(valid_row + t, mask=tmask, other=0) != 0)
-        slot = tl.load(pos_row + t, mask=tmask, other=0) if HAS_POS else t
-        row = tl.multiple_of(base + slot.to(tl.int64) * s_st, ROW_ALIGN)
+        tmask, row = _selected_tile(start + offs_n, hi, valid_row, pos_row, base, s_st, HAS_VALID, HAS_POS, ROW_ALIGN)
         k_lo, k_hi = _int4_half(sk_ptr, row, half, tmask, D, q_lo.dtype)
         v_lo, v_hi = _int4_half(sv_ptr, row, half, tmask, D, q_lo.dtype)
         s = (mma(q_lo, tl.trans(k_lo), F32) + mma(q_hi, tl.trans(k_hi), F32)) * qk_scale  # log2 domain
-        s = tl.where(tmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i, alpha, p, l_i = _softmax_step(s, tmask, m_i, l_i)
         acc_lo = acc_lo * alpha[:, None] + mma(p.to(v_lo.dtype), v_lo, F32)
         acc_hi = acc_hi * alpha[:, None] + mma(p.to(v_hi.dtype), v_hi, F32)
-        m_i = m_new
     acc = tl.reshape(tl.permute(tl.join(acc_lo, acc_hi), (0, 2, 1)), (G_PAD, D))  # [lo | hi]
     return m_i, l_i, acc
 
