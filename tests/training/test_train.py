@@ -218,7 +218,7 @@ def test_determinism_is_switched_on_for_the_block_and_restored(monkeypatch):
 def test_deterministic_runs_end_with_the_same_weights(tmp_path):
     """--deterministic trains under torch's deterministic algorithms (no step of the loop lacks one) and
     gives the process its settings back; two runs end equal (on CPU they would anyway; the GPU check is
-    docs/results/gpu/session33/next-s34d.sh)."""
+    docs/results/gpu/session34/s34d.sh, bit-identical weights in call 34d)."""
     import torch
 
     steps = ["--steps", "3", "--eval-samples", "0", "--deterministic", *TINY]

@@ -140,8 +140,9 @@ def compiled(model: LlamaLM):
 def determinism(enabled: bool):
     """With ``enabled``, torch's deterministic algorithms for the block's duration: flash attention then
     runs its deterministic backward (its default backward is what makes runs of one command differ), and
-    cuBLAS a fixed workspace. Two runs of one command on one kind of GPU should then end with the same
-    weights (next-s34d.sh checks it on the GPU); the previous settings come back on exit. The cuBLAS setting must be in place before the process's first cuBLAS call."""
+    cuBLAS a fixed workspace. Two runs of one command on one H100 then end with the same weights, at 1.74x
+    the step time (call 34d: docs/results/gpu/session34/s34d.sh). The previous settings come back on exit.
+    The cuBLAS setting must be in place before the process's first cuBLAS call."""
     if not enabled:
         yield
         return
