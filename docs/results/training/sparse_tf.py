@@ -12,7 +12,8 @@ own selection is reported too.
 With ``--cold-dtypes fp8 int4-g128 ...``, also the selection read from a host pool of that precision:
 the selected cold tokens' keys and values rounded as the pool would store them (fp8 e4m3, as
 ``--kv-offload-host-kv-dtype fp8`` stores them; int4-gG: symmetric 4-bit with one scale per G
-dimensions of each token and KV head, not built), the selection itself and the sinks and window exact.
+dimensions of each token and KV head, as ``--kv-offload-host-kv-dtype int4`` stores them at G = head size;
+a suffix -k or -v rounds the keys or the values alone), the selection itself and the sinks and window exact.
 Usage: python sparse_tf.py NAME=CKPT ... [--samples N] [--budget 0.03] [--stale 0 1 ...] [--prev-layer]
        [--cold-dtypes fp8 int4-g128 int4-g32]"""
 import argparse, json, math, torch, torch.nn.functional as F
@@ -32,7 +33,7 @@ ap.add_argument("--stale", type=int, nargs="+", default=[0],
 ap.add_argument("--prev-layer", action="store_true",
                 help="also select with a query predicted from the layer before (layer 0: its own)")
 ap.add_argument("--cold-dtypes", nargs="+", default=[],
-                help="also attend to the selection as a pool of this precision stores it: fp8, int4-gG")
+                help="also attend to the selection as a pool of this precision stores it: fp8, int4-gG (-k, -v: keys or values alone)")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 torch.set_num_threads(2)
@@ -98,7 +99,9 @@ def forward(self, x, cos, sin, cache=None):
             p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
             out = out.clone(); out[0, :, a0:] = p @ vv[0]
         else:  # the selected cold tokens as the pool returns them; sinks and window exact
-            kq, vq = (pool_round(t[0], dt).repeat_interleave(rep, 0) for t in (k, v))
+            base, parts = (dt[:-2], dt[-1]) if dt[-2:] in ("-k", "-v") else (dt, "kv")  # which of K, V are rounded
+            kq, vq = ((pool_round(t[0], base) if which in parts else t[0]).repeat_interleave(rep, 0)
+                      for t, which in ((k, "k"), (v, "v")))
             logits = torch.where(hot, logits, (q[0, :, a0:] @ kq.transpose(-1, -2)) / c.head_dim ** 0.5)
             p = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
             out = out.clone(); out[0, :, a0:] = (p * hot) @ vv[0] + (p * ~hot) @ vq
