@@ -48,9 +48,9 @@ def test_report_lists_the_configurations_not_measured(tmp_path):
         accuracy.main(["--report-only", "--out", str(tmp_path / "none.json")])
 
 
-def test_fp8_host_kv_is_one_setting_of_the_whole_table(tmp_path):
-    """--host-kv-dtype fp8 halves each offload row's PCIe bytes, and --append refuses to mix it
-    with a table measured with the exact pool."""
+def test_host_kv_dtype_sets_the_traffic_and_is_one_setting_of_the_whole_table(tmp_path):
+    """--host-kv-dtype fp8 halves each offload row's PCIe bytes and int4 quarters them (its scales add
+    device bytes), and --append refuses to mix fp8 with a table measured with the exact pool."""
     from vllm_kvoffload.tiny_model import default_model_path
 
     model = str(default_model_path())
