@@ -6,8 +6,7 @@
 # The checkpoint comes back in parts of 15 MiB (join: cat run26-ckpt.part-* > checkpoint.pt).
 # For session 34 (not run yet): RUN=28 BATCH=65536 is run 24's command compiled (about 15.5 min predicted, in two
 # calls); EXTRA=--deterministic adds the flag (the defaults are the commands as run). Session 34 ran RUN=28 BATCH=65536
-# LIMIT=540 (call 34t1; lost before its resume). For session 35: STEPS=10000 (run 29) asks whether a shorter
-# schedule holds now that run 28's answer loss ran below run 24's at equal steps (docs/training.md, "Run 28").
+# LIMIT=540 (call 34t1; lost before its resume). STEPS (16,000 as run) sets a shorter schedule (for a run 29).
 RUN=${RUN:-26}; SEED=${SEED:-0}; BATCH=${BATCH:-32768}; STEPS=${STEPS:-16000}; EXTRA=${EXTRA:-}; D=/root/t$RUN
 T="--out $D --steps $STEPS --batch-tokens $BATCH --lr 2e-3 --prompt-weight 0.02 \
   --mix text2json=0.6,needle=0.3,copy=0.1 --decision-weight 3 --drill 0.4 --seed $SEED --eval-samples 0 \
