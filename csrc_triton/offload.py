@@ -126,14 +126,16 @@ def keys_all_layers(kv5: torch.Tensor, table: torch.Tensor, blocks: torch.Tensor
 
 
 def _check_pool(kv5: torch.Tensor, host_kv: torch.Tensor, scales: torch.Tensor | None = None) -> None:
-    from vllm_kvoffload.ops.int4_ref import INT4, row_bytes
+    from vllm_kvoffload.ops.int4_ref import INT4, nibble_bytes, row_bytes
 
     two, _, BS, Hkv, D = kv5.shape
     assert two == 2 and kv5.stride(-1) == 1 and host_kv.stride(-1) == 1
     assert host_kv.dtype in (kv5.dtype, torch.float8_e4m3fn, INT4)
     assert scales is None or (host_kv.dtype == INT4 and scales.dtype == torch.float32
                               and scales.shape == host_kv.shape[:5] and scales.stride(-1) == 1)
-    row = D if host_kv.dtype != INT4 else row_bytes(D) - (0 if scales is None else 4)
+    row = D
+    if host_kv.dtype == INT4:  # packed rows, or the nibbles alone with their scales kept apart
+        row = row_bytes(D) if scales is None else nibble_bytes(D)
     assert host_kv.shape[2:] == (2, Hkv, BS, row), (host_kv.shape, (2, Hkv, BS, row))
     if host_kv.device.type == "cpu" and not interpreting():
         assert host_kv.is_pinned(), "zero-copy stores need pinned (page-locked) host memory"

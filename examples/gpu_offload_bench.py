@@ -138,7 +138,8 @@ def trained_prompts(model: str) -> str:
 
 # vLLM's start-up errors when engines that start together count each other's memory in its profiling:
 # no memory left for the KV cache (call 28a), or free memory that rose while it profiled (call 32c1).
-# child_greedy's fixed KV size skips that profiling since session 33 (not yet run on the GPU); the retry stays.
+# child_greedy's fixed KV size skips that profiling since session 33; it ran on the GPU in session 34 (call 34b)
+# one engine at a time, not yet with engines side by side, so the retry stays.
 NEIGHBOUR_ERRORS = ("No available memory", "Error in memory profiling")
 
 

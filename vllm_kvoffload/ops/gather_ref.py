@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from vllm_kvoffload.ops.int4_ref import join_rows
+
 
 def gather_ref(host_kv, layer, cold_slots, idx, counts, out_dtype=None, scales=None):
     B, Hkv, K = idx.shape
@@ -34,7 +36,6 @@ def gather_ref(host_kv, layer, cold_slots, idx, counts, out_dtype=None, scales=N
     for kv in (0, 1):
         x = host_kv[:, layer, kv][slot, heads, i % bs].to(out_dtype or host_kv.dtype)  # [B, Hkv, K, D]
         if scales is not None:
-            sc = scales[:, layer, kv].cpu()[slot, heads, i % bs]  # [B, Hkv, K] fp32
-            x = torch.cat([x, sc[..., None].contiguous().view(torch.uint8)], -1)
+            x = join_rows(x, scales[:, layer, kv].cpu()[slot, heads, i % bs])  # + each row's fp32 scale
         out.append(torch.where(valid[..., None], x, torch.zeros((), dtype=x.dtype)).to(idx.device))
     return out[0], out[1]

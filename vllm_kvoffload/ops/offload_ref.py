@@ -6,7 +6,7 @@ blocks and slots [n]."""
 
 import torch
 
-from vllm_kvoffload.ops.int4_ref import INT4, pack_int4_ref, unpack_int4_ref
+from vllm_kvoffload.ops.int4_ref import INT4, pack_int4_ref, split_rows, unpack_int4_ref
 from vllm_kvoffload.ops.quantize_ref import FP8, FP8_MAX
 
 
@@ -33,8 +33,8 @@ def store_blocks_ref(kv5: torch.Tensor, blocks: torch.Tensor, host_kv: torch.Ten
     rows = to_host(tiles, host_kv.dtype)
     s = slots.cpu().long()
     if scales is not None:
-        scales[s.to(scales.device), layer] = rows[..., -4:].contiguous().view(torch.float32)[..., 0].to(scales.device)
-        rows = rows[..., :-4]
+        rows, scale = split_rows(rows)
+        scales[s.to(scales.device), layer] = scale.to(scales.device)
     host_kv[s, layer] = rows.to(host_kv.device)
 
 
